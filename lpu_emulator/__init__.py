@@ -1,0 +1,1 @@
+"""Emulated deterministic LPU backends serving compiled artifacts behind the OpenAI API."""

@@ -1,0 +1,1 @@
+"""Admission-control router for deterministic LLM inference backends."""

@@ -1,0 +1,152 @@
+"""The router's metric catalog: every series it exports, in one place.
+
+Names follow Prometheus conventions (base units, ``_total`` counters). Label
+values come from small closed sets: bucket names and backend URLs from the
+config, outcomes and reasons from :mod:`router.outcomes`, priorities from
+:class:`router.admission.Priority`. The registry is injected so tests use a
+fresh one.
+
+Invariant the counters keep: for every bucket,
+``admitted_total == sum(finished_total over outcome)`` once in-flight is 0,
+where ``outcome`` is one of ``completed``, ``failed``, ``cancelled``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["LATENCY_BUCKETS", "PREDICTION_ERROR_BUCKETS", "RouterMetrics"]
+
+# From 100 us (LPU per-token scale) to 2 minutes (long generations).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+    0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0,
+)
+# Actual minus predicted TTFT: symmetric around zero, fine near it.
+PREDICTION_ERROR_BUCKETS = (
+    -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, -0.0025, -0.001, 0.0, 0.001, 0.0025,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterMetrics:
+    registry: CollectorRegistry
+    # Traffic and outcomes.
+    requests_received: Counter  # {route}
+    requests_admitted: Counter  # {bucket, priority}
+    requests_rejected: Counter  # {bucket, priority, reason}; bucket="none" before bucketing
+    requests_finished: Counter  # {bucket, outcome}: completed | failed | cancelled
+    in_flight: Gauge  # {bucket, backend}
+    ttft_seconds: Histogram  # {bucket}
+    e2e_seconds: Histogram  # {bucket}
+    prompt_tokens: Counter  # {bucket}
+    completion_tokens: Counter  # {bucket}: tokens relayed to clients
+    clamped: Counter  # {bucket, reason}: max_tokens rewritten (bucket_cap | degraded)
+    # Backends.
+    upstream_errors: Counter  # {bucket, backend, kind}
+    backend_up: Gauge  # {bucket, backend}: 1 healthy, 0 ejected
+    retries: Counter  # {bucket}: another replica tried before the first byte
+    # Admission.
+    decisions: Counter  # {bucket, priority, decision, reason}
+    predicted_wait_seconds: Histogram  # {bucket}
+    prediction_error_seconds: Histogram  # {bucket}: actual TTFT - predicted TTFT
+    utilization: Gauge  # {bucket}: busy slot time / capacity over the window
+    utilization_target: Gauge  # {bucket}
+    headroom: Gauge  # {bucket}: target - utilization
+    queue_depth: Gauge  # {bucket}: admitted requests not yet given a slot
+    admission_limit: Gauge  # {bucket, limit}: ttft_slo_seconds | e2e_slo_seconds | max_queue | max_concurrency
+    slots: Gauge  # {bucket}: total slots over healthy replicas
+
+
+def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
+    """Create the catalog on ``registry`` (a fresh one when None)."""
+    reg = registry if registry is not None else CollectorRegistry()
+    p = "lpu_router_"
+    return RouterMetrics(
+        registry=reg,
+        requests_received=Counter(
+            p + "requests_received", "HTTP requests received, by route.", ["route"], registry=reg
+        ),
+        requests_admitted=Counter(
+            p + "requests_admitted", "Requests admitted to a backend.", ["bucket", "priority"],
+            registry=reg,
+        ),
+        requests_rejected=Counter(
+            p + "requests_rejected", "Requests refused before reaching a backend.",
+            ["bucket", "priority", "reason"], registry=reg,
+        ),
+        requests_finished=Counter(
+            p + "requests_finished", "Admitted requests by final outcome"
+            " (completed, failed, cancelled).", ["bucket", "outcome"], registry=reg,
+        ),
+        in_flight=Gauge(
+            p + "in_flight", "Admitted requests not yet finished.", ["bucket", "backend"],
+            registry=reg,
+        ),
+        ttft_seconds=Histogram(
+            p + "ttft_seconds", "Time to first token seen by the client, from request arrival.",
+            ["bucket"], buckets=LATENCY_BUCKETS, registry=reg,
+        ),
+        e2e_seconds=Histogram(
+            p + "e2e_seconds", "End-to-end latency of completed requests.", ["bucket"],
+            buckets=LATENCY_BUCKETS, registry=reg,
+        ),
+        prompt_tokens=Counter(
+            p + "prompt_tokens", "Prompt tokens of admitted requests (as counted).", ["bucket"],
+            registry=reg,
+        ),
+        completion_tokens=Counter(
+            p + "completion_tokens", "Completion tokens relayed to clients.", ["bucket"],
+            registry=reg,
+        ),
+        clamped=Counter(
+            p + "max_tokens_clamped", "Requests whose output allowance was lowered.",
+            ["bucket", "reason"], registry=reg,
+        ),
+        upstream_errors=Counter(
+            p + "upstream_errors", "Failures talking to backends, by kind.",
+            ["bucket", "backend", "kind"], registry=reg,
+        ),
+        backend_up=Gauge(
+            p + "backend_up", "1 if the backend is healthy and used, 0 if ejected.",
+            ["bucket", "backend"], registry=reg,
+        ),
+        retries=Counter(
+            p + "retries", "Requests retried on another replica before any byte was sent.",
+            ["bucket"], registry=reg,
+        ),
+        decisions=Counter(
+            p + "admission_decisions", "Admission decisions.",
+            ["bucket", "priority", "decision", "reason"], registry=reg,
+        ),
+        predicted_wait_seconds=Histogram(
+            p + "predicted_wait_seconds", "Predicted queueing wait at admission.", ["bucket"],
+            buckets=LATENCY_BUCKETS, registry=reg,
+        ),
+        prediction_error_seconds=Histogram(
+            p + "prediction_error_seconds", "Actual minus predicted TTFT of admitted requests.",
+            ["bucket"], buckets=PREDICTION_ERROR_BUCKETS, registry=reg,
+        ),
+        utilization=Gauge(
+            p + "utilization", "Busy slot time over slot capacity in the sliding window.",
+            ["bucket"], registry=reg,
+        ),
+        utilization_target=Gauge(
+            p + "utilization_target", "Configured target utilization.", ["bucket"], registry=reg
+        ),
+        headroom=Gauge(
+            p + "headroom", "Target utilization minus current utilization.", ["bucket"],
+            registry=reg,
+        ),
+        queue_depth=Gauge(
+            p + "queue_depth", "Admitted requests waiting for a slot (predicted).", ["bucket"],
+            registry=reg,
+        ),
+        admission_limit=Gauge(
+            p + "admission_limit", "Admission limits in force.", ["bucket", "limit"], registry=reg
+        ),
+        slots=Gauge(p + "slots", "Slots over healthy replicas.", ["bucket"], registry=reg),
+    )

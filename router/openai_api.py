@@ -1,0 +1,418 @@
+"""OpenAI request shapes and error bodies, shared by the router and the emulator.
+
+One parser for ``/v1/chat/completions`` and ``/v1/completions`` bodies: it
+validates the fields the serving path depends on (model, messages or prompt,
+output allowance, streaming) and refuses what a deterministic backend cannot
+honour, raising :class:`APIError` with OpenAI's error shape::
+
+    {"error": {"message": "...", "type": "invalid_request_error",
+               "param": "max_tokens", "code": "invalid_value"}}
+
+The parsed body is kept (``CompletionRequest.body``) so that a proxy can forward
+it with at most the allowance rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "CHAT_ROLES",
+    "APIError",
+    "CompletionRequest",
+    "Message",
+    "context_length_error",
+    "error_body",
+    "model_not_found",
+    "parse_request",
+]
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# Accepted and either honoured or harmless for a fixed-schedule backend.
+_COMMON_PARAMS = frozenset(
+    {
+        "model", "max_tokens", "stream", "stream_options", "temperature", "top_p", "seed",
+        "stop", "presence_penalty", "frequency_penalty", "logit_bias", "user", "n",
+        "service_tier", "metadata", "store",
+    }
+)
+_CHAT_PARAMS = _COMMON_PARAMS | {
+    "messages", "max_completion_tokens", "response_format", "tools", "tool_choice",
+    "parallel_tool_calls", "logprobs", "top_logprobs", "reasoning_effort", "functions",
+    "function_call", "modalities", "prediction", "audio", "web_search_options",
+}
+_COMPLETION_PARAMS = _COMMON_PARAMS | {"prompt", "echo", "best_of", "logprobs", "suffix"}
+
+MAX_ALLOWANCE = 1_000_000  # far above any compiled shape; larger values are not an allowance
+
+
+class APIError(Exception):
+    """An error returned to the client in OpenAI's shape with an HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.body()).encode()
+
+
+def error_body(
+    message: str, type: str, param: str | None = None, code: str | None = None  # noqa: A002
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def context_length_error(limit: int, prompt_tokens: int, completion_tokens: int) -> APIError:
+    total = prompt_tokens + completion_tokens
+    return APIError(
+        400,
+        f"This model's maximum context length is {limit} tokens. However, you requested"
+        f" {total} tokens ({prompt_tokens} in the messages, {completion_tokens} in the"
+        " completion). Please reduce the length of the messages or completion.",
+        param="messages",
+        code="context_length_exceeded",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    text: str
+    """All text the chat template would render for this message (content parts,
+    tool call arguments and names joined)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """A validated completion request, chat or legacy."""
+
+    kind: Literal["chat", "completion"]
+    model: str
+    body: dict[str, Any] = field(repr=False)
+    messages: tuple[Message, ...] = ()
+    prompt: str = ""
+    prompt_token_ids: int = 0
+    """Number of tokens given directly as token ids (legacy ``prompt`` as ints)."""
+    extra_text: str = ""
+    """Text outside messages that the template renders (tool definitions)."""
+    max_tokens: int | None = None
+    max_tokens_param: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    seed: int | None = None
+    service_tier: str | None = None
+    user: str | None = None
+
+
+def _type_name(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def _bad_type(param: str, expected: str, got: object) -> APIError:
+    return APIError(
+        400,
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(got)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _bad_value(param: str, message: str) -> APIError:
+    return APIError(400, message, param=param, code="invalid_value")
+
+
+def _opt_int(body: Mapping[str, Any], key: str) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad_type(key, "an integer", v)
+    return v
+
+
+def _opt_number(body: Mapping[str, Any], key: str, lo: float, hi: float) -> None:
+    v = body.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise _bad_type(key, "a number", v)
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise _bad_value(key, f"Invalid '{key}': {v} is outside the range [{lo}, {hi}].")
+
+
+def _content_text(content: object, param: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad_type(param, "a string or an array of content parts", content)
+    parts: list[str] = []
+    for j, part in enumerate(content):
+        ppath = f"{param}[{j}]"
+        if not isinstance(part, dict):
+            raise _bad_type(ppath, "an object", part)
+        ptype = part.get("type")
+        if ptype in ("text", "input_text"):
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _bad_type(f"{ppath}.text", "a string", text)
+            parts.append(text)
+        elif ptype == "refusal":
+            refusal = part.get("refusal")
+            parts.append(refusal if isinstance(refusal, str) else "")
+        elif isinstance(ptype, str):
+            raise _bad_value(
+                f"{ppath}.type",
+                f"Content part type '{ptype}' is not supported: this deployment serves"
+                " text-only compiled artifacts.",
+            )
+        else:
+            raise APIError(
+                400, f"Missing required parameter: '{ppath}.type'.", param=f"{ppath}.type",
+                code="missing_required_parameter",
+            )
+    return "\n".join(parts)
+
+
+def _messages(raw: object) -> tuple[Message, ...]:
+    if raw is None:
+        raise APIError(
+            400, "Missing required parameter: 'messages'.", param="messages",
+            code="missing_required_parameter",
+        )
+    if not isinstance(raw, list):
+        raise _bad_type("messages", "an array", raw)
+    if not raw:
+        raise _bad_value(
+            "messages", "Invalid 'messages': empty array. Expected an array with minimum length 1."
+        )
+    out: list[Message] = []
+    for i, m in enumerate(raw):
+        path = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _bad_type(path, "an object", m)
+        role = m.get("role")
+        if role is None:
+            raise APIError(
+                400, f"Missing required parameter: '{path}.role'.", param=f"{path}.role",
+                code="missing_required_parameter",
+            )
+        if not isinstance(role, str):
+            raise _bad_type(f"{path}.role", "a string", role)
+        if role not in CHAT_ROLES:
+            allowed = ", ".join(sorted(CHAT_ROLES))
+            raise _bad_value(
+                f"{path}.role",
+                f"Invalid value: '{role}'. Supported values are: {allowed}.",
+            )
+        if "content" not in m and role != "assistant":
+            raise APIError(
+                400, f"Missing required parameter: '{path}.content'.", param=f"{path}.content",
+                code="missing_required_parameter",
+            )
+        text = _content_text(m.get("content"), f"{path}.content")
+        extras: list[str] = [text]
+        name = m.get("name")
+        if name is not None:
+            if not isinstance(name, str):
+                raise _bad_type(f"{path}.name", "a string", name)
+            extras.append(name)
+        tool_calls = m.get("tool_calls")
+        if tool_calls is not None:
+            if not isinstance(tool_calls, list):
+                raise _bad_type(f"{path}.tool_calls", "an array", tool_calls)
+            extras.append(json.dumps(tool_calls, separators=(",", ":")))
+        out.append(Message(role=role, text="\n".join(e for e in extras if e)))
+    return tuple(out)
+
+
+def _prompt(raw: object) -> tuple[str, int]:
+    if raw is None:
+        raise APIError(
+            400, "Missing required parameter: 'prompt'.", param="prompt",
+            code="missing_required_parameter",
+        )
+    if isinstance(raw, str):
+        return raw, 0
+    if isinstance(raw, list) and raw:
+        if all(isinstance(x, str) for x in raw):
+            if len(raw) != 1:
+                raise _bad_value("prompt", "Only one prompt per request is supported (batch of 1).")
+            return str(raw[0]), 0
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
+            return "", len(raw)
+    raise _bad_type("prompt", "a string or an array of token ids", raw)
+
+
+def parse_request(
+    raw_body: bytes, kind: Literal["chat", "completion"], *, strict: bool = True
+) -> CompletionRequest:
+    """Parse and validate a request body.
+
+    ``strict`` refuses parameters OpenAI does not define for the endpoint, as
+    OpenAI does (400 ``unknown_parameter``).
+    """
+    try:
+        body = json.loads(raw_body)
+    except (ValueError, RecursionError):
+        raise APIError(
+            400,
+            "We could not parse the JSON body of your request. The body must be a JSON object"
+            " encoded as UTF-8.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise APIError(
+            400, f"The request body must be a JSON object, got {_type_name(body)}.",
+            code="invalid_json",
+        )
+    known = _CHAT_PARAMS if kind == "chat" else _COMPLETION_PARAMS
+    if strict:
+        for key in body:
+            if key not in known:
+                raise APIError(
+                    400, f"Unrecognized request argument supplied: {key}", param=str(key),
+                    code="unknown_parameter",
+                )
+    model = body.get("model")
+    if model is None:
+        raise APIError(
+            400, "Missing required parameter: 'model'.", param="model",
+            code="missing_required_parameter",
+        )
+    if not isinstance(model, str):
+        raise _bad_type("model", "a string", model)
+    if not model:
+        raise _bad_value("model", "Invalid 'model': empty string.")
+
+    messages: tuple[Message, ...] = ()
+    prompt = ""
+    token_ids = 0
+    extra = ""
+    if kind == "chat":
+        messages = _messages(body.get("messages"))
+        tools = body.get("tools")
+        if tools is not None:
+            if not isinstance(tools, list):
+                raise _bad_type("tools", "an array", tools)
+            extra = json.dumps(tools, separators=(",", ":"))
+    else:
+        prompt, token_ids = _prompt(body.get("prompt"))
+
+    param: str | None = None
+    allowance: int | None = None
+    for key in ("max_completion_tokens", "max_tokens"):
+        v = _opt_int(body, key)
+        if v is None:
+            continue
+        if v < 1 or v > MAX_ALLOWANCE:
+            raise _bad_value(
+                key, f"Invalid '{key}': integer between 1 and {MAX_ALLOWANCE} expected, got {v}."
+            )
+        if allowance is None:
+            allowance, param = v, key
+
+    n = _opt_int(body, "n")
+    if n is not None and n != 1:
+        raise APIError(
+            400, "'n' greater than 1 is not supported: a compiled schedule serves one completion"
+            " per request.", param="n", code="unsupported_parameter",
+        )
+    best_of = _opt_int(body, "best_of")
+    if best_of is not None and best_of != 1:
+        raise APIError(
+            400, "'best_of' greater than 1 is not supported.", param="best_of",
+            code="unsupported_parameter",
+        )
+    _opt_number(body, "temperature", 0.0, 2.0)
+    _opt_number(body, "top_p", 0.0, 1.0)
+    _opt_number(body, "presence_penalty", -2.0, 2.0)
+    _opt_number(body, "frequency_penalty", -2.0, 2.0)
+    seed = _opt_int(body, "seed")
+
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _bad_type("stream", "a boolean", stream)
+    include_usage = False
+    opts = body.get("stream_options")
+    if opts is not None:
+        if not isinstance(opts, dict):
+            raise _bad_type("stream_options", "an object", opts)
+        if not stream:
+            raise _bad_value(
+                "stream_options", "The 'stream_options' parameter is only allowed when 'stream'"
+                " is enabled.",
+            )
+        iu = opts.get("include_usage", False)
+        if not isinstance(iu, bool):
+            raise _bad_type("stream_options.include_usage", "a boolean", iu)
+        include_usage = iu
+    tier = body.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise _bad_type("service_tier", "a string", tier)
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _bad_type("user", "a string", user)
+    return CompletionRequest(
+        kind=kind,
+        model=model,
+        body=body,
+        messages=messages,
+        prompt=prompt,
+        prompt_token_ids=token_ids,
+        extra_text=extra,
+        max_tokens=allowance,
+        max_tokens_param=param,
+        stream=stream,
+        include_usage=include_usage,
+        seed=seed,
+        service_tier=tier,
+        user=user,
+    )
