@@ -12,10 +12,12 @@ from enum import StrEnum
 from router.admission import Priority
 
 __all__ = [
+    "DEFAULT_PRIORITY_RULES",
     "AdmissionMode",
     "AdmissionSettings",
     "BucketPolicy",
     "PredictionPolicy",
+    "PriorityRule",
     "ReplicaShape",
     "TenantPolicy",
 ]
@@ -72,6 +74,33 @@ class TenantPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class PriorityRule:
+    """How much of a bucket's room one priority may fill (the SLO reserve).
+
+    Rules must be nested (interactive >= standard >= batch in ``share`` and in
+    the utilization threshold) so that whatever refuses a higher class also
+    refuses every lower one; see ``router.admission.priority``.
+    """
+
+    priority: Priority
+    share: float = 1.0
+    """Fraction (0, 1] of the TTFT SLO, of ``max_queue`` and of ``max_concurrency``
+    this class may use. The rest is kept for higher classes."""
+    utilization_factor: float | None = 1.0
+    """Shed this class while utilization >= ``target_utilization * factor``;
+    None ignores the utilization guard."""
+
+
+DEFAULT_PRIORITY_RULES: tuple[PriorityRule, ...] = (
+    PriorityRule(Priority.INTERACTIVE, share=1.0, utilization_factor=None),
+    PriorityRule(Priority.STANDARD, share=1.0, utilization_factor=1.1),
+    PriorityRule(Priority.BATCH, share=0.5, utilization_factor=1.0),
+)
+"""Interactive: full SLO, never shed on utilization. Standard: full SLO, shed a
+little above the target. Batch (sheddable): half the SLO, shed at the target."""
+
+
+@dataclass(frozen=True, slots=True)
 class AdmissionSettings:
     mode: AdmissionMode = AdmissionMode.TIMELINE
     margin_s: float = 0.005
@@ -84,3 +113,10 @@ class AdmissionSettings:
     """Longest extra wait granted to the ``on_demand`` service tier."""
     buckets: tuple[BucketPolicy, ...] = ()
     tenants: tuple[TenantPolicy, ...] = field(default=())
+    priorities: tuple[PriorityRule, ...] = DEFAULT_PRIORITY_RULES
+    """One rule per priority; a priority without a rule gets ``PriorityRule(p)``."""
+    min_retry_after_s: float = 0.05
+    """Smallest ``Retry-After`` given with a refusal (seconds)."""
+    learned_min_samples: int = 32
+    """Completions a bucket must have seen before ``learned`` prediction is used
+    (worst case until then)."""

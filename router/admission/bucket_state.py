@@ -1,0 +1,155 @@
+"""One bucket's admission state: its replicas' timelines, utilization, learned lengths,
+counts, and the metric series the controller keeps for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter
+
+from router.admission.prediction import OutputLengthModel
+from router.admission.settings import AdmissionSettings, BucketPolicy
+from router.admission.timeline import ReplicaTimeline
+from router.admission.utilization import BusyWindow
+from router.metrics import RouterMetrics
+from router.outcomes import RejectReason
+
+__all__ = ["BucketState"]
+
+
+class BucketState:
+    """Mutable state of one bucket, owned by the controller (router clock, seconds)."""
+
+    def __init__(
+        self, policy: BucketPolicy, settings: AdmissionSettings, metrics: RouterMetrics | None,
+        now: float,
+    ) -> None:
+        self.policy = policy
+        self.replicas = [ReplicaTimeline(shape) for shape in policy.replicas]
+        self.by_url = {rep.url: rep for rep in self.replicas}
+        self.window_s = settings.utilization_window_s
+        self.windows = {rep.url: BusyWindow(self.window_s) for rep in self.replicas}
+        self.lengths = OutputLengthModel(
+            settings.prediction, settings.learned_quantile, settings.learned_min_samples
+        )
+        # Utilization is a guard over a window of seconds: recomputing it a few
+        # hundred times per window is plenty and keeps decisions cheap.
+        self._refresh_s = self.window_s / 200
+        self._util = 0.0
+        self._util_until = float("-inf")
+        self.admitted = 0
+        self.degraded = 0
+        self.rejected: dict[str, int] = {}
+        self.finished: dict[str, int] = {}
+        self._metrics = metrics
+        self._decisions: dict[tuple[str, str, str], Counter] = {}
+        if metrics is not None:
+            name = policy.name
+            limits = {"ttft_slo_seconds": policy.ttft_slo_s, "e2e_slo_seconds": policy.e2e_slo_s,
+                      "max_queue": policy.max_queue, "max_concurrency": policy.max_concurrency}
+            for limit, value in limits.items():
+                if value is not None:
+                    metrics.admission_limit.labels(name, limit).set(value)
+            metrics.utilization_target.labels(name).set(policy.target_utilization)
+            self._wait_hist = metrics.predicted_wait_seconds.labels(name)
+            self._error_hist = metrics.prediction_error_seconds.labels(name)
+            self._queue_gauge = metrics.queue_depth.labels(name)
+            self.set_slots_gauge()
+
+    def utilization(self, now: float) -> float:
+        """Busy slot time over capacity in the window, over healthy replicas (cached briefly)."""
+        if now < self._util_until:
+            return self._util
+        w = self.window_s
+        lo = now - w
+        busy = capacity = 0.0
+        for rep in self.replicas:
+            if not rep.healthy:
+                continue
+            win = self.windows[rep.url]
+            slots = rep.shape.slots
+            own = win.finished_busy(now)
+            for r in rep.running():
+                own += now - (r.start if r.start > lo else lo)
+            reported = win.reported_fraction(now)
+            busy += own if reported is None else max(own, reported * slots * w)
+            capacity += slots * w
+        self._util = min(1.0, busy / capacity) if capacity > 0 else 0.0
+        self._util_until = now + self._refresh_s
+        if self._metrics is not None:
+            name = self.policy.name
+            self._metrics.utilization.labels(name).set(self._util)
+            self._metrics.headroom.labels(name).set(self.policy.target_utilization - self._util)
+        return self._util
+
+    def next_exit(self, now: float, *, queue: bool) -> float | None:
+        """Seconds until the first queued request starts (``queue``) or the first
+        in-flight one ends; None when there is none."""
+        times = [
+            t for rep in self.replicas
+            if (t := rep.next_queue_exit() if queue else rep.next_slot_exit()) is not None
+        ]
+        return max(0.0, min(times) - now) if times else None
+
+    def record_decision(
+        self, priority: str, reason: RejectReason | None, *, degraded: bool = False,
+        wait_s: float = 0.0, queued: int | None = None,
+    ) -> None:
+        if reason is None:
+            self.admitted += 1
+            self.degraded += degraded
+            label = ("admitted", "degraded" if degraded else "none")
+        else:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            label = ("rejected", str(reason))
+        if self._metrics is None:
+            return
+        key = (priority, *label)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self._metrics.decisions.labels(
+                self.policy.name, *key
+            )
+        child.inc()
+        if reason is None:
+            self._wait_hist.observe(wait_s)
+        if queued is not None:
+            self._queue_gauge.set(queued)
+
+    def observe_prediction_error(self, error_s: float) -> None:
+        if self._metrics is not None:
+            self._error_hist.observe(error_s)
+
+    def count(self, outcome: str) -> None:
+        self.finished[outcome] = self.finished.get(outcome, 0) + 1
+
+    def set_queue_gauge(self) -> None:
+        if self._metrics is not None:
+            self._queue_gauge.set(sum(rep.queued for rep in self.replicas))
+
+    def set_slots_gauge(self) -> None:
+        if self._metrics is not None:
+            slots = sum(rep.shape.slots for rep in self.replicas if rep.healthy)
+            self._metrics.slots.labels(self.policy.name).set(slots)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Plain data for ``GET /admin/buckets`` (times in seconds, relative to now)."""
+        p = self.policy
+        for rep in self.replicas:
+            rep.advance(now)
+        util = self.utilization(now)
+        return {
+            "ttft_slo_s": p.ttft_slo_s,
+            "e2e_slo_s": p.e2e_slo_s,
+            "utilization": util,
+            "target_utilization": p.target_utilization,
+            "headroom": p.target_utilization - util,
+            "queue_depth": sum(rep.queued for rep in self.replicas),
+            "in_flight": sum(rep.in_flight for rep in self.replicas),
+            "limits": {"max_queue": p.max_queue, "max_concurrency": p.max_concurrency,
+                       "degraded_min_tokens": p.degraded_min_tokens},
+            "learned_output_tokens": self.lengths.estimate,
+            "counts": {"admitted": self.admitted, "degraded": self.degraded,
+                       "rejected": dict(self.rejected), "finished": dict(self.finished)},
+            "replicas": [rep.snapshot(now) for rep in self.replicas],
+        }

@@ -1,0 +1,284 @@
+"""The timeline admission controller: the state the pure rule reads, and its tickets.
+
+:class:`TimelineAdmitter` implements :class:`router.admission.Admitter`. Per
+decision it advances each replica's timeline to now, picks the eligible replica
+with the least predicted TTFT (ties: fewest in flight, then config order),
+checks the tenant's limits, asks :func:`router.admission.decision.judge`, and on
+admission places the reservation and hands out a :class:`TimelineTicket`.
+
+The ticket is the request's hold on its slot; the handler reports the first
+token (which pins the observed start and feeds the prediction-error metric) and
+ends it exactly once with ``finish`` (which frees the slot at once, moving the
+requests queued behind it earlier, and teaches the output-length model).
+
+Methods for the HTTP wiring: :meth:`TimelineAdmitter.observe_load` (merge a
+backend's ``/load`` report), :meth:`TimelineAdmitter.backend_refused` (a backend
+refused the request's deadline: correct the timeline with its figure) and
+:meth:`TimelineAdmitter.snapshot` (``GET /admin/buckets``).
+
+Not thread-safe: one controller per event loop (each worker process has its
+own, and they meet only through the backends' reports).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from router.admission import AdmissionRequest, Decision, RateLimitState, Ticket
+from router.admission.bucket_state import BucketState
+from router.admission.decision import Inputs, judge
+from router.admission.load import LoadReport
+from router.admission.priority import rule_table
+from router.admission.ratelimit import TenantLimiter
+from router.admission.settings import AdmissionSettings
+from router.admission.timeline import ReplicaTimeline, Reservation
+from router.metrics import RouterMetrics
+from router.outcomes import Outcome, RejectReason
+
+__all__ = ["TimelineAdmitter", "TimelineTicket"]
+
+
+class TimelineTicket:
+    """One admitted request's reservation. Implements :class:`router.admission.Ticket`."""
+
+    __slots__ = (
+        "_bucket", "_decided_at", "_ended", "_first_seen", "_limiter", "_max_tokens", "_owner",
+        "_predicted_ttft", "_priority", "_prompt_tokens", "_replica", "_res", "_reserve_tokens",
+    )
+
+    def __init__(
+        self, owner: TimelineAdmitter, bucket: BucketState, replica: ReplicaTimeline,
+        res: Reservation, req: AdmissionRequest, max_tokens: int, reserve_tokens: int,
+        predicted_ttft: float, limiter: TenantLimiter | None,
+    ) -> None:
+        self._owner = owner
+        self._bucket = bucket
+        self._replica = replica
+        self._res = res
+        self._decided_at = res.admitted_at
+        self._predicted_ttft = predicted_ttft
+        self._priority = str(req.priority)
+        self._prompt_tokens = req.prompt_tokens
+        self._max_tokens = max_tokens
+        self._reserve_tokens = reserve_tokens
+        self._limiter = limiter
+        self._ended = False
+        self._first_seen = False
+
+    @property
+    def backend(self) -> str:
+        return self._replica.url
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def first_token(self) -> None:
+        """Observe the TTFT (metric) and pin the request's start at ``now - prefill``.
+
+        The first byte reaches the client after the backend made it, so the pinned
+        start errs late, the safe side for the requests behind it.
+        """
+        if self._ended or self._first_seen:
+            return
+        self._first_seen = True
+        now = self._owner.clock()
+        self._bucket.observe_prediction_error(now - self._decided_at - self._predicted_ttft)
+        self._replica.observe_start(self._res, now - self._replica.shape.prefill_s, now)
+
+    def reassign(self, backend: str) -> None:
+        """Move the reservation to ``backend`` (a retry before any byte was sent)."""
+        if self._ended or backend == self._replica.url:
+            return
+        new = self._bucket.by_url[backend]
+        now = self._owner.clock()
+        self._replica.release(self._res, now)
+        new.advance(now)
+        wait = new.earliest_start(now) - now
+        self._res = new.reserve(self._res.seq, new.shape.service_time(self._reserve_tokens), now)
+        self._replica = new
+        self._predicted_ttft = now - self._decided_at + wait + new.shape.prefill_s
+        self._first_seen = False
+
+    def finish(self, outcome: Outcome, completion_tokens: int | None = None) -> None:
+        """End the request (idempotent): free the slot now, learn the output length."""
+        if self._ended:
+            return
+        self._ended = True
+        now = self._owner.clock()
+        b, rep, r = self._bucket, self._replica, self._res
+        rep.advance(now)
+        if r.started and r.start < now:
+            b.windows[rep.url].add_interval(r.start, now, now)
+        rep.release(r, now)
+        if completion_tokens is not None:
+            if outcome is Outcome.COMPLETED:
+                b.lengths.observe(completion_tokens)
+            if self._limiter is not None:
+                self._limiter.refund(self._max_tokens - completion_tokens, now)
+        b.count(str(outcome))
+        b.set_queue_gauge()
+
+    def _refused(self, reported_ttft_s: float) -> None:
+        """The backend refused the deadline; it reported ``reported_ttft_s`` for it."""
+        if self._ended:
+            return
+        self._ended = True
+        now = self._owner.clock()
+        rep = self._replica
+        rep.refused(self._res, now + reported_ttft_s - rep.shape.prefill_s, now)
+        if self._limiter is not None:
+            self._limiter.refund(self._prompt_tokens + self._max_tokens, now, request=True)
+        self._bucket.record_decision(self._priority, RejectReason.BACKEND_DEADLINE)
+        self._bucket.set_queue_gauge()
+
+
+class TimelineAdmitter:
+    """Admission from exact per-replica timelines. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: AdmissionSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: RouterMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        now = clock()
+        self._buckets = {b.name: BucketState(b, settings, metrics, now) for b in settings.buckets}
+        self._rules = rule_table(settings.priorities)
+        self._tenants = {t.name: TenantLimiter(t, now) for t in settings.tenants
+                         if t.requests_per_minute is not None or t.tokens_per_minute is not None}
+        self._seq = itertools.count()
+
+    def decide(self, req: AdmissionRequest, exclude: frozenset[str] = frozenset()) -> Decision:
+        """Admit or refuse now, never waiting. Raises KeyError for an unknown bucket."""
+        now = self.clock()
+        b = self._buckets[req.bucket]
+        rule = self._rules[req.priority]
+        s = self.settings
+        limiter = self._tenants.get(req.tenant) if req.tenant is not None else None
+        best: ReplicaTimeline | None = None
+        best_ttft = best_load = 0.0
+        queued = in_flight = 0
+        for rep in b.replicas:
+            q, n, start = rep.poll(now)
+            queued += q
+            in_flight += n
+            if not (rep.healthy and rep.ready) or rep.url in exclude:
+                continue
+            ttft = start - now + rep.shape.prefill_s
+            if best is None or ttft < best_ttft or (ttft == best_ttft and n < best_load):
+                best, best_ttft, best_load = rep, ttft, n
+        if best is None:
+            why = "every healthy replica" if exclude else "no healthy replica"
+            return self._refuse(
+                b, req, limiter, now, RejectReason.NO_BACKEND,
+                f"bucket '{b.policy.name}' has {why} left for this request",
+                max(s.min_retry_after_s, 1.0),
+            )
+        if limiter is not None:
+            over = limiter.check(req.prompt_tokens + req.max_tokens, now)
+            if over is not None:
+                reason, retry, message = over
+                return self._refuse(b, req, limiter, now, reason, message,
+                                    max(retry, s.min_retry_after_s))
+        wait = best_ttft - best.shape.prefill_s
+        verdict = judge(Inputs(
+            policy=b.policy, rule=rule, wait_s=wait, prefill_s=best.shape.prefill_s,
+            per_token_s=best.shape.per_token_s, max_tokens=req.max_tokens,
+            reserve_tokens=b.lengths.reserve_tokens(req.max_tokens),
+            wait_budget_s=req.wait_budget_s, queued=queued, in_flight=in_flight,
+            utilization=b.utilization(now),
+            next_queue_exit_s=lambda: b.next_exit(now, queue=True),
+            next_slot_exit_s=lambda: b.next_exit(now, queue=False),
+            margin_s=s.margin_s, window_s=s.utilization_window_s,
+            min_retry_after_s=s.min_retry_after_s,
+        ))
+        if verdict.reason is not None:
+            return self._refuse(b, req, limiter, now, verdict.reason, verdict.message,
+                                verdict.retry_after_s, wait, verdict.predicted_ttft_s)
+        res = best.reserve(next(self._seq), best.shape.service_time(verdict.reserve_tokens), now)
+        ticket = TimelineTicket(self, b, best, res, req, verdict.max_tokens,
+                                verdict.reserve_tokens, verdict.predicted_ttft_s, limiter)
+        ratelimit = None
+        if limiter is not None:
+            limiter.consume(req.prompt_tokens + verdict.max_tokens, now)
+            ratelimit = limiter.state(now)
+        b.record_decision(str(req.priority), None, degraded=verdict.degraded, wait_s=wait,
+                          queued=queued + (0 if res.started else 1))
+        return Decision(
+            admitted=True, backend=best.url, ticket=ticket, max_tokens=verdict.max_tokens,
+            degraded=verdict.degraded, predicted_wait_s=wait,
+            predicted_ttft_s=verdict.predicted_ttft_s, deadline_s=verdict.deadline_s,
+            ratelimit=ratelimit,
+        )
+
+    def _refuse(
+        self, b: BucketState, req: AdmissionRequest, limiter: TenantLimiter | None, now: float,
+        reason: RejectReason, message: str, retry_after_s: float | None,
+        predicted_wait_s: float = 0.0, predicted_ttft_s: float = 0.0,
+    ) -> Decision:
+        b.record_decision(str(req.priority), reason)
+        return Decision(
+            admitted=False, reason=reason, message=message, max_tokens=req.max_tokens,
+            predicted_wait_s=predicted_wait_s, predicted_ttft_s=predicted_ttft_s,
+            retry_after_s=retry_after_s,
+            ratelimit=limiter.state(now) if limiter is not None else None,
+        )
+
+    def ratelimit(self, tenant: str | None) -> RateLimitState | None:
+        """The tenant's current ``x-ratelimit-*`` numbers (None without limits)."""
+        limiter = self._tenants.get(tenant) if tenant is not None else None
+        return limiter.state(self.clock()) if limiter is not None else None
+
+    def set_backend_health(self, bucket: str, backend: str, healthy: bool) -> None:
+        b = self._buckets.get(bucket)
+        rep = b.by_url.get(backend) if b is not None else None
+        if b is not None and rep is not None and rep.healthy != healthy:
+            rep.healthy = healthy
+            b.set_slots_gauge()
+
+    def observe_load(
+        self, bucket: str, backend: str, report: LoadReport | Mapping[str, Any], now: float,
+        *, sent_at: float | None = None,
+    ) -> None:
+        """Merge a backend's ``/load`` report, received at ``now`` (router clock).
+
+        ``sent_at`` is when the poll was sent (default ``now``): reservations
+        admitted since then count as not yet in the report. A Mapping is
+        validated (ValueError if malformed). Raises KeyError for an unknown
+        bucket or backend. The merge rule is in :mod:`router.admission.timeline`.
+        """
+        b = self._buckets[bucket]
+        rep = b.by_url[backend]
+        lr = report if isinstance(report, LoadReport) else LoadReport.from_mapping(report)
+        rep.merge_report(lr, now, now if sent_at is None else min(sent_at, now))
+        busy = min(1.0, lr.running / lr.slots) if lr.slots > 0 else 0.0
+        b.windows[backend].add_sample(busy, now)
+        b.set_queue_gauge()
+
+    def backend_refused(self, ticket: Ticket, predicted_ttft_s_reported: float) -> None:
+        """A backend answered 429 ``deadline_unreachable`` predicting that TTFT (seconds).
+
+        The timeline under-estimated that replica: no slot of it frees before
+        ``now + reported - prefill`` (raised as its floor). The ticket is ended
+        here (its reservation dropped, the tenant's charge refunded), so a later
+        ``finish`` is a no-op; the handler then asks ``decide`` again with the
+        backend in ``exclude``.
+        """
+        if isinstance(ticket, TimelineTicket):
+            ticket._refused(predicted_ttft_s_reported)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data for ``GET /admin/buckets``: per bucket, its timelines, load and limits."""
+        now = self.clock()
+        return {
+            "mode": str(self.settings.mode),
+            "prediction": str(self.settings.prediction),
+            "buckets": {name: b.snapshot(now) for name, b in self._buckets.items()},
+        }

@@ -1,0 +1,118 @@
+"""Admission ``off``: admit whatever the concurrency cap allows, least-loaded replica.
+
+The baseline for benchmarks and the fallback while no timeline controller is configured. It
+predicts nothing: every request within the bucket's ``max_concurrency`` (if set) is admitted with
+the allowance it asked for, and goes to the healthy replica (not in ``exclude``) with the fewest
+requests in flight, ties broken by rotating through the replicas. Tickets track in-flight counts
+and release them exactly once.
+
+Refusals: ``concurrency`` (429) when the bucket is at its cap, ``no_backend`` (503) when no
+healthy replica is left. ``retry_after_s`` is the bucket's prefill time (a slot may free by then).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from router.admission import AdmissionRequest, Decision
+from router.admission.settings import AdmissionSettings, BucketPolicy
+from router.outcomes import Outcome, RejectReason
+
+__all__ = ["OffAdmitter", "OffTicket"]
+
+
+@dataclass(slots=True)
+class _Bucket:
+    policy: BucketPolicy
+    in_flight: dict[str, int]
+    healthy: dict[str, bool]
+    rotation: int = 0
+    total: int = 0
+
+
+@dataclass(slots=True)
+class OffTicket:
+    """A request's hold on one replica's in-flight count."""
+
+    _bucket: _Bucket
+    _backend: str
+    finished: bool = field(default=False)
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    def first_token(self) -> None:
+        """Nothing is predicted, so nothing to correct."""
+
+    def reassign(self, backend: str) -> None:
+        if self.finished or backend == self._backend:
+            return
+        self._bucket.in_flight[self._backend] -= 1
+        self._bucket.in_flight[backend] = self._bucket.in_flight.get(backend, 0) + 1
+        self._backend = backend
+
+    def finish(self, outcome: Outcome, completion_tokens: int | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._bucket.in_flight[self._backend] -= 1
+        self._bucket.total -= 1
+
+
+class OffAdmitter:
+    """Implements :class:`router.admission.Admitter` without prediction."""
+
+    def __init__(self, settings: AdmissionSettings) -> None:
+        self._buckets = {
+            b.name: _Bucket(
+                policy=b,
+                in_flight={r.url: 0 for r in b.replicas},
+                healthy={r.url: True for r in b.replicas},
+            )
+            for b in settings.buckets
+        }
+
+    def in_flight(self, bucket: str) -> int:
+        return self._buckets[bucket].total
+
+    def set_backend_health(self, bucket: str, backend: str, healthy: bool) -> None:
+        state = self._buckets.get(bucket)
+        if state is not None and backend in state.healthy:
+            state.healthy[backend] = healthy
+
+    def decide(self, req: AdmissionRequest, exclude: frozenset[str] = frozenset()) -> Decision:
+        b = self._buckets[req.bucket]
+        replicas = b.policy.replicas
+        hint = replicas[0].prefill_s if replicas else None
+        cap = b.policy.max_concurrency
+        if cap is not None and b.total >= cap:
+            return Decision(
+                admitted=False, reason=RejectReason.CONCURRENCY, retry_after_s=hint,
+                message=f"Bucket {req.bucket} is at its concurrency cap ({cap}).",
+            )
+        n = len(replicas)
+        best: str | None = None
+        best_load = 0
+        for i in range(n):
+            url = replicas[(b.rotation + i) % n].url
+            if url in exclude or not b.healthy[url]:
+                continue
+            if best is None or b.in_flight[url] < best_load:
+                best, best_load = url, b.in_flight[url]
+        if best is None:
+            return Decision(
+                admitted=False, reason=RejectReason.NO_BACKEND, retry_after_s=hint,
+                message=f"No healthy backend in bucket {req.bucket}.",
+            )
+        b.rotation = (b.rotation + 1) % n
+        b.in_flight[best] += 1
+        b.total += 1
+        shape = next(r for r in replicas if r.url == best)
+        return Decision(
+            admitted=True,
+            backend=best,
+            ticket=OffTicket(b, best),
+            max_tokens=req.max_tokens,
+            predicted_ttft_s=shape.prefill_s,
+        )

@@ -1,0 +1,253 @@
+"""The virtual timeline of one backend replica: when each of its slots frees.
+
+A replica runs its requests first-in first-out over ``c`` slots, and a request
+that makes ``n`` tokens holds its slot for exactly ``service_time(n)`` seconds
+(the compiled schedule). So the router can predict, on its own clock, when a new
+request would start: place every earlier reservation FIFO on the slot that frees
+first, and the new request starts when the earliest slot of that *tail* frees.
+
+State, per replica:
+
+* the reservations this router admitted, in admission order, each with its
+  reserved occupancy (``duration_s``) and predicted start;
+* the *tail*: a heap of the ``c`` slot free times once all of them are placed;
+  a new request starts at ``max(now, tail[0])`` (O(1)) and is placed with one
+  ``heapreplace`` (O(log c));
+* the *floor*: the backend's own tail from its last ``/load`` report (or from a
+  deadline refusal), which also counts other routers' work.
+
+The merge rule (:meth:`ReplicaTimeline.rebuild`): place the reservations that
+the backend had already seen when it reported (admitted before ``floor_after``)
+FIFO from idle slots, take per slot the later of that and the reported free time
+(both vectors sorted), then place the reservations admitted since FIFO on top.
+Adding work to a FIFO schedule never makes any sorted slot free time earlier,
+so each view is a lower bound of the true tail and the merge is the tightest
+lower bound the two give. It under-estimates when another router adds work
+between reports, and over-estimates when work the report counted ends early;
+the backend's own deadline check (it refuses at once a request whose TTFT it
+cannot meet) keeps admission exact in the first case, the next report (or a
+completion) corrects the second.
+
+A reservation that ends early (completion before ``max_tokens``, cancellation)
+is removed and the timeline rebuilt: queued reservations behind it move earlier.
+A rebuild costs O(n log c) for n live reservations on the replica.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from router.admission.load import LoadReport
+from router.admission.settings import ReplicaShape
+
+__all__ = ["ReplicaTimeline", "Reservation"]
+
+_NEG_INF = float("-inf")
+
+
+@dataclass(slots=True, eq=False)
+class Reservation:
+    """One admitted request's hold on a slot of one replica (router clock, seconds)."""
+
+    seq: int
+    admitted_at: float
+    duration_s: float
+    """Slot occupancy reserved: ``service_time`` of the reserved output length."""
+    start: float = 0.0
+    """Predicted start, or the observed one once ``observed``."""
+    started: bool = False
+    observed: bool = False
+    """The start is known from the first token, not predicted."""
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration_s
+
+
+class ReplicaTimeline:
+    """Slot free times of one replica, from own reservations merged with reports.
+
+    Every method takes ``now`` from the caller's (injected) clock; ``now`` never
+    goes backwards between calls.
+    """
+
+    def __init__(self, shape: ReplicaShape) -> None:
+        self.shape = shape
+        self.healthy = True
+        self.ready = True
+        """False while the backend's last report said it is not ready."""
+        self.last_report: LoadReport | None = None
+        self.last_report_at: float | None = None
+        self._items: dict[int, Reservation] = {}
+        self._queue: deque[Reservation] = deque()
+        self._tail: list[float] = [_NEG_INF] * shape.slots
+        self._floor: list[float] | None = None
+        self._floor_after = _NEG_INF
+
+    @property
+    def url(self) -> str:
+        return self.shape.url
+
+    @property
+    def eligible(self) -> bool:
+        return self.healthy and self.ready
+
+    @property
+    def queued(self) -> int:
+        """Own reservations predicted to be waiting for a slot (as of the last ``advance``)."""
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._items)
+
+    def advance(self, now: float) -> None:
+        """Mark queued reservations whose predicted start has come as running."""
+        q = self._queue
+        while q and q[0].start <= now:
+            q.popleft().started = True
+
+    def poll(self, now: float) -> tuple[int, int, float]:
+        """``advance(now)``, then (queued, in flight, earliest start): one call per
+        replica per decision."""
+        q = self._queue
+        while q and q[0].start <= now:
+            q.popleft().started = True
+        first = self._tail[0]
+        return len(q), len(self._items), first if first > now else now
+
+    def earliest_start(self, now: float) -> float:
+        """When a request admitted now would start (absolute, router clock)."""
+        first = self._tail[0]
+        return first if first > now else now
+
+    def reserve(self, seq: int, duration_s: float, now: float) -> Reservation:
+        """Place a new reservation at the end of the FIFO."""
+        tail = self._tail
+        start = tail[0] if tail[0] > now else now
+        heapq.heapreplace(tail, start + duration_s)
+        r = Reservation(seq, now, duration_s, start, start <= now)
+        self._items[seq] = r
+        if not r.started:
+            self._queue.append(r)
+        return r
+
+    def release(self, r: Reservation, now: float) -> None:
+        """Remove a reservation (ended, cancelled, moved) and move later ones earlier."""
+        if self._items.pop(r.seq, None) is not None:
+            self.rebuild(now)
+
+    def observe_start(self, r: Reservation, start: float, now: float) -> None:
+        """The request's first token showed it started at ``start``: pin it there."""
+        if r.seq not in self._items:
+            return
+        r.start = max(start, r.admitted_at)
+        r.started = r.observed = True
+        self.rebuild(now)
+
+    def merge_report(self, report: LoadReport, now: float, sent_at: float) -> None:
+        """Take the backend's tail as the floor.
+
+        ``report.slot_free_in_s`` is read relative to ``now`` (when it arrived),
+        and reservations admitted at or after ``sent_at`` (when it was asked for)
+        are counted as not yet in it: both choices err late, never early.
+        """
+        c = self.shape.slots
+        free = [now + x for x in report.slot_free_in_s[:c]]
+        self._floor = [_NEG_INF] * (c - len(free)) + free
+        self._floor_after = sent_at
+        self.ready = report.ready
+        self.last_report = report
+        self.last_report_at = now
+        self.rebuild(now)
+
+    def refused(self, r: Reservation, start: float, now: float) -> None:
+        """The backend refused ``r``'s deadline, saying it would start at ``start``.
+
+        Drops ``r`` and raises the floor: no slot frees before ``start``; the
+        reservations admitted before now were in the backend's figure.
+        """
+        self._items.pop(r.seq, None)
+        floor = self._floor or [_NEG_INF] * self.shape.slots
+        self._floor = [f if f > start else start for f in floor]
+        self._floor_after = now
+        self.rebuild(now)
+
+    def rebuild(self, now: float) -> None:
+        """Recompute every predicted start and the tail from scratch (the merge rule)."""
+        self.advance(now)  # a start that has come is fixed, not re-predicted
+        if self._floor is not None and self._floor[-1] <= now:
+            self._floor = None  # entirely in the past: no longer binding
+        floor = self._floor or []
+        pending = bool(floor)
+        heap = [_NEG_INF] * self.shape.slots
+        queue = self._queue
+        queue.clear()
+        for r in self._items.values():
+            if pending and r.admitted_at >= self._floor_after:
+                heap = _later_per_slot(heap, floor)
+                pending = False
+            if r.observed:
+                start = r.start
+            else:
+                lower = r.start if r.started else now
+                start = heap[0] if heap[0] > lower else lower
+            heapq.heapreplace(heap, start + r.duration_s)
+            r.start = start
+            r.started = start <= now
+            if not r.started:
+                queue.append(r)
+        if pending:
+            heap = _later_per_slot(heap, floor)
+        self._tail = heap
+
+    def running(self) -> Iterator[Reservation]:
+        """Own reservations predicted (or seen) to hold a slot now."""
+        return (r for r in self._items.values() if r.started)
+
+    def next_queue_exit(self) -> float | None:
+        """Predicted start of the first queued reservation (absolute), None when none wait."""
+        return self._queue[0].start if self._queue else None
+
+    def next_slot_exit(self) -> float | None:
+        """Earliest predicted end among own reservations (absolute), None when none."""
+        return min((r.end for r in self._items.values()), default=None)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Plain-data view for ``GET /admin/buckets``; times relative to ``now``."""
+        free = sorted(max(0.0, t - now) for t in self._tail)
+        report: dict[str, Any] | None = None
+        if self.last_report is not None and self.last_report_at is not None:
+            lr = self.last_report
+            report = {
+                "age_s": now - self.last_report_at,
+                "running": lr.running,
+                "waiting": lr.waiting,
+                "slot_free_in_s": list(lr.slot_free_in_s),
+            }
+        wait = free[0]
+        return {
+            "url": self.url,
+            "healthy": self.healthy,
+            "ready": self.ready,
+            "slots": self.shape.slots,
+            "slot_free_in_s": free,
+            "reserved": len(self._items),
+            "running": len(self._items) - len(self._queue),
+            "queued": len(self._queue),
+            "predicted_wait_s": wait,
+            "predicted_ttft_s": wait + self.shape.prefill_s,
+            "report": report,
+        }
+
+
+def _later_per_slot(heap: list[float], floor: list[float]) -> list[float]:
+    """Per slot the later of two free-time vectors, both taken in ascending order.
+
+    The result is sorted, so it is a valid heap as it stands.
+    """
+    return [a if a > b else b for a, b in zip(sorted(heap), floor, strict=True)]

@@ -1,0 +1,140 @@
+"""The small parts: priority resolution and rules, tenant buckets, busy window,
+learned output lengths, /load validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.admission import Priority
+from router.admission.load import LoadReport
+from router.admission.prediction import OutputLengthModel
+from router.admission.priority import resolve_priority, rule_errors
+from router.admission.ratelimit import TenantLimiter
+from router.admission.settings import (
+    DEFAULT_PRIORITY_RULES,
+    PredictionPolicy,
+    PriorityRule,
+    TenantPolicy,
+)
+from router.admission.utilization import BusyWindow
+from router.outcomes import RejectReason
+
+GOLD = TenantPolicy("gold", priority=Priority.INTERACTIVE)
+
+HI, S, B = Priority.INTERACTIVE, Priority.STANDARD, Priority.BATCH
+
+
+@pytest.mark.parametrize(
+    ("tenant", "header", "tier", "expected"),
+    [
+        (None, None, None, (S, 0.0)),
+        (GOLD, None, None, (HI, 0.0)),
+        (None, "interactive", None, (S, 0.0)),  # cannot raise above the tenant
+        (GOLD, "batch", None, (B, 0.0)),
+        (GOLD, None, "flex", (B, 0.0)),
+        (GOLD, None, "on_demand", (HI, 2.0)),
+        (None, None, "priority", (S, 0.0)),
+        (GOLD, None, "priority", (HI, 0.0)),
+        (GOLD, "standard", "flex", (B, 0.0)),  # the lower of header and tier
+        (GOLD, "standard", "priority", (S, 0.0)),
+        (None, None, "auto", (S, 0.0)),
+        (None, None, "something-new", (S, 0.0)),
+    ],
+    ids=["default", "tenant", "no-raise", "header-lowers", "flex", "on-demand", "tier-capped",
+         "tier-priority", "header-and-flex", "header-and-priority", "auto", "unknown-tier"],
+)
+def test_resolve_priority(tenant: TenantPolicy | None, header: str | None, tier: str | None,
+                          expected: tuple[Priority, float]) -> None:
+    assert resolve_priority(tenant, header, tier, on_demand_max_wait_s=2.0) == expected
+
+
+def test_resolve_priority_rejects_unknown_header() -> None:
+    with pytest.raises(ValueError, match="unknown priority 'urgent'"):
+        resolve_priority(None, "urgent")
+
+
+def test_rules_must_nest() -> None:
+    assert rule_errors(DEFAULT_PRIORITY_RULES) == []
+    bad = (PriorityRule(HI, share=0.4, utilization_factor=1.0),
+           PriorityRule(B, share=0.5, utilization_factor=None),
+           PriorityRule(B, share=1.5))
+    errors = rule_errors(bad)
+    assert "priorities.batch: given more than once" in errors
+    assert any("share: must be in (0, 1]" in e for e in errors)
+    assert any("interactive.share (0.4) must be >= priorities.standard.share" in e
+               for e in errors)
+
+
+def test_tenant_limits_refill_and_refund() -> None:
+    lim = TenantLimiter(TenantPolicy("t", requests_per_minute=2, tokens_per_minute=600), 0.0)
+    assert lim.check(100, 0.0) is None
+    lim.consume(100, 0.0)
+    lim.consume(100, 0.0)
+    reason, retry, message = lim.check(100, 0.0) or (None, 0.0, "")
+    assert reason == RejectReason.TENANT_RPM
+    assert retry == pytest.approx(30.0)  # one request per 30 s
+    assert "2 requests per minute" in message
+    state = lim.state(15.0)
+    assert (state.limit_requests, state.remaining_requests) == (2, 0)
+    assert state.reset_requests_s == pytest.approx(45.0)
+    assert (state.limit_tokens, state.remaining_tokens) == (600, 550)  # 400 + 15 s * 10/s
+    lim.refund(60, 15.0)
+    assert lim.state(15.0).remaining_tokens == 600  # capped at the minute's allowance
+
+
+def test_tenant_token_limit_and_oversized_request() -> None:
+    lim = TenantLimiter(TenantPolicy("t", tokens_per_minute=600), 0.0)
+    lim.consume(500, 0.0)
+    reason, retry, _ = lim.check(200, 0.0) or (None, 0.0, "")
+    assert reason == RejectReason.TENANT_TPM
+    assert retry == pytest.approx(10.0)
+    reason, retry, message = lim.check(700, 0.0) or (None, 0.0, "")
+    assert reason == RejectReason.TENANT_TPM and "lower max_tokens" in message
+
+
+def test_busy_window_counts_intervals_inside_the_window() -> None:
+    w = BusyWindow(10.0, bins=10)
+    w.add_interval(0.0, 4.0, 4.0)
+    w.add_interval(3.0, 5.0, 5.0)
+    assert w.finished_busy(5.0) == pytest.approx(6.0)
+    assert w.finished_busy(12.0) == pytest.approx(4.0)  # window 2..12: 2..4 and 3..5
+    assert w.finished_busy(20.0) == pytest.approx(0.0)
+
+
+def test_busy_window_reported_samples() -> None:
+    w = BusyWindow(1.0)
+    assert w.reported_fraction(0.0) is None
+    w.add_sample(1.0, 0.0)
+    w.add_sample(0.5, 0.5)
+    assert w.reported_fraction(0.5) == pytest.approx(0.75)
+    assert w.reported_fraction(1.2) == pytest.approx(0.5)
+    assert w.reported_fraction(2.0) is None
+
+
+def test_learned_lengths_reserve_a_quantile() -> None:
+    m = OutputLengthModel(PredictionPolicy.LEARNED, 0.9, min_samples=10, refresh_every=1)
+    assert m.reserve_tokens(500) == 500  # worst case until enough samples
+    for n in range(1, 11):
+        m.observe(n * 10)
+    assert m.estimate == 100  # 'higher' quantile: never below a seen length
+    for _ in range(10):
+        m.observe(20)
+    assert m.estimate == 90
+    assert m.reserve_tokens(500) == 90
+    assert m.reserve_tokens(50) == 50
+    worst = OutputLengthModel(PredictionPolicy.WORST_CASE, 0.9, min_samples=1)
+    worst.observe(5)
+    assert worst.reserve_tokens(500) == 500
+
+
+def test_load_report_validation() -> None:
+    ok = LoadReport.from_mapping({"slots": 2, "running": 2, "waiting": 1,
+                                  "slot_free_in_s": [0.5, 0.2], "prefill_s": 0.1,
+                                  "per_token_s": 0.01, "ready": True})
+    assert ok.slot_free_in_s == (0.2, 0.5)
+    with pytest.raises(ValueError) as e:
+        LoadReport.from_mapping({"slots": -1, "running": 0, "waiting": 0,
+                                 "slot_free_in_s": [float("nan")], "prefill_s": "x",
+                                 "per_token_s": 0.01})
+    for key in ("slots", "slot_free_in_s[0]", "prefill_s"):
+        assert key in str(e.value)
