@@ -57,7 +57,8 @@ class RouterMetrics:
     utilization_target: Gauge  # {bucket}
     headroom: Gauge  # {bucket}: target - utilization
     queue_depth: Gauge  # {bucket}: admitted requests not yet given a slot
-    admission_limit: Gauge  # {bucket, limit}: ttft_slo_seconds | e2e_slo_seconds | max_queue | max_concurrency
+    # {bucket, limit}: ttft_slo_seconds | e2e_slo_seconds | max_queue | max_concurrency
+    admission_limit: Gauge
     slots: Gauge  # {bucket}: total slots over healthy replicas
 
 

@@ -59,7 +59,7 @@ class APIError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
     ) -> None:
@@ -78,7 +78,7 @@ class APIError(Exception):
 
 
 def error_body(
-    message: str, type: str, param: str | None = None, code: str | None = None  # noqa: A002
+    message: str, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 

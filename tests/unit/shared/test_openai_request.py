@@ -76,7 +76,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("raw", "code", "param"), CASES, ids=[f"case{i}" for i in range(len(CASES))])
+@pytest.mark.parametrize(
+    ("raw", "code", "param"), CASES, ids=[f"case{i}" for i in range(len(CASES))]
+)
 def test_bad_requests_are_400_in_openai_shape(raw: bytes, code: str, param: str | None) -> None:
     with pytest.raises(APIError) as info:
         parse_request(raw, "chat")

@@ -1,0 +1,97 @@
+"""``lpu-router``: the command line (parsing only; the work is in ``router.server``/``demo``).
+
+    lpu-router serve CONFIG            serve the router described by CONFIG (TOML)
+    lpu-router check CONFIG            validate CONFIG, print every error, exit 1 if invalid
+    lpu-router --check CONFIG          the same
+    lpu-router demo [--port 8080] [--time-scale S]
+                                       emulated backends for short/medium/long + the router
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from router.config import ConfigError, RouterConfig, load_config
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lpu-router", description="Admission-control router for"
+                                " deterministic LLM inference backends.")
+    p.add_argument("--check", metavar="CONFIG", help="validate CONFIG and exit")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("serve", help="serve the router described by a TOML config")
+    s.add_argument("config")
+    c = sub.add_parser("check", help="validate a TOML config and exit")
+    c.add_argument("config")
+    d = sub.add_parser("demo", help="emulated backends for default buckets plus the router")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiply every emulated duration (0.1 = ten times faster)")
+    d.add_argument("--replicas", type=int, default=2, help="emulated replicas per bucket")
+    return p
+
+
+def _check(path: str) -> RouterConfig | None:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    return config
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Access lines are JSON already; other records get their level and logger name.
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    if args.check or args.command == "check":
+        path = args.check or args.config
+        config = _check(path)
+        if config is None:
+            return 1
+        print(f"{path}: OK ({len(config.buckets)} buckets, models: {', '.join(config.models)})")
+        return 0
+    if args.command == "serve":
+        config = _check(args.config)
+        if config is None:
+            return 1
+        from router.server import serve_forever
+
+        def ready(url: str) -> None:
+            print(f"lpu-router serving on {url}", flush=True)
+
+        _run(serve_forever(config, on_ready=ready))
+        return 0
+    if args.command == "demo":
+        from router.demo import run_demo
+
+        def echo(text: str) -> None:
+            print(text, flush=True)
+
+        _run(run_demo(host=args.host, port=args.port, time_scale=args.time_scale,
+                      replicas=args.replicas, echo=echo))
+        return 0
+    _parser().print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""One JSON line per request at its end, on the ``lpu_router.access`` logger.
+
+Fields: ``request_id``, ``route``, ``model``, ``bucket``, ``backend``, ``priority``, ``tenant``,
+``outcome`` (completed | failed | cancelled, for admitted requests) or ``reject_reason``,
+``status``, ``prompt_tokens``, ``completion_tokens``, ``predicted_ttft_ms``, ``ttft_ms``,
+``e2e_ms``, ``ts`` (Unix seconds at arrival). Never the API key: the tenant's name only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+__all__ = ["Exchange"]
+
+log = logging.getLogger("lpu_router.access")
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did, filled in along its way; times on the router's clock."""
+
+    request_id: str
+    route: str
+    started: float
+    wall_start: float
+    tenant: str | None = None
+    model: str | None = None
+    bucket: str | None = None
+    backend: str | None = None
+    priority: str = "standard"
+    admitted: bool = False
+    outcome: str | None = None
+    reject_reason: str | None = None
+    status: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    predicted_ttft_ms: float | None = None
+    ttft_s: float | None = None
+
+    def log(self, now: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        line = {
+            "ts": round(self.wall_start, 3),
+            "request_id": self.request_id,
+            "route": self.route,
+            "model": self.model,
+            "bucket": self.bucket,
+            "backend": self.backend,
+            "priority": self.priority,
+            "tenant": self.tenant,
+            "outcome": self.outcome,
+            "reject_reason": self.reject_reason,
+            "status": self.status if self.status else (499 if self.outcome == "cancelled"
+                                                       else None),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "predicted_ttft_ms": _ms(self.predicted_ttft_ms),
+            "ttft_ms": _ms(None if self.ttft_s is None else self.ttft_s * 1e3),
+            "e2e_ms": _ms((now - self.started) * 1e3),
+        }
+        log.info(json.dumps(line, separators=(",", ":")))
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)

@@ -1,0 +1,146 @@
+"""The ``[[buckets]]`` schema: one compiled shape of one public model and its replicas.
+
+A bucket's shape comes from its ``artifact`` (built-in name such as ``"llama-3.1-8b-2k"`` or a
+TOML path; timings multiplied by ``time_scale``); explicit ``max_seq_len``,
+``max_output_tokens``, ``slots``, ``prefill_ms`` and ``per_token_ms`` override the artifact's.
+Without an artifact all five are required.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lpu_emulator.artifact import Artifact, ArtifactError, load_artifact
+from router.admission.settings import BucketPolicy, ReplicaShape
+from router.config_fields import Fields
+
+__all__ = ["BucketConfig", "OverCap", "parse_bucket"]
+
+
+class OverCap(StrEnum):
+    """What to do with a ``max_tokens`` above a bucket's output cap."""
+
+    CLAMP = "clamp"
+    """Lower it to the cap and say so in the ``x-lpu-max-tokens-clamped-from`` header."""
+    REFUSE = "refuse"
+    """Refuse with 400 ``invalid_value`` on ``max_tokens``."""
+
+
+@dataclass(frozen=True, slots=True)
+class BucketConfig:
+    """One compiled shape of one public model, served by a pool of replicas."""
+
+    name: str
+    model: str
+    backends: tuple[str, ...]
+    max_seq_len: int
+    """Prompt plus output tokens the compiled shape holds."""
+    max_output_tokens: int
+    """Output cap: the largest allowance forwarded to this bucket."""
+    default_max_tokens: int
+    """Allowance assumed (and forwarded) when the client gives no ``max_tokens``."""
+    over_cap: OverCap
+    policy: BucketPolicy
+
+
+def _valid_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.path in ("", "/")
+
+
+def parse_bucket(f: Fields, base_dir: Path | None) -> BucketConfig | None:
+    """Read one ``[[buckets]]`` table; return None (errors recorded) when it is unusable."""
+    ok = True
+    name = f.string("name", "")
+    model = f.string("model", "")
+    for key, value in (("name", name), ("model", model)):
+        if not value:
+            f.error(key, "required non-empty string")
+            ok = False
+    backends = [u.rstrip("/") for u in f.str_list("backends")]
+    if not backends:
+        f.error("backends", "required: at least one backend URL")
+        ok = False
+    for j, url in enumerate(backends):
+        if not _valid_url(url):
+            f.error(f"backends[{j}]", f"expected an http(s)://host:port URL, got {url!r}")
+            ok = False
+    if len(set(backends)) != len(backends):
+        f.error("backends", "duplicate backend URL")
+        ok = False
+
+    artifact: Artifact | None = None
+    spec = f.opt_str("artifact")
+    time_scale = f.number("time_scale", 1.0, lo=0.0, lo_open=True)
+    if spec is not None:
+        is_path = spec.endswith(".toml") or "/" in spec
+        resolved = str(base_dir / spec) if is_path and base_dir and not Path(spec).is_absolute() \
+            else spec
+        try:
+            artifact = load_artifact(resolved).scaled(time_scale)
+        except ArtifactError as exc:
+            f.error("artifact", "; ".join(exc.errors))
+            ok = False
+    max_seq_len = f.opt_int("max_seq_len", lo=2)
+    cap = f.opt_int("max_output_tokens", lo=1)
+    slots = f.opt_int("slots", lo=1)
+    prefill_ms = f.opt_number("prefill_ms", lo=0.0, lo_open=True)
+    per_token_ms = f.opt_number("per_token_ms", lo=0.0, lo_open=True)
+    if artifact is not None:
+        max_seq_len = max_seq_len or artifact.max_seq_len
+        cap = cap or artifact.max_output_tokens
+        slots = slots or artifact.slots
+        prefill_ms = prefill_ms or artifact.prefill_s * 1e3
+        per_token_ms = per_token_ms or artifact.per_token_s * 1e3
+    shape = {"max_seq_len": max_seq_len, "max_output_tokens": cap, "slots": slots,
+             "prefill_ms": prefill_ms, "per_token_ms": per_token_ms}
+    for key, got in shape.items():
+        if got is None and spec is None:
+            f.error(key, "required when no artifact is given")
+            ok = False
+    if max_seq_len is not None and cap is not None and cap >= max_seq_len:
+        f.error("max_output_tokens", f"must be below max_seq_len ({max_seq_len}), got {cap}")
+        ok = False
+    default_max = f.opt_int("default_max_tokens", lo=1)
+    if default_max is not None and cap is not None and default_max > cap:
+        f.error("default_max_tokens", f"must not exceed max_output_tokens ({cap}),"
+                f" got {default_max}")
+        ok = False
+    over_cap = OverCap(f.choice("over_cap", [o.value for o in OverCap], "clamp"))
+    ttft_slo_s = f.number("ttft_slo_s", 1.0, lo=0.0, lo_open=True)
+    e2e_slo_s = f.opt_number("e2e_slo_s", lo=0.0, lo_open=True)
+    target = f.number("target_utilization", 0.85, lo=0.0, hi=1.0, lo_open=True)
+    max_queue = f.opt_int("max_queue", lo=0)
+    max_concurrency = f.opt_int("max_concurrency", lo=1)
+    degraded = f.opt_int("degraded_min_tokens", lo=1)
+    f.finish()
+    if not ok or None in shape.values():
+        return None
+    assert max_seq_len is not None and cap is not None and slots is not None
+    assert prefill_ms is not None and per_token_ms is not None
+    urls = tuple(backends)
+    replicas = tuple(
+        ReplicaShape(url, slots, prefill_ms / 1e3, per_token_ms / 1e3) for url in urls
+    )
+    return BucketConfig(
+        name=name,
+        model=model,
+        backends=urls,
+        max_seq_len=max_seq_len,
+        max_output_tokens=cap,
+        default_max_tokens=default_max or cap,
+        over_cap=over_cap,
+        policy=BucketPolicy(
+            name=name,
+            replicas=replicas,
+            ttft_slo_s=ttft_slo_s,
+            e2e_slo_s=e2e_slo_s,
+            target_utilization=target,
+            max_queue=max_queue,
+            max_concurrency=max_concurrency,
+            degraded_min_tokens=degraded,
+        ),
+    )

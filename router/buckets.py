@@ -1,0 +1,107 @@
+"""Bucketing: the smallest compiled shape that fits a request, and its output allowance.
+
+A bucket *fits* a request when ``need(prompt) + allowance <= max_seq_len`` where ``need`` is the
+counted prompt, grown by :data:`router.tokens.ESTIMATE_UNDERCOUNT_MARGIN` (rounded up) when the
+count is an estimate, so an estimate that reads low still fits the compiled shape.
+
+The allowance is the client's ``max_tokens`` / ``max_completion_tokens``, or the bucket's
+``default_max_tokens`` when it gives none. Placement tries, in order, buckets of the requested
+model from the smallest shape up:
+
+1. the first bucket that fits the allowance as asked (and the allowance is within its cap);
+2. with ``over_cap = "clamp"``, the first bucket that fits once the allowance is lowered to its
+   cap (the response then carries ``x-lpu-max-tokens-clamped-from``);
+3. without a client allowance, the first bucket with room for at least one output token; the
+   allowance is what is left of its shape.
+
+Nothing fits: 400 ``invalid_value`` on ``max_tokens`` when a bucket that refuses over-cap
+allowances would fit the prompt at its cap, else 400 ``context_length_exceeded`` (whose
+message reports the prompt as ``need``, margin included).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from router.bucket_config import BucketConfig, OverCap
+from router.errors import Rejection
+from router.openai_api import APIError, context_length_error, model_not_found
+from router.outcomes import RejectReason
+
+__all__ = ["BucketTable", "Placement"]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    bucket: BucketConfig
+    max_tokens: int
+    """Allowance to forward and to reserve for."""
+    clamped_from: int | None = None
+    """The client's allowance when it was lowered to the bucket's cap."""
+
+
+class BucketTable:
+    """Buckets by public model name, each list ordered smallest shape first."""
+
+    def __init__(self, buckets: Sequence[BucketConfig], *, margin: float) -> None:
+        self.margin = margin
+        by_model: dict[str, list[BucketConfig]] = {}
+        for b in buckets:
+            by_model.setdefault(b.model, []).append(b)
+        self._by_model = {
+            m: tuple(sorted(bs, key=lambda b: (b.max_seq_len, b.max_output_tokens)))
+            for m, bs in by_model.items()
+        }
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self._by_model)
+
+    def need(self, prompt_tokens: int) -> int:
+        """Tokens of shape the prompt may take, margin included."""
+        return math.ceil(prompt_tokens * (1.0 + self.margin)) if self.margin else prompt_tokens
+
+    def place(self, model: str, prompt_tokens: int, requested: int | None,
+              param: str | None = None) -> Placement:
+        """Choose the bucket and allowance, or raise :class:`Rejection`."""
+        buckets = self._by_model.get(model)
+        if buckets is None:
+            raise Rejection(RejectReason.UNKNOWN_MODEL, model_not_found(model))
+        need = self.need(prompt_tokens)
+        for b in buckets:
+            want = requested if requested is not None else b.default_max_tokens
+            if want <= b.max_output_tokens and need + want <= b.max_seq_len:
+                return Placement(b, want)
+        if requested is not None:
+            for b in buckets:
+                if b.over_cap is OverCap.CLAMP and need + b.max_output_tokens <= b.max_seq_len:
+                    return Placement(b, min(requested, b.max_output_tokens), requested)
+        else:
+            for b in buckets:
+                if need < b.max_seq_len:
+                    return Placement(b, min(b.max_seq_len - need, b.max_output_tokens))
+        largest = buckets[-1]
+        if requested is not None:
+            # Only a refused cap stands in the way when the prompt would fit at the cap.
+            capped = [b for b in buckets if b.over_cap is OverCap.REFUSE
+                      and requested > b.max_output_tokens
+                      and need + b.max_output_tokens <= b.max_seq_len]
+            if capped:
+                cap = max(b.max_output_tokens for b in capped)
+                name = param or "max_tokens"
+                raise Rejection(
+                    RejectReason.MAX_TOKENS_CAP,
+                    APIError(
+                        400,
+                        f"{name} is too large: {requested}. This model supports at most"
+                        f" {cap} completion tokens, whereas you provided {requested}.",
+                        param=name,
+                        code="invalid_value",
+                    ),
+                )
+        raise Rejection(
+            RejectReason.CONTEXT_LENGTH,
+            context_length_error(largest.max_seq_len, need, requested or 0),
+        )

@@ -1,0 +1,308 @@
+"""Router configuration: TOML -> defaults -> validation (every error, with its key path) -> frozen
+dataclasses.
+
+Nothing else in the router reads the config file or the environment; :func:`load_config` is the
+edge. Every field is documented once, in ``router/example.toml`` and ``docs/router.md``
+(meaning, unit, default, example). A short map of the schema::
+
+    [server]     host, port, max_body_bytes, tokenizer, admin_api_key, max_retries
+    [timeouts]   connect_s, read_s, keepalive_s
+    [health]     path, interval_s, timeout_s, eject_after_failures, eject_for_s
+    [admission]  mode, margin_s, prediction, learned_quantile, utilization_window_s,
+                 load_poll_interval_s, on_demand_max_wait_s
+    [[buckets]]  name, model, backends, artifact, time_scale, max_seq_len, max_output_tokens,
+                 slots, prefill_ms, per_token_ms, default_max_tokens, over_cap, ttft_slo_s,
+                 e2e_slo_s, target_utilization, max_queue, max_concurrency, degraded_min_tokens
+    [[tenants]]  name, api_keys, priority, requests_per_minute, tokens_per_minute
+
+A bucket's shape (``max_seq_len``, ``max_output_tokens``, ``slots``, ``prefill_ms``,
+``per_token_ms``) comes from its ``artifact`` (a built-in name or a TOML path, timings multiplied
+by ``time_scale``) and any of those keys given explicitly override the artifact's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.admission import Priority
+from router.admission.settings import (
+    DEFAULT_PRIORITY_RULES,
+    AdmissionMode,
+    AdmissionSettings,
+    PredictionPolicy,
+    PriorityRule,
+    TenantPolicy,
+)
+from router.bucket_config import BucketConfig, OverCap, parse_bucket
+from router.config_fields import Fields
+
+__all__ = [
+    "BucketConfig",
+    "ConfigError",
+    "HealthConfig",
+    "OverCap",
+    "RouterConfig",
+    "ServerConfig",
+    "TenantConfig",
+    "TimeoutConfig",
+    "key_digest",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``errors`` lists every problem as ``key.path: message``."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        lines = "\n".join(f"  {e}" for e in errors)
+        super().__init__(f"{source}: invalid configuration:\n{lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 4 * 1024 * 1024
+    tokenizer: str | None = None
+    admin_key_digest: bytes | None = None
+    max_retries: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutConfig:
+    connect_s: float = 2.0
+    read_s: float = 60.0
+    keepalive_s: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    path: str = "/readyz"
+    interval_s: float = 1.0
+    timeout_s: float = 1.0
+    eject_after_failures: int = 3
+    eject_for_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    policy: TenantPolicy
+    key_digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    server: ServerConfig
+    timeouts: TimeoutConfig
+    health: HealthConfig
+    admission: AdmissionSettings
+    buckets: tuple[BucketConfig, ...]
+    tenants: tuple[TenantConfig, ...] = ()
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Public model names, in first-seen order."""
+        return tuple(dict.fromkeys(b.model for b in self.buckets))
+
+    @property
+    def auth_enabled(self) -> bool:
+        return any(t.key_digests for t in self.tenants)
+
+
+def key_digest(key: str) -> bytes:
+    """SHA-256 of an API key: what the router keeps and compares (never the key itself)."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+_SECTIONS = frozenset({"server", "timeouts", "health", "admission", "buckets", "tenants"})
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<config>", *, base_dir: Path | None = None
+                 ) -> RouterConfig:
+    """Validate a parsed TOML mapping; raise :class:`ConfigError` listing every problem."""
+    errors: list[str] = []
+    for key in sorted(set(raw) - _SECTIONS):
+        errors.append(f"{key}: unknown key")
+    server = _server(Fields(raw, "server", errors), base_dir)
+    timeouts = _timeouts(Fields(raw, "timeouts", errors))
+    health = _health(Fields(raw, "health", errors))
+    adm = Fields(raw, "admission", errors)
+    buckets = _buckets(raw.get("buckets"), errors, base_dir)
+    tenants = _tenants(raw.get("tenants"), errors)
+    admission = AdmissionSettings(
+        mode=AdmissionMode(adm.choice("mode", [m.value for m in AdmissionMode], "timeline")),
+        margin_s=adm.number("margin_s", 0.005, lo=0.0),
+        prediction=PredictionPolicy(
+            adm.choice("prediction", [p.value for p in PredictionPolicy], "worst_case")
+        ),
+        learned_quantile=adm.number("learned_quantile", 0.95, lo=0.5, hi=1.0),
+        utilization_window_s=adm.number("utilization_window_s", 10.0, lo=0.1),
+        load_poll_interval_s=adm.number("load_poll_interval_s", 0.05, lo=0.001),
+        on_demand_max_wait_s=adm.number("on_demand_max_wait_s", 2.0, lo=0.0),
+        buckets=tuple(b.policy for b in buckets),
+        tenants=tuple(t.policy for t in tenants),
+        priorities=_priorities(adm, errors),
+        min_retry_after_s=adm.number("min_retry_after_s", 0.05, lo=0.0),
+        learned_min_samples=adm.integer("learned_min_samples", 32, lo=1),
+    )
+    adm.finish()
+    if errors:
+        raise ConfigError(source, errors)
+    return RouterConfig(server, timeouts, health, admission, tuple(buckets), tuple(tenants))
+
+
+def load_config(path: str | Path) -> RouterConfig:
+    """Read and validate a TOML config file. Relative paths inside resolve from its folder."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(p), [f"cannot read: {exc}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), [f"not valid TOML: {exc}"]) from exc
+    return parse_config(raw, str(p), base_dir=p.parent)
+
+
+def _resolve(path: str, base_dir: Path | None) -> str:
+    p = Path(path)
+    return str(base_dir / p) if base_dir is not None and not p.is_absolute() else path
+
+
+def _server(f: Fields, base_dir: Path | None) -> ServerConfig:
+    tokenizer = f.opt_str("tokenizer")
+    if tokenizer is not None:
+        tokenizer = _resolve(tokenizer, base_dir)
+        if not Path(tokenizer).is_file():
+            f.error("tokenizer", f"no such file: {tokenizer}")
+    admin = f.opt_str("admin_api_key")
+    cfg = ServerConfig(
+        host=f.string("host", "127.0.0.1"),
+        port=f.integer("port", 8080, lo=0, hi=65535),
+        max_body_bytes=f.integer("max_body_bytes", 4 * 1024 * 1024, lo=1024),
+        tokenizer=tokenizer,
+        admin_key_digest=key_digest(admin) if admin else None,
+        max_retries=f.integer("max_retries", 2, lo=0, hi=10),
+    )
+    f.finish()
+    return cfg
+
+
+def _timeouts(f: Fields) -> TimeoutConfig:
+    cfg = TimeoutConfig(
+        connect_s=f.number("connect_s", 2.0, lo=0.001),
+        read_s=f.number("read_s", 60.0, lo=0.001),
+        keepalive_s=f.number("keepalive_s", 4.0, lo=0.0),
+    )
+    f.finish()
+    return cfg
+
+
+def _health(f: Fields) -> HealthConfig:
+    path = f.string("path", "/readyz")
+    if not path.startswith("/"):
+        f.error("path", f"must start with '/', got {path!r}")
+    cfg = HealthConfig(
+        path=path,
+        interval_s=f.number("interval_s", 1.0, lo=0.01),
+        timeout_s=f.number("timeout_s", 1.0, lo=0.001),
+        eject_after_failures=f.integer("eject_after_failures", 3, lo=1),
+        eject_for_s=f.number("eject_for_s", 5.0, lo=0.0),
+    )
+    f.finish()
+    return cfg
+
+
+def _priorities(adm: Fields, errors: list[str]) -> tuple[PriorityRule, ...]:
+    """``[admission.priorities.<class>]`` tables over :data:`DEFAULT_PRIORITY_RULES`."""
+    from router.admission.priority import rule_errors
+
+    if not adm.has("priorities"):
+        return DEFAULT_PRIORITY_RULES
+    raw = adm.raw("priorities")
+    if not isinstance(raw, Mapping):
+        adm.error("priorities", "must be a table of [admission.priorities.<class>] tables")
+        return DEFAULT_PRIORITY_RULES
+    rules: list[PriorityRule] = []
+    for default in DEFAULT_PRIORITY_RULES:
+        table = raw.get(default.priority.value, {})
+        path = f"admission.priorities.{default.priority.value}"
+        if not isinstance(table, Mapping):
+            errors.append(f"{path}: must be a table")
+            rules.append(default)
+            continue
+        f = Fields.of(table, path, errors)
+        factor: float | None = default.utilization_factor
+        if f.has("utilization_factor") and table["utilization_factor"] == "never":
+            factor = None
+        elif f.has("utilization_factor"):
+            factor = f.number("utilization_factor", 1.0, lo=0.0, lo_open=True)
+        rules.append(PriorityRule(default.priority,
+                                  share=f.number("share", default.share, lo=0.0, hi=1.0,
+                                                 lo_open=True),
+                                  utilization_factor=factor))
+        f.finish()
+    for key in sorted(set(raw) - {p.priority.value for p in DEFAULT_PRIORITY_RULES}):
+        errors.append(f"admission.priorities.{key}: unknown priority")
+    errors.extend(f"admission.{e}" for e in rule_errors(rules))
+    return tuple(rules)
+
+
+def _table_list(raw: object, key: str, errors: list[str]) -> list[Mapping[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(t, Mapping) for t in raw):
+        errors.append(f"{key}: must be an array of tables ([[{key}]])")
+        return []
+    return list(raw)
+
+
+def _buckets(raw: object, errors: list[str], base_dir: Path | None) -> list[BucketConfig]:
+    tables = _table_list(raw, "buckets", errors)
+    if raw is None or (isinstance(raw, list) and not raw):
+        errors.append("buckets: at least one [[buckets]] table is required")
+    out: list[BucketConfig] = []
+    for i, table in enumerate(tables):
+        b = parse_bucket(Fields.of(table, f"buckets[{i}]", errors), base_dir)
+        if b is not None:
+            out.append(b)
+    seen: dict[str, int] = {}
+    for i, b in enumerate(out):
+        if b.name in seen:
+            errors.append(f"buckets[{i}].name: duplicate bucket name {b.name!r}")
+        seen.setdefault(b.name, i)
+    return out
+
+
+def _tenants(raw: object, errors: list[str]) -> list[TenantConfig]:
+    out: list[TenantConfig] = []
+    digests: set[bytes] = set()
+    for i, table in enumerate(_table_list(raw, "tenants", errors)):
+        f = Fields.of(table, f"tenants[{i}]", errors)
+        name = f.string("name", "")
+        if not name:
+            f.error("name", "required non-empty string")
+        keys = f.str_list("api_keys")
+        if not keys:
+            f.error("api_keys", "required: at least one API key")
+        own = tuple(key_digest(k) for k in keys)
+        if digests & set(own):
+            f.error("api_keys", "a key is already given to another tenant")
+        digests |= set(own)
+        priority = f.choice("priority", [p.value for p in Priority], "standard")
+        policy = TenantPolicy(
+            name=name,
+            priority=Priority(priority),
+            requests_per_minute=f.opt_int("requests_per_minute", lo=1),
+            tokens_per_minute=f.opt_int("tokens_per_minute", lo=1),
+        )
+        f.finish()
+        out.append(TenantConfig(policy=policy, key_digests=own))
+    return out

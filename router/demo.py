@@ -1,0 +1,79 @@
+"""``lpu-router demo``: emulated backends for a default set of buckets plus the router, in one
+process and one command.
+
+Buckets (one public model, ``llama-3.1-8b-instant``, at three compiled shapes, two emulated
+replicas each): ``short`` = ``llama-3.1-8b-2k``, ``medium`` = ``llama-3.1-8b-8k``, ``long`` =
+``llama-3.1-8b-32k``. Backends bind ephemeral loopback ports; the router binds ``--port``.
+The emulated replies have geometric lengths (mean 128 tokens, at most the allowance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from lpu_emulator.artifact import builtin_artifact
+from lpu_emulator.lengths import OutputLength
+from lpu_emulator.server import EmulatorOptions, start_emulators
+from router.config import RouterConfig, parse_config
+from router.server import serve_forever
+
+__all__ = ["DEMO_BUCKETS", "DEMO_MODEL", "demo_config", "run_demo", "usage_text"]
+
+DEMO_MODEL = "llama-3.1-8b-instant"
+DEMO_BUCKETS: tuple[tuple[str, str], ...] = (
+    ("short", "llama-3.1-8b-2k"),
+    ("medium", "llama-3.1-8b-8k"),
+    ("long", "llama-3.1-8b-32k"),
+)
+
+
+def demo_config(backends: dict[str, list[str]], *, host: str = "127.0.0.1", port: int = 8080,
+                time_scale: float = 1.0, admission: str = "timeline") -> RouterConfig:
+    """The demo's router config: one ``[[buckets]]`` per entry of :data:`DEMO_BUCKETS`."""
+    raw: dict[str, Any] = {
+        "server": {"host": host, "port": port},
+        "health": {"interval_s": 1.0},
+        "admission": {"mode": admission},
+        "buckets": [
+            {"name": name, "model": DEMO_MODEL, "artifact": artifact, "time_scale": time_scale,
+             "backends": backends[name],
+             "ttft_slo_s": builtin_artifact(artifact).prefill_s * time_scale * 4}
+            for name, artifact in DEMO_BUCKETS
+        ],
+    }
+    return parse_config(raw, "<demo>")
+
+
+def usage_text(url: str) -> str:
+    """How to point the ``openai`` client (and curl) at the router."""
+    return f"""lpu-router demo: router at {url}, buckets {', '.join(b for b, _ in DEMO_BUCKETS)}
+
+    from openai import OpenAI
+    client = OpenAI(base_url="{url}/v1", api_key="unused")
+    r = client.chat.completions.create(model="{DEMO_MODEL}", max_tokens=64,
+        messages=[{{"role": "user", "content": "Hello!"}}])
+    print(r.choices[0].message.content)
+
+    curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{{"model": \
+"{DEMO_MODEL}", "max_tokens": 32, "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+metrics: {url}/metrics    ready: {url}/readyz    Ctrl-C stops."""
+
+
+async def run_demo(*, host: str = "127.0.0.1", port: int = 8080, time_scale: float = 1.0,
+                   replicas: int = 2, echo: Callable[[str], None] = print) -> None:
+    """Start the emulated backends and the router; serve until SIGINT/SIGTERM."""
+    async with contextlib.AsyncExitStack() as stack:
+        backends: dict[str, list[str]] = {}
+        for name, artifact in DEMO_BUCKETS:
+            options = EmulatorOptions(
+                artifact=builtin_artifact(artifact), time_scale=time_scale,
+                output_length=OutputLength(kind="geometric", mean=128.0),
+            )
+            backends[name] = await stack.enter_async_context(
+                start_emulators(options, replicas=replicas, host=host)
+            )
+        config = demo_config(backends, host=host, port=port, time_scale=time_scale)
+        await serve_forever(config, on_ready=lambda url: echo(usage_text(url)))

@@ -1,0 +1,81 @@
+"""The small endpoints: ``/v1/models``, ``/metrics``, ``/healthz``, ``/readyz``, ``/admin``.
+
+* ``GET /v1/models``: the router's public models (OpenAI list shape), with each model's buckets
+  (name, ``max_seq_len``, ``max_output_tokens``) as an extension field.
+* ``GET /healthz``: 200 while the process serves.
+* ``GET /readyz``: 200 when not shutting down and every bucket has a backend up, else 503; the
+  body gives the backends up per bucket.
+* ``GET /admin/backends``: every replica's health state; needs the admin key when any API key
+  is configured.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from router.auth import Auth
+from router.config import RouterConfig
+from router.metrics import RouterMetrics
+from router.pool import BackendPool
+
+__all__ = ["Endpoints"]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(data).encode(),
+                        content_type="application/json")
+
+
+class Endpoints:
+    def __init__(self, config: RouterConfig, *, pool: BackendPool, metrics: RouterMetrics,
+                 auth: Auth, created: int) -> None:
+        self._config = config
+        self._pool = pool
+        self._metrics = metrics
+        self._auth = auth
+        self._created = created
+        self.shutting_down = False
+
+    async def models(self, request: web.Request) -> web.Response:
+        self._auth.tenant(request.headers)
+        data = [
+            {
+                "id": model,
+                "object": "model",
+                "created": self._created,
+                "owned_by": "lpu-router",
+                "buckets": [
+                    {"name": b.name, "max_seq_len": b.max_seq_len,
+                     "max_output_tokens": b.max_output_tokens}
+                    for b in self._config.buckets if b.model == model
+                ],
+            }
+            for model in self._config.models
+        ]
+        return _json({"object": "list", "data": data})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self._metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        up = self._pool.ready()
+        ready = not self.shutting_down and all(up.values())
+        return _json({"ready": ready, "shutting_down": self.shutting_down, "backends_up": up},
+                     200 if ready else 503)
+
+    async def backends(self, request: web.Request) -> web.Response:
+        self._auth.check_admin(request.headers)
+        rows = [
+            {"bucket": r.bucket, "url": r.url, "up": r.up, "probe_ok": r.probe_ok,
+             "consecutive_failures": r.failures}
+            for b in self._config.buckets for r in self._pool.replicas(b.name)
+        ]
+        return _json({"backends": rows})

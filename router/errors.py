@@ -1,0 +1,134 @@
+"""The one place where failures become the router's errors, outcomes and HTTP statuses.
+
+Two families:
+
+* :class:`Rejection`: the router refuses a request before (or instead of) a backend serving it.
+  Its :class:`~router.outcomes.RejectReason` is the metric label and log field; its HTTP status
+  comes from :data:`REJECT_STATUS`.
+* :class:`UpstreamFailure`: talking to a backend failed. :func:`map_client_error` turns aiohttp
+  client exceptions into one, :func:`map_upstream_status` does the same for a backend's error
+  status. Each says whether another replica may be tried (only while nothing was sent to the
+  client) and whether it counts against the backend's health.
+
+============================  ======  =====================  =========  ======
+failure                       status  kind (metric label)    retryable  health
+============================  ======  =====================  =========  ======
+connection refused / reset    503     connect                yes        yes
+connect timeout               504     connect_timeout        yes        yes
+read timeout (sock_read)      504     read_timeout           no         yes
+disconnected before headers   502     disconnected           yes        yes
+disconnected mid-body         502     disconnected           no         yes
+backend 5xx                   502/3   status_5xx             yes        yes
+backend 429 (deadline)        429     deadline               yes        no
+============================  ======  =====================  =========  ======
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+
+import aiohttp
+
+from router.openai_api import APIError
+from router.outcomes import RejectReason
+
+__all__ = [
+    "REJECT_STATUS",
+    "Rejection",
+    "UpstreamFailure",
+    "map_client_error",
+    "map_upstream_status",
+    "refusal_error",
+    "retry_after_headers",
+]
+
+_R = RejectReason
+REJECT_STATUS: dict[RejectReason, int] = {
+    _R.INVALID_REQUEST: 400, _R.UNKNOWN_MODEL: 404, _R.CONTEXT_LENGTH: 400,
+    _R.MAX_TOKENS_CAP: 400, _R.UNAUTHORIZED: 401, _R.SLO_TTFT: 429, _R.SLO_E2E: 429,
+    _R.UTILIZATION: 429, _R.QUEUE_FULL: 429, _R.CONCURRENCY: 429, _R.TENANT_RPM: 429,
+    _R.TENANT_TPM: 429, _R.BACKEND_DEADLINE: 429, _R.NO_BACKEND: 503, _R.SHUTTING_DOWN: 503,
+}
+
+
+class Rejection(Exception):
+    """A refusal with its reason, its OpenAI-shaped error and an optional retry hint."""
+
+    def __init__(self, reason: RejectReason, error: APIError,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(error.message)
+        self.reason = reason
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
+def refusal_error(reason: RejectReason, message: str) -> APIError:
+    """The OpenAI-shaped error for an admission refusal (429 like OpenAI's rate limits)."""
+    status = REJECT_STATUS.get(reason, 429)
+    if status == 429:
+        text = message or f"Request refused by admission control ({reason})."
+        return APIError(429, text, type="requests", code="rate_limit_exceeded")
+    text = message or f"No backend can take this request now ({reason})."
+    return APIError(status, text, type="server_error", code=str(reason))
+
+
+def retry_after_headers(retry_after_s: float | None) -> dict[str, str]:
+    """``Retry-After`` (integer seconds, ceil, at least 1) and ``retry-after-ms``."""
+    if retry_after_s is None:
+        return {}
+    s = max(0.0, retry_after_s)
+    return {"Retry-After": str(max(1, math.ceil(s))), "retry-after-ms": str(math.ceil(s * 1e3))}
+
+
+class UpstreamFailure(Exception):
+    """A failure talking to one backend, already classified."""
+
+    def __init__(self, kind: str, status: int, message: str, *, retryable: bool,
+                 health: bool = True, reason: RejectReason | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.message = message
+        self.retryable = retryable
+        self.health = health
+        self.reason = reason
+
+    def api_error(self) -> APIError:
+        if self.reason is not None:
+            return refusal_error(self.reason, self.message)
+        code = "upstream_timeout" if self.status == 504 else "upstream_error"
+        return APIError(self.status, self.message, type="server_error", code=code)
+
+
+def map_client_error(exc: BaseException, *, got_headers: bool) -> UpstreamFailure:
+    """Classify an aiohttp client exception; ``got_headers``: the backend's status line came."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamFailure("connect_timeout", 504, "Timed out connecting to the backend.",
+                               retryable=True)
+    if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError):
+        return UpstreamFailure("read_timeout", 504, "The backend stopped sending in time.",
+                               retryable=False)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamFailure("connect", 503, "The backend refused the connection.",
+                               retryable=True)
+    if isinstance(exc, aiohttp.ClientError | ConnectionError):
+        return UpstreamFailure("disconnected", 502, "The backend closed the connection.",
+                               retryable=not got_headers)
+    raise exc
+
+
+def map_upstream_status(status: int, body: bytes) -> UpstreamFailure | None:
+    """A backend error status that the router handles itself; None: relay it to the client."""
+    if status == 429:
+        message = "The backend cannot produce the first token by the deadline."
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            message = str(json.loads(body)["error"]["message"])
+        return UpstreamFailure("deadline", 429, message, retryable=True, health=False,
+                               reason=RejectReason.BACKEND_DEADLINE)
+    if status >= 500:
+        return UpstreamFailure("status_5xx", 503 if status == 503 else 502,
+                               f"The backend answered {status}.", retryable=True)
+    return None

@@ -1,0 +1,133 @@
+"""Backend pools: every bucket's replicas and whether each may be used now.
+
+A replica is *up* when its last active probe succeeded and it is not ejected:
+
+* active checks: every ``health.interval_s`` the router GETs ``health.path`` (``/readyz``) on each
+  replica with a ``health.timeout_s`` budget; a non-200 answer or an error marks it down at
+  once, a 200 marks it up again;
+* passive ejection: ``health.eject_after_failures`` consecutive failed requests (connection
+  errors, timeouts, 5xx; not a deadline refusal) eject it for ``health.eject_for_s`` seconds,
+  after which it is used again (recovery) unless a probe says otherwise. Any success resets the
+  count.
+
+Replicas start up (optimistically) and are probed at once. Every change of state is published to
+``on_change(bucket, url, up)`` (the admitter's ``set_backend_health``) and to the
+``lpu_router_backend_up`` gauge. Time comes from the injected ``clock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from router.bucket_config import BucketConfig
+from router.config import HealthConfig
+from router.metrics import RouterMetrics
+
+__all__ = ["BackendPool", "Replica"]
+
+log = logging.getLogger("lpu_router.pool")
+
+
+@dataclass(slots=True)
+class Replica:
+    bucket: str
+    url: str
+    probe_ok: bool = True
+    failures: int = 0
+    """Consecutive failed requests (passive health)."""
+    ejected_until: float = 0.0
+    up: bool = True
+    """State last published (probe_ok and not ejected)."""
+
+
+class BackendPool:
+    """Health of every (bucket, replica) pair; probing runs in :meth:`run`."""
+
+    def __init__(self, buckets: Sequence[BucketConfig], health: HealthConfig, *,
+                 clock: Callable[[], float], metrics: RouterMetrics,
+                 on_change: Callable[[str, str, bool], None]) -> None:
+        self._health = health
+        self._clock = clock
+        self._metrics = metrics
+        self._on_change = on_change
+        self._replicas = {
+            (b.name, url): Replica(b.name, url) for b in buckets for url in b.backends
+        }
+        self._buckets = {b.name: b.backends for b in buckets}
+        for r in self._replicas.values():
+            metrics.backend_up.labels(r.bucket, r.url).set(1)
+
+    def replicas(self, bucket: str) -> tuple[Replica, ...]:
+        return tuple(self._replicas[(bucket, url)] for url in self._buckets[bucket])
+
+    def is_up(self, bucket: str, url: str) -> bool:
+        self.refresh()
+        return self._replicas[(bucket, url)].up
+
+    def ready(self) -> dict[str, int]:
+        """Replicas up per bucket."""
+        self.refresh()
+        return {
+            b: sum(self._replicas[(b, u)].up for u in urls) for b, urls in self._buckets.items()
+        }
+
+    def report_success(self, bucket: str, url: str) -> None:
+        self._replicas[(bucket, url)].failures = 0
+
+    def report_failure(self, bucket: str, url: str) -> None:
+        """A request to this replica failed in a way that counts against its health."""
+        r = self._replicas[(bucket, url)]
+        r.failures += 1
+        if r.failures >= self._health.eject_after_failures:
+            r.failures = 0
+            r.ejected_until = self._clock() + self._health.eject_for_s
+            log.warning("ejecting %s from bucket %s for %.1fs after %d failures", url, bucket,
+                        self._health.eject_for_s, self._health.eject_after_failures)
+        self.refresh()
+
+    def set_probe(self, bucket: str, url: str, ok: bool) -> None:
+        self._replicas[(bucket, url)].probe_ok = ok
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Publish every replica whose state changed (ejections expire with time)."""
+        now = self._clock()
+        for r in self._replicas.values():
+            up = r.probe_ok and now >= r.ejected_until
+            if up != r.up:
+                r.up = up
+                self._metrics.backend_up.labels(r.bucket, r.url).set(1 if up else 0)
+                log.info("backend %s in bucket %s is %s", r.url, r.bucket, "up" if up else "down")
+                self._on_change(r.bucket, r.url, up)
+
+    async def probe(self, session: aiohttp.ClientSession, url: str) -> bool:
+        timeout = aiohttp.ClientTimeout(total=self._health.timeout_s)
+        try:
+            async with session.get(url + self._health.path, timeout=timeout) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
+    async def probe_all(self, session: aiohttp.ClientSession) -> None:
+        """One round of active checks (each URL once, even when in several buckets)."""
+        urls = sorted({url for _, url in self._replicas})
+        results = await asyncio.gather(*(self.probe(session, u) for u in urls))
+        ok = dict(zip(urls, results, strict=True))
+        for r in self._replicas.values():
+            r.probe_ok = ok[r.url]
+        self.refresh()
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        """Probe forever, every ``interval_s``; cancel to stop."""
+        while True:
+            try:
+                await self.probe_all(session)
+            except Exception:  # a bug here must not stop health checking for good
+                log.exception("health probe round failed")
+            await asyncio.sleep(self._health.interval_s)
