@@ -1,0 +1,1 @@
+"""Load generator, queueing theory, simulator and capacity planner for the LPU router."""

@@ -1,0 +1,41 @@
+"""``lpu-bench``: the benchmark command line. Each subcommand lives in its own module.
+
+A subcommand module exposes ``HELP: str``, ``configure(parser)`` and
+``execute(args) -> int`` (the exit status); add it to ``_COMMANDS`` to register it
+(room for ``sweep`` and ``soak``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from benchmarks import planner, run_command
+
+__all__ = ["build_parser", "main"]
+
+_COMMANDS: dict[str, ModuleType] = {
+    "run": run_command,
+    "plan": planner,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lpu-bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in _COMMANDS.items():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.configure(p)
+        p.set_defaults(execute=module.execute)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    execute: Callable[[argparse.Namespace], int] = args.execute
+    return execute(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
