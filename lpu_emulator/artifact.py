@@ -139,6 +139,7 @@ def parse_artifact(raw: Mapping[str, Any], source: str = "<artifact>") -> Artifa
     for key in sorted(set(table) - _KNOWN):
         errors.append(f"artifact.{key}: unknown key")
     values: dict[str, Any] = {}
+    v: Any
     for key in _STR_FIELDS:
         v = table.get(key)
         if not isinstance(v, str) or not v.strip():
@@ -182,7 +183,8 @@ def parse_artifact(raw: Mapping[str, Any], source: str = "<artifact>") -> Artifa
 def builtin_artifact_names() -> list[str]:
     """Names of the artifacts shipped in the package (``lpu_emulator/artifacts``)."""
     folder = resources.files("lpu_emulator") / "artifacts"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    names = (p.name for p in folder.iterdir())
+    return sorted(n.removesuffix(".toml") for n in names if n.endswith(".toml"))
 
 
 def builtin_artifact(name: str) -> Artifact:

@@ -1,0 +1,138 @@
+"""``lpu-emulator``: serve emulated LPU backends from the command line.
+
+Examples::
+
+    lpu-emulator --artifact llama-3.1-8b-2k --port 8001
+    lpu-emulator --artifact ./my-shape.toml --port 8001 --replicas 4 --time-scale 10
+    lpu-emulator --artifact llama-3.1-8b-2k --output-length geometric --output-mean 200
+    lpu-emulator --artifact llama-3.1-8b-2k --error-rate 0.05 --crash-rate 0.01
+    lpu-emulator --list-artifacts
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from lpu_emulator.artifact import ArtifactError, builtin_artifact_names, load_artifact
+from lpu_emulator.faults import FaultSettings
+from lpu_emulator.lengths import OutputLength
+from lpu_emulator.options import EmulatorOptions
+from lpu_emulator.server import start_emulators
+
+__all__ = ["build_parser", "main", "options_from_args"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lpu-emulator", description="Serve emulated deterministic LPU backends behind the"
+        " OpenAI API.",
+    )
+    p.add_argument("--artifact", help="built-in artifact name or artifact TOML file")
+    p.add_argument("--list-artifacts", action="store_true", help="list built-in artifacts, exit")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001, help="first port (0: ephemeral)")
+    p.add_argument("--replicas", type=int, default=1, help="backends on consecutive ports")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiply every artifact duration (10 = ten times slower)")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="requests allowed to wait for a slot; more get 503 (default unbounded)")
+    p.add_argument("--output-length", choices=["fixed", "uniform", "geometric"], default="fixed",
+                   help="fixed: exactly max_tokens; otherwise a seeded distribution")
+    p.add_argument("--output-min", type=int, default=1, help="uniform: lowest length (tokens)")
+    p.add_argument("--output-max", type=int, default=None,
+                   help="uniform: highest length (tokens; default the allowance)")
+    p.add_argument("--output-mean", type=float, default=128.0, help="geometric: mean (tokens)")
+    p.add_argument("--seed", type=int, default=0, help="seed of output lengths and faults")
+    p.add_argument("--tokenizer", default=None, help="count prompts with this tokenizer.json")
+    p.add_argument("--tick-ms", type=float, default=5.0,
+                   help="delivery quantum: a stream writes at most once per tick (ms)")
+    p.add_argument("--write-budget", type=float, default=20000.0,
+                   help="most stream writes per second over all streams; the quantum grows"
+                   " above --tick-ms to respect it (0: unbounded)")
+    p.add_argument("--lenient", action="store_true",
+                   help="accept request fields OpenAI does not define")
+    f = p.add_argument_group("fault injection (all off by default)")
+    f.add_argument("--error-rate", type=float, default=0.0, help="P(500 before the first byte)")
+    f.add_argument("--stall-rate", type=float, default=0.0, help="P(a pause mid-stream)")
+    f.add_argument("--stall-s", type=float, default=0.0, help="length of a stall (seconds)")
+    f.add_argument("--stall-after-tokens", type=int, default=1)
+    f.add_argument("--crash-rate", type=float, default=0.0, help="P(connection dropped)")
+    f.add_argument("--crash-after-tokens", type=int, default=1,
+                   help="where crash, garbage and stream errors happen (tokens)")
+    f.add_argument("--garbage-rate", type=float, default=0.0, help="P(a broken SSE frame)")
+    f.add_argument("--stream-error-rate", type=float, default=0.0,
+                   help="P(an error frame mid-stream)")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    """Build the options; raises ValueError or ArtifactError listing every problem."""
+    faults = FaultSettings(
+        error_rate=args.error_rate, stall_rate=args.stall_rate, stall_s=args.stall_s,
+        stall_after_tokens=args.stall_after_tokens, crash_rate=args.crash_rate,
+        crash_after_tokens=args.crash_after_tokens, garbage_rate=args.garbage_rate,
+        stream_error_rate=args.stream_error_rate,
+    )
+    length = OutputLength(
+        kind=args.output_length, low=args.output_min, high=args.output_max, mean=args.output_mean
+    )
+    return EmulatorOptions(
+        artifact=load_artifact(args.artifact),
+        time_scale=args.time_scale,
+        max_queue=args.max_queue,
+        output_length=length,
+        seed=args.seed,
+        faults=faults,
+        tick_s=args.tick_ms / 1e3,
+        write_budget_per_s=args.write_budget if args.write_budget > 0 else None,
+        tokenizer=args.tokenizer,
+        strict_params=not args.lenient,
+    )
+
+
+async def _serve(options: EmulatorOptions, replicas: int, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with start_emulators(options, replicas, host, port) as urls:
+        art = options.artifact
+        for url in urls:
+            print(f"lpu-emulator: {art.name} ({art.version}) at {url}/v1", flush=True)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_artifacts:
+        for name in builtin_artifact_names():
+            print(name)
+        return 0
+    if not args.artifact:
+        print("lpu-emulator: --artifact is required (see --list-artifacts)", file=sys.stderr)
+        return 2
+    if args.replicas < 1:
+        print("lpu-emulator: --replicas must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        options = options_from_args(args)
+    except (ValueError, ArtifactError) as exc:
+        print(f"lpu-emulator: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        asyncio.run(_serve(options, args.replicas, args.host, args.port))
+    else:
+        uvloop.run(_serve(options, args.replicas, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

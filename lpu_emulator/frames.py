@@ -1,0 +1,176 @@
+"""Response bodies and SSE frames, byte for byte as OpenAI sends them.
+
+Streams (``text/event-stream``): for chat, the first chunk carries
+``delta.role``; every token is one chunk; the last chunk carries
+``finish_reason`` and Groq's ``x_groq`` (``id`` and ``usage`` with the timing);
+with ``stream_options.include_usage`` every chunk has ``"usage": null`` and one
+more chunk with ``"choices": []`` and the usage follows; then ``data: [DONE]``.
+
+Per-token cost is one bytes concatenation: each stream precomputes the bytes
+before and after the token's JSON string, and token JSON strings are
+precomputed in :class:`lpu_emulator.text.TokenText`.
+
+Timing (seconds, from the exact schedule): ``queue_time`` = start - arrival,
+``prompt_time`` = prefill, ``completion_time`` = the remaining ``n - 1`` token
+times, ``total_time`` = prompt_time + completion_time (as Groq reports it: the
+queue is not included).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from router.openai_api import APIError
+
+__all__ = ["DONE", "ResponseIdentity", "StreamFrames", "Timing", "completion_body", "usage"]
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseIdentity:
+    """What every body and chunk of one response repeats."""
+
+    kind: Literal["chat", "completion"]
+    id: str
+    """``chatcmpl-...`` or ``cmpl-...``."""
+    created: int
+    """Unix seconds."""
+    model: str
+    system_fingerprint: str
+    groq_id: str
+    """``req_...``: Groq's request id in ``x_groq.id``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    queue_s: float
+    prompt_s: float
+    completion_s: float
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _groq(ident: ResponseIdentity, use: dict[str, int], t: Timing) -> dict[str, Any]:
+    return {
+        "id": ident.groq_id,
+        "usage": {
+            "queue_time": round(t.queue_s, 6),
+            "prompt_tokens": use["prompt_tokens"],
+            "prompt_time": round(t.prompt_s, 6),
+            "completion_tokens": use["completion_tokens"],
+            "completion_time": round(t.completion_s, 6),
+            "total_tokens": use["total_tokens"],
+            "total_time": round(t.prompt_s + t.completion_s, 6),
+        },
+    }
+
+
+def _head(ident: ResponseIdentity, obj: str) -> dict[str, Any]:
+    return {
+        "id": ident.id,
+        "object": obj,
+        "created": ident.created,
+        "model": ident.model,
+        "system_fingerprint": ident.system_fingerprint,
+    }
+
+
+def completion_body(
+    ident: ResponseIdentity, text: str, finish_reason: str, use: dict[str, int], t: Timing
+) -> bytes:
+    """The JSON body of a non-streaming response."""
+    choice: dict[str, Any]
+    if ident.kind == "chat":
+        body = _head(ident, "chat.completion")
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+        choice |= {"logprobs": None, "finish_reason": finish_reason}
+    else:
+        body = _head(ident, "text_completion")
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+    groq = _groq(ident, use, t)
+    body["choices"] = [choice]
+    body["usage"] = use | groq["usage"]
+    body["x_groq"] = groq
+    return _dumps(body)
+
+
+class StreamFrames:
+    """The SSE frames of one streaming response."""
+
+    __slots__ = ("_head", "_ident", "_include_usage", "_tail")
+
+    def __init__(self, ident: ResponseIdentity, include_usage: bool) -> None:
+        self._ident = ident
+        self._include_usage = include_usage
+        # Split a token chunk around the token's JSON string, so a token costs one
+        # concatenation. The marker cannot occur in the identity fields' JSON.
+        marker = "\x00TOKEN\x00"
+        chunk = self._chunk(marker if ident.kind == "completion" else {"content": marker}, None)
+        head, tail = chunk.split(_dumps(marker), 1)
+        self._head = b"data: " + head
+        self._tail = tail + b"\n\n"
+
+    def _chunk(self, payload: object, finish_reason: str | None, **extra: Any) -> bytes:
+        ident = self._ident
+        if ident.kind == "chat":
+            obj = _head(ident, "chat.completion.chunk")
+            choice = {"index": 0, "delta": payload, "logprobs": None}
+        else:
+            obj = _head(ident, "text_completion")
+            choice = {"text": payload, "index": 0, "logprobs": None}
+        choice["finish_reason"] = finish_reason
+        obj["choices"] = [choice]
+        if self._include_usage:
+            obj["usage"] = None
+        obj |= extra
+        return _dumps(obj)
+
+    def start(self) -> bytes:
+        """What precedes the first token: the role chunk for chat, nothing for completions."""
+        if self._ident.kind == "chat":
+            return b"data: " + self._chunk({"role": "assistant", "content": ""}, None) + b"\n\n"
+        return b""
+
+    def tokens(self, token_json: Sequence[bytes], ids: Sequence[int]) -> bytes:
+        """One frame per token id, concatenated."""
+        head, tail = self._head, self._tail
+        return b"".join([head + token_json[i] + tail for i in ids])
+
+    def finish(self, finish_reason: str, use: dict[str, int], t: Timing) -> bytes:
+        """The last chunk (finish reason and ``x_groq``), the usage chunk if asked, [DONE]."""
+        groq = _groq(self._ident, use, t)
+        empty: object = {} if self._ident.kind == "chat" else ""
+        out = b"data: " + self._chunk(empty, finish_reason, x_groq=groq) + b"\n\n"
+        if self._include_usage:
+            obj = _head(self._ident, self._chunk_object())
+            obj["choices"] = []
+            obj["usage"] = use
+            out += b"data: " + _dumps(obj) + b"\n\n"
+        return out + DONE
+
+    def _chunk_object(self) -> str:
+        return "chat.completion.chunk" if self._ident.kind == "chat" else "text_completion"
+
+    @staticmethod
+    def error(err: APIError) -> bytes:
+        """The frame that ends a stream failing after its first byte."""
+        return b"data: " + err.to_json() + b"\n\n"
+
+    def garbage(self) -> bytes:
+        """A frame cut in the middle of its JSON (fault injection)."""
+        whole = self._chunk({"content": " garbled"} if self._ident.kind == "chat" else "", None)
+        return b"data: " + whole[: len(whole) // 2] + b"\n\n"

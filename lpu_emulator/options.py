@@ -1,0 +1,78 @@
+"""The emulator's settings: one frozen dataclass, validated as a whole.
+
+Every field, its unit and default:
+
+* ``artifact``: the compiled schedule served at startup (unscaled).
+* ``time_scale`` (default 1.0): every artifact duration (prefill, per token,
+  compile time) is multiplied by it. 10 runs the same schedule ten times slower
+  (a slow machine, a coarse test); 0.1 ten times faster.
+* ``max_queue`` (default None = unbounded): requests allowed to wait for a slot;
+  one more that would have to wait gets 503 ``queue_full``. 0 allows no waiting.
+* ``output_length`` (default fixed): see :mod:`lpu_emulator.lengths`.
+* ``seed`` (default 0): seeds output lengths and fault draws.
+* ``faults`` (default off): see :mod:`lpu_emulator.faults`.
+* ``tick_s`` (default 0.005): the smallest delivery quantum, in seconds. A
+  stream's first token is written at its due time; after that a stream wakes at
+  most once per quantum and writes every token due by then in one write. Lower
+  is closer to one write per token (more CPU); 0 writes each token on its own
+  when the write budget allows.
+* ``write_budget_per_s`` (default 20000): the most stream writes per second over
+  all streams; the quantum grows to ``active_streams / write_budget_per_s`` when
+  that is above ``tick_s`` (300 streams: 15 ms). It bounds the emulator's CPU
+  (about 25 us per write on a 2-core machine, so ~0.5 core at the default).
+  None removes the bound.
+* ``tokenizer`` (default None): a Hugging Face ``tokenizer.json`` to count
+  prompt tokens exactly; None uses the shared estimator.
+* ``strict_params`` (default True): refuse request fields OpenAI does not define.
+
+Example: ``EmulatorOptions(builtin_artifact("llama-3.1-8b-2k"), time_scale=0.1,
+max_queue=32)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from lpu_emulator.artifact import Artifact
+from lpu_emulator.faults import FaultSettings
+from lpu_emulator.lengths import OutputLength
+
+__all__ = ["EmulatorOptions"]
+
+
+@dataclass(frozen=True)
+class EmulatorOptions:
+    """Settings of one emulated backend (see the module docstring for each field)."""
+
+    artifact: Artifact
+    time_scale: float = 1.0
+    max_queue: int | None = None
+    output_length: OutputLength = field(default_factory=OutputLength)
+    seed: int = 0
+    faults: FaultSettings = field(default_factory=FaultSettings)
+    tick_s: float = 0.005
+    write_budget_per_s: float | None = 20000.0
+    tokenizer: str | None = None
+    strict_params: bool = True
+
+    def __post_init__(self) -> None:
+        problems = self.errors()
+        if problems:
+            raise ValueError("invalid emulator options: " + "; ".join(problems))
+
+    def errors(self) -> list[str]:
+        """Every problem with these options (empty when valid)."""
+        out: list[str] = []
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            out.append(f"time_scale: must be a finite number > 0, got {self.time_scale!r}")
+        if self.max_queue is not None and self.max_queue < 0:
+            out.append(f"max_queue: must be >= 0 or None, got {self.max_queue!r}")
+        if not (math.isfinite(self.tick_s) and 0 <= self.tick_s <= 1.0):
+            out.append(f"tick_s: must be in [0, 1] seconds, got {self.tick_s!r}")
+        budget = self.write_budget_per_s
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            out.append(f"write_budget_per_s: must be a number > 0 or None, got {budget!r}")
+        out += self.output_length.errors()
+        out += self.faults.errors()
+        return out
