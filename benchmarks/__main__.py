@@ -11,13 +11,16 @@ import argparse
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from benchmarks import planner, run_command
+from benchmarks import planner, run_command, soak
+from benchmarks.experiments import sweep
 
 __all__ = ["build_parser", "main"]
 
 _COMMANDS: dict[str, ModuleType] = {
     "run": run_command,
     "plan": planner,
+    "sweep": sweep,
+    "soak": soak,
 }
 
 

@@ -1,6 +1,7 @@
 """``lpu-router``: the command line (parsing only; the work is in ``router.server``/``demo``).
 
-    lpu-router serve CONFIG            serve the router described by CONFIG (TOML)
+    lpu-router serve CONFIG            serve the router described by CONFIG (TOML);
+                                       SIGTERM drains, SIGHUP reloads CONFIG
     lpu-router check CONFIG            validate CONFIG, print every error, exit 1 if invalid
     lpu-router --check CONFIG          the same
     lpu-router demo [--port 8080] [--time-scale S]
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def ready(url: str) -> None:
             print(f"lpu-router serving on {url}", flush=True)
 
-        _run(serve_forever(config, on_ready=ready))
+        _run(serve_forever(config, on_ready=ready, config_path=args.config))
         return 0
     if args.command == "demo":
         from router.demo import run_demo

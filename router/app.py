@@ -7,7 +7,9 @@ Reading this one function tells what exists and who talks to whom:
 * the backend pool (health), which tells the admitter when a replica goes up or down;
 * the upstream client (one ``ClientSession``, opened and closed by ``cleanup_ctx``, with
   ``TCPConnector(limit=0)`` so the admitter is the only queue, and a keep-alive shorter than
-  the backends'), and the health-probe task;
+  the backends'), and the active-check task: with ``timeline`` the ``/load`` poll
+  (:mod:`router.load_poller`, feeding both the timeline and the pool's health), with ``off``
+  the pool's own ``health.path`` probe;
 * the routes, behind the edge middleware (request ids, error shapes, body limit).
 """
 
@@ -23,7 +25,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from router.admission import Admitter
+from router.admin import AdminBuckets
+from router.admission.controller import TimelineAdmitter
 from router.admission.off import OffAdmitter
 from router.admission.settings import AdmissionMode, AdmissionSettings
 from router.auth import Auth
@@ -32,33 +35,29 @@ from router.config import RouterConfig
 from router.edge import edge_middleware
 from router.endpoints import Endpoints
 from router.handlers import Proxy
+from router.lifecycle import LIFECYCLE, Lifecycle, lifecycle_middleware
+from router.load_poller import LoadPoller
 from router.metrics import RouterMetrics, make_metrics
+from router.openapi import openapi_handler
 from router.pool import BackendPool
 from router.relay import Upstream
 from router.tokens import ESTIMATE_UNDERCOUNT_MARGIN, EstimateCounter, HFTokenizerCounter
 
-__all__ = ["ADMITTER", "METRICS", "POOL", "build_app", "make_admitter"]
+__all__ = ["ADMITTER", "METRICS", "POOL", "UPSTREAM", "build_app", "make_admitter"]
 
 log = logging.getLogger("lpu_router.app")
 
 METRICS = web.AppKey("metrics", RouterMetrics)
 POOL = web.AppKey("pool", BackendPool)
 ADMITTER = web.AppKey("admitter", object)
+UPSTREAM = web.AppKey("upstream", Upstream)
 
 
 def make_admitter(settings: AdmissionSettings, *, clock: Callable[[], float],
-                  metrics: RouterMetrics) -> Admitter:
-    """``off`` -> :class:`OffAdmitter`; ``timeline`` -> the timeline controller."""
+                  metrics: RouterMetrics) -> OffAdmitter | TimelineAdmitter:
+    """``off`` -> :class:`OffAdmitter`; ``timeline`` -> :class:`TimelineAdmitter`."""
     if settings.mode is AdmissionMode.TIMELINE:
-        try:
-            from router.admission.controller import TimelineAdmitter
-        except ImportError:
-            # TODO(lead): remove this fallback once router/admission/controller.py lands.
-            log.warning("admission mode 'timeline' requested but router.admission.controller"
-                        " is not available: falling back to mode 'off'")
-        else:
-            admitter: Admitter = TimelineAdmitter(settings, clock=clock, metrics=metrics)
-            return admitter
+        return TimelineAdmitter(settings, clock=clock, metrics=metrics)
     return OffAdmitter(settings)
 
 
@@ -71,12 +70,18 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     margin = ESTIMATE_UNDERCOUNT_MARGIN if isinstance(counter, EstimateCounter) else 0.0
     table = BucketTable(config.buckets, margin=margin)
     admitter = make_admitter(config.admission, clock=clock, metrics=metrics)
+    timeline = admitter if isinstance(admitter, TimelineAdmitter) else None
     pool = BackendPool(config.buckets, config.health, clock=clock, metrics=metrics,
                        on_change=admitter.set_backend_health)
+    poller = None if timeline is None else LoadPoller(
+        pool, timeline, interval_s=config.admission.load_poll_interval_s,
+        timeout_s=config.health.timeout_s, health_path=config.health.path, clock=clock)
     upstream = Upstream(config.timeouts)
     auth = Auth(config)
-    proxy = Proxy(config, table=table, counter=counter, admitter=admitter, pool=pool,
-                  upstream=upstream, auth=auth, metrics=metrics, clock=clock)
+    proxy = Proxy(config, table=table, counter=counter, admitter=admitter, timeline=timeline,
+                  pool=pool, upstream=upstream, auth=auth, metrics=metrics, clock=clock)
+    admin = AdminBuckets(auth=auth, admitter=admitter,
+                         buckets=tuple(b.name for b in config.buckets))
     endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth,
                           created=int(time.time()))
 
@@ -84,23 +89,35 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=config.timeouts.keepalive_s)
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             upstream.session = session
-            probes = asyncio.create_task(pool.run(session), name="lpu-router-health")
+            checks = pool.run(session) if poller is None else poller.run(session)
+            probes = asyncio.create_task(checks, name="lpu-router-health")
             yield
             probes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probes
             upstream.session = None
 
-    async def mark_not_ready(app: web.Application) -> None:
+    def not_ready() -> None:
         endpoints.shutting_down = True
+
+    async def mark_not_ready(app: web.Application) -> None:
+        not_ready()
+
+    # SIGTERM / reload (router.server): not ready, refuse new completions, and at the drain
+    # deadline end the streams still open.
+    lifecycle = Lifecycle(on_drain=[not_ready], on_deadline=[upstream.abort_all])
 
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[edge_middleware(metrics, config.server.max_body_bytes)],
+        middlewares=[edge_middleware(metrics, config.server.max_body_bytes),
+                     lifecycle_middleware(lifecycle, metrics,
+                                          body_timeout_s=config.server.body_timeout_s)],
     )
     app[METRICS] = metrics
     app[POOL] = pool
     app[ADMITTER] = admitter
+    app[UPSTREAM] = upstream
+    app[LIFECYCLE] = lifecycle
     app.cleanup_ctx.append(client_session)
     app.on_shutdown.append(mark_not_ready)
     app.add_routes([
@@ -111,5 +128,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
         web.get("/healthz", endpoints.healthz),
         web.get("/readyz", endpoints.readyz),
         web.get("/admin/backends", endpoints.backends),
+        web.get("/admin/buckets", admin.buckets),
+        web.get("/openapi.json", openapi_handler(config)),
     ])
     return app

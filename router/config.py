@@ -5,7 +5,8 @@ Nothing else in the router reads the config file or the environment; :func:`load
 edge. Every field is documented once, in ``router/example.toml`` and ``docs/router.md``
 (meaning, unit, default, example). A short map of the schema::
 
-    [server]     host, port, max_body_bytes, tokenizer, admin_api_key, max_retries
+    [server]     host, port, max_body_bytes, tokenizer, admin_api_key, max_retries, drain_s,
+                 max_connections, idle_timeout_s, body_timeout_s, max_header_bytes
     [timeouts]   connect_s, read_s, keepalive_s
     [health]     path, interval_s, timeout_s, eject_after_failures, eject_for_s
     [admission]  mode, margin_s, prediction, learned_quantile, utilization_window_s,
@@ -74,6 +75,12 @@ class ServerConfig:
     tokenizer: str | None = None
     admin_key_digest: bytes | None = None
     max_retries: int = 2
+    # Lifecycle and server limits (docs/reliability.md).
+    drain_s: float = 30.0
+    max_connections: int = 1024
+    idle_timeout_s: float = 15.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 8190
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +197,11 @@ def _server(f: Fields, base_dir: Path | None) -> ServerConfig:
         tokenizer=tokenizer,
         admin_key_digest=key_digest(admin) if admin else None,
         max_retries=f.integer("max_retries", 2, lo=0, hi=10),
+        drain_s=f.number("drain_s", 30.0, lo=0.0),
+        max_connections=f.integer("max_connections", 1024, lo=1),
+        idle_timeout_s=f.number("idle_timeout_s", 15.0, lo=0.1),
+        body_timeout_s=f.number("body_timeout_s", 30.0, lo=0.1),
+        max_header_bytes=f.integer("max_header_bytes", 8190, lo=1024, hi=1 << 20),
     )
     f.finish()
     return cfg

@@ -20,6 +20,7 @@ disconnected before headers   502     disconnected           yes        yes
 disconnected mid-body         502     disconnected           no         yes
 backend 5xx                   502/3   status_5xx             yes        yes
 backend 429 (deadline)        429     deadline               yes        no
+drain deadline (Draining)     503     shutdown               no         no
 ============================  ======  =====================  =========  ======
 """
 
@@ -29,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import math
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -37,6 +39,7 @@ from router.outcomes import RejectReason
 
 __all__ = [
     "REJECT_STATUS",
+    "Draining",
     "Rejection",
     "UpstreamFailure",
     "map_client_error",
@@ -58,11 +61,14 @@ class Rejection(Exception):
     """A refusal with its reason, its OpenAI-shaped error and an optional retry hint."""
 
     def __init__(self, reason: RejectReason, error: APIError,
-                 retry_after_s: float | None = None) -> None:
+                 retry_after_s: float | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(error.message)
         self.reason = reason
         self.error = error
         self.retry_after_s = retry_after_s
+        self.headers: dict[str, str] = dict(headers or {})
+        """Further response headers (e.g. the admission prediction behind the refusal)."""
 
 
 def refusal_error(reason: RejectReason, message: str) -> APIError:
@@ -87,7 +93,8 @@ class UpstreamFailure(Exception):
     """A failure talking to one backend, already classified."""
 
     def __init__(self, kind: str, status: int, message: str, *, retryable: bool,
-                 health: bool = True, reason: RejectReason | None = None) -> None:
+                 health: bool = True, reason: RejectReason | None = None,
+                 predicted_ttft_s: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
@@ -95,6 +102,9 @@ class UpstreamFailure(Exception):
         self.retryable = retryable
         self.health = health
         self.reason = reason
+        self.predicted_ttft_s = predicted_ttft_s
+        """A deadline refusal's TTFT as the backend predicted it (``x-lpu-predicted-ttft-ms``),
+        in seconds; None when it gave none."""
 
     def api_error(self) -> APIError:
         if self.reason is not None:
@@ -103,8 +113,15 @@ class UpstreamFailure(Exception):
         return APIError(self.status, self.message, type="server_error", code=code)
 
 
+class Draining(aiohttp.ClientError):
+    """Set on an upstream response at the router's drain deadline (see ``router.lifecycle``)."""
+
+
 def map_client_error(exc: BaseException, *, got_headers: bool) -> UpstreamFailure:
     """Classify an aiohttp client exception; ``got_headers``: the backend's status line came."""
+    if isinstance(exc, Draining):
+        return UpstreamFailure("shutdown", 503, "The router is shutting down: the response was"
+                               " ended at its drain deadline.", retryable=False, health=False)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamFailure("connect_timeout", 504, "Timed out connecting to the backend.",
                                retryable=True)
@@ -120,15 +137,30 @@ def map_client_error(exc: BaseException, *, got_headers: bool) -> UpstreamFailur
     raise exc
 
 
-def map_upstream_status(status: int, body: bytes) -> UpstreamFailure | None:
-    """A backend error status that the router handles itself; None: relay it to the client."""
+def map_upstream_status(status: int, body: bytes,
+                        headers: Mapping[str, str] | None = None) -> UpstreamFailure | None:
+    """A backend error status that the router handles itself; None: relay it to the client.
+
+    ``headers``: the backend's response headers (a 429's ``x-lpu-predicted-ttft-ms``).
+    """
     if status == 429:
         message = "The backend cannot produce the first token by the deadline."
         with contextlib.suppress(ValueError, KeyError, TypeError):
             message = str(json.loads(body)["error"]["message"])
         return UpstreamFailure("deadline", 429, message, retryable=True, health=False,
-                               reason=RejectReason.BACKEND_DEADLINE)
+                               reason=RejectReason.BACKEND_DEADLINE,
+                               predicted_ttft_s=_header_ms(headers, "x-lpu-predicted-ttft-ms"))
     if status >= 500:
         return UpstreamFailure("status_5xx", 503 if status == 503 else 502,
                                f"The backend answered {status}.", retryable=True)
     return None
+
+
+def _header_ms(headers: Mapping[str, str] | None, name: str) -> float | None:
+    """A header holding milliseconds, in seconds; None when absent or not a finite number >= 0."""
+    raw = headers.get(name) if headers is not None else None
+    try:
+        ms = float(raw) if raw is not None else math.nan
+    except ValueError:
+        return None
+    return ms / 1e3 if math.isfinite(ms) and ms >= 0 else None

@@ -5,11 +5,20 @@
 
 The handler only asks and obeys. Bookkeeping that both admitters must see identically lives here:
 the in-flight gauge, admitted/finished/rejected counters, TTFT and end-to-end histograms, tokens,
-the access log line. An admitted request's ticket ends exactly once, in ``finally``.
+the access log line. An admitted request's ticket ends exactly once, in ``finally``. The headers
+of a decision (``Retry-After``, ``x-lpu-*``, ``x-ratelimit-*``) are in
+:mod:`router.admission_headers`.
 
-Retries: when a backend fails before any byte went to the client (connection refused, 5xx, a
-429 ``deadline_unreachable``), the admitter is asked again with that replica excluded, at most
-``server.max_retries`` times; the failed attempt's ticket ends ``failed`` (freeing its slot).
+Retries: when a backend fails before any byte went to the client (connection refused, 5xx), the
+admitter is asked again with that replica excluded, at most ``server.max_retries`` times; the
+failed attempt's ticket ends ``failed`` (freeing its slot). A backend's 429
+``deadline_unreachable`` (it cannot produce the first token by ``x-lpu-deadline-ms``) is not a
+failure but a correction: the timeline controller takes the backend's predicted TTFT
+(``backend_refused``, which ends the ticket) and is asked again without that replica -- at most
+once per replica, since each refusal excludes one. When no replica is left, the client gets 429
+``backend_deadline`` with ``Retry-After`` (the shortest time until a refusing backend could meet
+the deadline); such a request counts as rejected, not admitted: a request is *admitted* once a
+backend took it (or failed otherwise).
 """
 
 from __future__ import annotations
@@ -20,11 +29,18 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+import aiohttp
 from aiohttp import web
 
 from router.access_log import Exchange
-from router.admission import AdmissionRequest, Admitter, Ticket
+from router.admission import AdmissionRequest, Admitter, Decision, Ticket
+from router.admission.controller import TimelineAdmitter
 from router.admission.priority import resolve_priority
+from router.admission_headers import (
+    admitted_headers,
+    ratelimit_headers,
+    refusal_headers,
+)
 from router.auth import Auth
 from router.buckets import BucketTable, Placement
 from router.config import RouterConfig
@@ -48,15 +64,22 @@ def error_response(error: APIError, headers: dict[str, str] | None = None) -> we
 
 
 class Proxy:
-    """The completion handlers, given every collaborator by the composition root."""
+    """The completion handlers, given every collaborator by the composition root.
+
+    ``timeline``: the same object as ``admitter`` when it is the timeline controller (None
+    with admission ``off``): the handler then also reports backends' deadline refusals to it and
+    sends its tenants' ``x-ratelimit-*`` numbers.
+    """
 
     def __init__(self, config: RouterConfig, *, table: BucketTable, counter: TokenCounter,
-                 admitter: Admitter, pool: BackendPool, upstream: Upstream, auth: Auth,
-                 metrics: RouterMetrics, clock: Callable[[], float]) -> None:
+                 admitter: Admitter, timeline: TimelineAdmitter | None, pool: BackendPool,
+                 upstream: Upstream, auth: Auth, metrics: RouterMetrics,
+                 clock: Callable[[], float]) -> None:
         self._config = config
         self._table = table
         self._counter = counter
         self._admitter = admitter
+        self._timeline = timeline
         self._pool = pool
         self._upstream = upstream
         self._auth = auth
@@ -107,7 +130,10 @@ class Proxy:
             ex.status = r.error.status
             self._metrics.requests_rejected.labels(ex.bucket or "none", ex.priority,
                                                    r.reason.value).inc()
-            return error_response(r.error, retry_after_headers(r.retry_after_s))
+            headers = refusal_headers(r.reason, r.retry_after_s)
+            headers |= r.headers
+            headers |= self._limits(ex.tenant)
+            return error_response(r.error, headers)
         finally:
             ex.log(self._clock())
 
@@ -121,40 +147,57 @@ class Proxy:
         outcome = Outcome.FAILED
         completion: int | None = None
         last: UpstreamFailure | None = None
+        failures = 0
+        """Failures other than deadline refusals: at most ``server.max_retries`` are retried."""
+        deadline_wait: float | None = None
+        """Shortest time after which a backend that refused the deadline could meet it."""
+        decision: Decision | None = None
         try:
-            for attempt in range(self._config.server.max_retries + 1):
+            while True:
                 decision = self._admitter.decide(adm, frozenset(exclude))
                 if not decision.admitted or decision.ticket is None or decision.backend is None:
-                    reason = decision.reason or RejectReason.NO_BACKEND
-                    if ex.admitted:
-                        break
-                    raise Rejection(reason, refusal_error(reason, decision.message),
-                                    decision.retry_after_s)
-                if not ex.admitted:
-                    ex.admitted = True
-                    m.requests_admitted.labels(bucket, adm.priority.value).inc()
-                    m.prompt_tokens.labels(bucket).inc(adm.prompt_tokens)
-                    if placement.clamped_from is not None:
-                        m.clamped.labels(bucket, "bucket_cap").inc()
-                if decision.degraded:
-                    m.clamped.labels(bucket, "degraded").inc()
-                if attempt:
+                    if last is None or (not ex.admitted
+                                        and decision.reason is not RejectReason.NO_BACKEND):
+                        raise self._refusal(decision)
+                    if not ex.admitted:  # every replica left refused the deadline
+                        raise self._deadline_refusal(last, deadline_wait)
+                    break
+                if exclude:
                     m.retries.labels(bucket).inc()
                 ticket, backend = decision.ticket, decision.backend
                 ex.backend = backend
                 ex.predicted_ttft_ms = decision.predicted_ttft_s * 1e3
+                # The deadline counts from the request's arrival: time spent before the
+                # decision (and on refused attempts) is time the client already waited.
+                deadline = None if decision.deadline_s is None else max(
+                    0.0, decision.deadline_s - (self._clock() - ex.started))
                 m.in_flight.labels(bucket, backend).inc()
                 try:
-                    result = await self._attempt(request, ex, req, placement, decision.max_tokens,
-                                                 decision.deadline_s, backend, ticket, path)
+                    upstream = await self._open(request, ex, req, decision.max_tokens, deadline,
+                                                backend, path)
+                    self._admitted(ex, adm, placement, decision)
+                    try:
+                        result = await self._relay(request, ex, placement, decision, upstream,
+                                                   ticket)
+                    finally:
+                        # Unread content means the client left or the stream broke: drop the
+                        # connection so the backend sees the cancel at once.
+                        upstream.close()
                 except UpstreamFailure as f:
                     last = f
                     self._upstream_failed(bucket, backend, f)
-                    if not f.retryable:
-                        break
                     exclude.add(backend)
-                    ticket.finish(Outcome.FAILED)
+                    if f.reason is RejectReason.BACKEND_DEADLINE:
+                        wait = self._backend_refused(ticket, f, deadline)
+                        deadline_wait = wait if deadline_wait is None else min(deadline_wait,
+                                                                               wait)
+                    else:
+                        self._admitted(ex, adm, placement, decision)
+                        failures += 1
+                        ticket.finish(Outcome.FAILED)
                     ticket = None
+                    if not f.retryable or failures > self._config.server.max_retries:
+                        break
                     continue
                 finally:
                     m.in_flight.labels(bucket, backend).dec()
@@ -163,21 +206,79 @@ class Proxy:
                 outcome, completion = result.outcome, result.completion_tokens
                 ex.status = result.response.status
                 return result.response
-            assert last is not None or not ex.admitted
-            error = last.api_error() if last is not None else refusal_error(
-                RejectReason.NO_BACKEND, "")
+            assert last is not None, "the loop ends by a failure or a refusal after one"
+            if not ex.admitted:
+                raise self._deadline_refusal(last, deadline_wait)
+            error = last.api_error()
             ex.status = error.status
-            ex.reject_reason = last.kind if last is not None else None
-            return error_response(error)
+            ex.reject_reason = last.kind
+            headers = retry_after_headers(deadline_wait) if deadline_wait is not None and \
+                last.reason is RejectReason.BACKEND_DEADLINE else {}
+            return error_response(error, headers | self._limits(ex.tenant))
         except (asyncio.CancelledError, ConnectionResetError):
             outcome = Outcome.CANCELLED
+            if ticket is not None and decision is not None:  # gone while a backend had it
+                self._admitted(ex, adm, placement, decision)
             raise
         finally:
             self._finish(ex, ticket, outcome, completion)
 
-    async def _attempt(self, request: web.Request, ex: Exchange, req: CompletionRequest,
-                       placement: Placement, max_tokens: int, deadline_s: float | None,
-                       backend: str, ticket: Ticket, path: str) -> RelayResult:
+    def _refusal(self, decision: Decision) -> Rejection:
+        """The admitter's refusal, as the router's error with its headers."""
+        reason = decision.reason or RejectReason.NO_BACKEND
+        return Rejection(reason, refusal_error(reason, decision.message), decision.retry_after_s,
+                         refusal_headers(reason, decision.retry_after_s,
+                                         predicted_wait_s=decision.predicted_wait_s,
+                                         predicted_ttft_s=decision.predicted_ttft_s))
+
+    def _deadline_refusal(self, last: UpstreamFailure, wait: float | None) -> Rejection:
+        """Every replica left refused the request's deadline: 429 ``backend_deadline``."""
+        reason = RejectReason.BACKEND_DEADLINE
+        retry = max(wait or 0.0, self._config.admission.min_retry_after_s)
+        message = (f"No backend can produce the first token within the time to first token SLO"
+                   f" now ({last.message}); retry in {retry:.3f} s")
+        return Rejection(reason, refusal_error(reason, message), retry,
+                         refusal_headers(reason, retry))
+
+    def _backend_refused(self, ticket: Ticket, f: UpstreamFailure,
+                         deadline: float | None) -> float:
+        """A backend's 429 ``deadline_unreachable``: correct the timeline (the ticket ends
+        there) and return how long until that backend could meet the deadline (seconds)."""
+        reported = f.predicted_ttft_s
+        if reported is None:  # it said no without a figure: at least the deadline
+            reported = deadline or 0.0
+        if self._timeline is not None:
+            self._timeline.backend_refused(ticket, reported)
+        else:
+            ticket.finish(Outcome.FAILED)
+        return max(0.0, reported - (deadline or 0.0))
+
+    def _admitted(self, ex: Exchange, adm: AdmissionRequest, placement: Placement,
+                  decision: Decision) -> None:
+        """Count the request as admitted, once: when a backend took it (or failed otherwise
+        than refusing the deadline, which leaves it a refusal)."""
+        if ex.admitted:
+            return
+        ex.admitted = True
+        m, bucket = self._metrics, placement.bucket.name
+        m.requests_admitted.labels(bucket, adm.priority.value).inc()
+        m.prompt_tokens.labels(bucket).inc(adm.prompt_tokens)
+        if placement.clamped_from is not None:
+            m.clamped.labels(bucket, "bucket_cap").inc()
+        if decision.degraded:
+            m.clamped.labels(bucket, "degraded").inc()
+
+    def _limits(self, tenant: str | None) -> dict[str, str]:
+        """The tenant's ``x-ratelimit-*`` headers now (none without limits)."""
+        if self._timeline is None or tenant is None:
+            return {}
+        return ratelimit_headers(self._timeline.ratelimit(tenant))
+
+    async def _open(self, request: web.Request, ex: Exchange, req: CompletionRequest,
+                    max_tokens: int, deadline_s: float | None, backend: str,
+                    path: str) -> aiohttp.ClientResponse:
+        """Send the request to ``backend`` (allowance ``max_tokens``, ``x-lpu-deadline-ms``);
+        return once its status line came."""
         body = req.body
         if req.max_tokens != max_tokens:
             body = dict(body)
@@ -188,24 +289,33 @@ class Proxy:
         headers["x-request-id"] = ex.request_id
         headers["Content-Type"] = "application/json"
         if deadline_s is not None:
-            headers["x-lpu-deadline-ms"] = str(max(0, round(deadline_s * 1e3)))
-        upstream = await self._upstream.open(backend + path, raw, headers)
-        try:
-            own = {"x-request-id": ex.request_id, "x-lpu-bucket": placement.bucket.name,
-                   "x-lpu-max-tokens": str(max_tokens)}
-            if placement.clamped_from is not None:
-                own["x-lpu-max-tokens-clamped-from"] = str(placement.clamped_from)
+            headers["x-lpu-deadline-ms"] = f"{deadline_s * 1e3:.1f}"
+        return await self._upstream.open(backend + path, raw, headers)
 
-            def first_byte() -> None:
-                ticket.first_token()
-                ex.ttft_s = self._clock() - ex.started
-                self._metrics.ttft_seconds.labels(placement.bucket.name).observe(ex.ttft_s)
+    async def _relay(self, request: web.Request, ex: Exchange, placement: Placement,
+                     decision: Decision, upstream: aiohttp.ClientResponse,
+                     ticket: Ticket) -> RelayResult:
+        """Relay the backend's answer with the router's own headers."""
+        own = {"x-request-id": ex.request_id, "x-lpu-bucket": placement.bucket.name,
+               "x-lpu-max-tokens": str(decision.max_tokens)}
+        clamped = "degraded" if decision.degraded else (
+            "bucket_cap" if placement.clamped_from is not None else None)
+        clamped_from = placement.clamped_from
+        if clamped_from is None and decision.degraded:
+            clamped_from = placement.max_tokens
+        if self._timeline is not None:
+            own |= admitted_headers(decision.predicted_ttft_s, clamped=clamped,
+                                    clamped_from=clamped_from)
+        elif clamped_from is not None:
+            own["x-lpu-max-tokens-clamped-from"] = str(clamped_from)
+        own |= ratelimit_headers(decision.ratelimit)
 
-            return await relay(request, upstream, own, first_byte)
-        finally:
-            # Unread content means the client left or the stream broke: drop the connection
-            # so the backend sees the cancel at once.
-            upstream.close()
+        def first_byte() -> None:
+            ticket.first_token()
+            ex.ttft_s = self._clock() - ex.started
+            self._metrics.ttft_seconds.labels(placement.bucket.name).observe(ex.ttft_s)
+
+        return await relay(request, upstream, own, first_byte)
 
     def _upstream_failed(self, bucket: str, backend: str, f: UpstreamFailure) -> None:
         self._metrics.upstream_errors.labels(bucket, backend, f.kind).inc()

@@ -3,8 +3,10 @@
 A replica is *up* when its last active probe succeeded and it is not ejected:
 
 * active checks: every ``health.interval_s`` the router GETs ``health.path`` (``/readyz``) on each
-  replica with a ``health.timeout_s`` budget; a non-200 answer or an error marks it down at
-  once, a 200 marks it up again;
+  replica with a ``health.timeout_s`` budget (:meth:`BackendPool.run`); a non-200 answer or an
+  error marks it down at once, a 200 marks it up again. With admission ``timeline`` the
+  ``/load`` poll (:mod:`router.load_poller`) is the active check instead and reports through
+  :meth:`BackendPool.set_probe_url`: one poll per backend feeds both health and the timeline;
 * passive ejection: ``health.eject_after_failures`` consecutive failed requests (connection
   errors, timeouts, 5xx; not a deadline refusal) eject it for ``health.eject_for_s`` seconds,
   after which it is used again (recovery) unless a probe says otherwise. Any success resets the
@@ -18,6 +20,7 @@ Replicas start up (optimistically) and are probed at once. Every change of state
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,10 +91,29 @@ class BackendPool:
             r.ejected_until = self._clock() + self._health.eject_for_s
             log.warning("ejecting %s from bucket %s for %.1fs after %d failures", url, bucket,
                         self._health.eject_for_s, self._health.eject_after_failures)
+            # Publish the recovery when the ejection ends, not at the next probe round.
+            with contextlib.suppress(RuntimeError):  # no running loop (unit tests)
+                asyncio.get_running_loop().call_later(self._health.eject_for_s + 1e-3,
+                                                      self.refresh)
         self.refresh()
 
     def set_probe(self, bucket: str, url: str, ok: bool) -> None:
         self._replicas[(bucket, url)].probe_ok = ok
+        self.refresh()
+
+    def urls(self) -> list[str]:
+        """Every backend URL once (a URL may serve several buckets), sorted."""
+        return sorted({url for _, url in self._replicas})
+
+    def buckets_of(self, url: str) -> list[str]:
+        """The buckets ``url`` serves, in config order."""
+        return [b for b, urls in self._buckets.items() if url in urls]
+
+    def set_probe_url(self, url: str, ok: bool) -> None:
+        """The result of an active check of ``url``, for every bucket it serves."""
+        for r in self._replicas.values():
+            if r.url == url:
+                r.probe_ok = ok
         self.refresh()
 
     def refresh(self) -> None:
@@ -116,7 +138,7 @@ class BackendPool:
 
     async def probe_all(self, session: aiohttp.ClientSession) -> None:
         """One round of active checks (each URL once, even when in several buckets)."""
-        urls = sorted({url for _, url in self._replicas})
+        urls = self.urls()
         results = await asyncio.gather(*(self.probe(session, u) for u in urls))
         ok = dict(zip(urls, results, strict=True))
         for r in self._replicas.values():

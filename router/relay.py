@@ -22,6 +22,7 @@ since a long generation is not a stuck one.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.config import TimeoutConfig
-from router.errors import UpstreamFailure, map_client_error, map_upstream_status
+from router.errors import Draining, UpstreamFailure, map_client_error, map_upstream_status
 from router.outcomes import Outcome
 
 __all__ = ["HOP_BY_HOP", "RelayResult", "Upstream", "clean_headers", "relay", "usage_tokens"]
@@ -75,6 +76,19 @@ class Upstream:
             total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
         )
         self.session: aiohttp.ClientSession | None = None
+        # Responses being relayed, so the drain deadline can end them (weak: no bookkeeping).
+        self._open: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
+
+    def abort_all(self) -> int:
+        """The drain deadline: make every response still being read fail with
+        :class:`~router.errors.Draining`, so streams end with an SSE error frame and
+        ``[DONE]``; return how many were ended."""
+        ended = 0
+        for resp in list(self._open):
+            if not resp.closed and not resp.content.is_eof():
+                resp.content.set_exception(Draining())
+                ended += 1
+        return ended
 
     async def open(self, url: str, body: bytes, headers: Mapping[str, str]
                    ) -> aiohttp.ClientResponse:
@@ -91,10 +105,11 @@ class Upstream:
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 resp.close()
                 raise map_client_error(exc, got_headers=True) from exc
-            failure = map_upstream_status(resp.status, raw)
+            failure = map_upstream_status(resp.status, raw, resp.headers)
             if failure is not None:
                 resp.release()
                 raise failure
+        self._open.add(resp)
         return resp
 
 

@@ -1,0 +1,72 @@
+"""Priorities end to end: under overload sheddable (batch) traffic is refused first.
+
+A tenant whose key allows ``interactive`` sends a mix at twice the bucket's capacity: half
+interactive (its own class), half batch -- asked for with the ``x-priority: batch`` header or with
+``service_tier: "flex"``. Batch may use half of the TTFT SLO, so when the bucket is full it is
+refused while interactive requests still fit.
+"""
+
+from __future__ import annotations
+
+from admission_harness import (
+    JITTER_S,
+    LoopLag,
+    Planned,
+    Shot,
+    chat_body,
+    client_session,
+    emulators,
+    late_admitted,
+    open_loop,
+    poisson_times,
+    router,
+    router_raw,
+    service_s,
+)
+
+SLOTS = 2
+TOKENS = 16
+D = service_s(TOKENS)
+SLO = 4 * D
+CAPACITY = SLOTS / D
+DURATION_S = 4.0
+KEY = {"Authorization": "Bearer sk-gold"}
+TENANTS = {"tenants": [{"name": "gold", "api_keys": ["sk-gold"], "priority": "interactive"}]}
+
+
+def _ratio(shots: list[Shot], tag: str) -> float:
+    mine = [s for s in shots if s.tag == tag]
+    assert mine
+    return sum(s.admitted for s in mine) / len(mine)
+
+
+async def test_batch_is_refused_before_interactive() -> None:
+    plan = [Planned(t, "interactive", chat_body(TOKENS), KEY)
+            for t in poisson_times(CAPACITY, DURATION_S, seed=5)]
+    plan += [Planned(t, "batch-header", chat_body(TOKENS), KEY | {"x-priority": "batch"})
+             for t in poisson_times(CAPACITY / 2, DURATION_S, seed=6)]
+    plan += [Planned(t, "batch-flex", chat_body(TOKENS, service_tier="flex"), KEY)
+             for t in poisson_times(CAPACITY / 2, DURATION_S, seed=7)]
+    async with (
+        emulators(slots=SLOTS) as urls,
+        router(router_raw(urls, slots=SLOTS, ttft_slo_s=SLO, extra=TENANTS)) as r,
+        client_session() as session,
+        LoopLag() as lag,
+    ):
+        shots = await open_loop(session, r.url, plan)
+        batch_refused = sum(r.metric("lpu_router_requests_rejected_total", {
+            "bucket": "small", "priority": "batch", "reason": reason})
+            for reason in ("slo_ttft", "queue_full", "utilization"))
+
+        async with session.post(r.url + "/v1/chat/completions", json=chat_body(1),
+                                headers=KEY | {"x-priority": "urgent"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["param"] == "x-priority"
+
+    assert {s.status for s in shots} <= {200, 429}
+    interactive = _ratio(shots, "interactive")
+    assert interactive > _ratio(shots, "batch-header")
+    assert interactive > _ratio(shots, "batch-flex")
+    assert interactive >= 0.6
+    assert batch_refused == sum(not s.admitted for s in shots if s.tag.startswith("batch"))
+    assert not late_admitted(shots, SLO + JITTER_S, lag)
