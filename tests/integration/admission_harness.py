@@ -34,9 +34,11 @@ ARTIFACT = "llama-3.1-8b-2k"
 SCALE = 0.5
 PREFILL_S = 0.080 * SCALE
 PER_TOKEN_S = 0.001786 * SCALE
-JITTER_S = 0.050
-"""Generous allowance for delivery lateness on a busy 2-core machine (plus any stall of this
-process's event loop that :class:`LoopLag` saw while the request was waiting)."""
+JITTER_S = 0.100
+"""Generous allowance for delivery lateness on a busy 2-core machine, where the client, the
+router and the emulators share one event loop (plus any stall of this process's event loop that
+:class:`LoopLag` saw while the request was waiting). Without admission the same load queues for
+seconds, so the bound still separates kept promises from broken ones."""
 
 
 def service_s(tokens: int) -> float:

@@ -1,0 +1,164 @@
+"""Experiment 1: TTFT against utilization with admission off, measured through the router,
+against the exact M/D/c prediction (and M/M/c for contrast).
+
+One emulator replica with ``c`` slots (1 and 4) behind the router in mode ``off``; Poisson
+arrivals at ``rho * c / D`` for rho from 0.3 to 1.5; every request makes the same number of
+tokens, so the backend is exactly M/D/c and TTFT = W + prefill. Each point is R independent
+replications (own seeds, each starting empty); the first ``warmup`` seconds of arrivals are
+sent but not counted. Per replication we take p50 and p99 of TTFT; the interval is the 95%
+Student-t interval over the R replications. Two predictions sit next to each measurement:
+
+* the stationary M/D/c percentile (``benchmarks.theory``), defined for rho < 1;
+* the exact FIFO schedule of the *same* realized send times (``benchmarks.simulate``), which
+  also holds the start-up transient and the overload growth of a finite run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import simulate, theory
+from benchmarks.experiments import ExperimentResult, SweepConfig
+from benchmarks.experiments.drive import Measured, drive, plan
+from benchmarks.experiments.output import fmt_ms, md_table, plt, write_experiment
+from benchmarks.experiments.rig import Pool, serve
+from benchmarks.experiments.stats import mean_ci
+
+__all__ = ["NAME", "TITLE", "run"]
+
+NAME = "exp1_queueing"
+TITLE = "1. TTFT against utilization (admission off): measured vs exact M/D/c"
+
+
+def exact_ttft(m: Measured, slots: int, service_s: float, prefill_s: float) -> np.ndarray:
+    """TTFT of every request under the exact FIFO schedule of its actual send times
+    (measured from its intended time, like the client's figure)."""
+    arrive = np.where(np.isnan(m.sent), m.intended, m.sent)
+    order = np.argsort(arrive, kind="stable")
+    start = np.empty_like(arrive)
+    start[order] = simulate.fifo_starts_deterministic(arrive[order], slots, service_s)
+    return np.asarray(start - m.intended + prefill_s)
+
+
+async def _replication(cfg: SweepConfig, url: str, slots: int, rho: float, rep: int,
+                       duration_s: float, warmup_s: float) -> dict[str, float]:
+    lam = rho * cfg.capacity_rps(slots)
+    rng = np.random.default_rng([cfg.seed, slots, round(rho * 1000), rep])
+    planned = plan(cfg, rng, rate=lam, duration_s=warmup_s + duration_s)
+    m = Measured.of(await drive(url, planned, cfg, seed=cfg.seed + rep))
+    keep = m.after(warmup_s)
+    ttft = m.ttft[keep & m.completed]
+    exact = exact_ttft(m, slots, cfg.service_s, cfg.prefill_s)[keep]
+    return {
+        "n": float(ttft.size), "failed": float(m.failed),
+        "p50": float(np.percentile(ttft, 50)), "p99": float(np.percentile(ttft, 99)),
+        "mean": float(ttft.mean()),
+        "exact_p50": float(np.percentile(exact, 50)), "exact_p99": float(np.percentile(exact, 99)),
+    }
+
+
+def _theory(cfg: SweepConfig, slots: int, rho: float) -> dict[str, float]:
+    if rho >= 0.995:
+        return {"mdc_p50": float("nan"), "mdc_p99": float("nan"), "mmc_p99": float("nan")}
+    lam, d, pre = rho * cfg.capacity_rps(slots), cfg.service_s, cfg.prefill_s
+    return {
+        "mdc_p50": theory.mdc_ttft_percentile(0.5, lam, slots, d, pre),
+        "mdc_p99": theory.mdc_ttft_percentile(0.99, lam, slots, d, pre),
+        "mmc_p99": theory.mmc_wait_percentile(0.99, lam, slots, d) + pre,
+    }
+
+
+def _plot(cfg: SweepConfig, points: list[dict[str, Any]], slot_counts: tuple[int, ...]) -> Any:
+    fig, axes = plt.subplots(1, len(slot_counts), figsize=(6.2 * len(slot_counts), 4.6),
+                             squeeze=False)
+    for ax, slots in zip(axes[0], slot_counts, strict=True):
+        grid = np.linspace(0.05, 0.97, 70)
+        curves = [_theory(cfg, slots, float(r)) for r in grid]
+        ax.plot(grid, [c["mdc_p99"] * 1e3 for c in curves], "C0-", label="M/D/c p99 (exact)")
+        ax.plot(grid, [c["mdc_p50"] * 1e3 for c in curves], "C1-", label="M/D/c p50 (exact)")
+        ax.plot(grid, [c["mmc_p99"] * 1e3 for c in curves], "C0:", label="M/M/c p99 (contrast)")
+        mine = [p for p in points if p["slots"] == slots]
+        x = np.array([p["rho"] for p in mine])
+        for key, color, label in (("p99", "C0", "measured p99"), ("p50", "C1", "measured p50")):
+            est = np.array([p[key][0] for p in mine]) * 1e3
+            lo = np.array([p[key][1] for p in mine]) * 1e3
+            hi = np.array([p[key][2] for p in mine]) * 1e3
+            ax.errorbar(x, est, yerr=[est - lo, hi - est], fmt="o", color=color, capsize=3,
+                        label=label + " (95% CI)")
+        ax.plot(x, [p["exact_p99"] * 1e3 for p in mine], "kx", label="p99, exact schedule of"
+                " the same arrivals")
+        ax.axvline(1.0, color="grey", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("utilization rho = lambda D / c")
+        ax.set_ylabel("TTFT (ms)")
+        ax.set_title(f"c = {slots} slot(s), D = {cfg.service_s * 1e3:.0f} ms")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    return fig
+
+
+async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
+    """Sweep utilization for each slot count; write the table, plot and numbers."""
+    t0 = time.perf_counter()
+    slot_counts = (2,) if quick else (1, 4)
+    rhos = (0.6, 1.2) if quick else (0.3, 0.5, 0.7, 0.8, 0.9, 1.2, 1.5)
+    reps = 1 if quick else 3
+    duration_s, warmup_s = (1.2, 0.2) if quick else (8.0, 2.0)
+    points: list[dict[str, Any]] = []
+    for slots in slot_counts:
+        pool = Pool("main", cfg.artifact(slots), 1, {"ttft_slo_s": 10.0})
+        async with serve(cfg, [pool], {"mode": "off"}) as stack:
+            for rho in rhos:
+                runs = [await _replication(cfg, stack.url, slots, rho, r, duration_s, warmup_s)
+                        for r in range(reps)]
+                points.append({
+                    "slots": slots, "rho": rho, "rate_rps": rho * cfg.capacity_rps(slots),
+                    "replications": runs, "n": sum(r["n"] for r in runs),
+                    "failed": sum(r["failed"] for r in runs),
+                    "p50": mean_ci([r["p50"] for r in runs]).as_list(),
+                    "p99": mean_ci([r["p99"] for r in runs]).as_list(),
+                    "exact_p50": float(np.mean([r["exact_p50"] for r in runs])),
+                    "exact_p99": float(np.mean([r["exact_p99"] for r in runs])),
+                    **_theory(cfg, slots, rho),
+                })
+    rows = [
+        [p["slots"], f"{p['rho']:.2f}", f"{p['rate_rps']:.1f}", int(p["n"]),
+         f"{fmt_ms(p['p50'][0])} [{fmt_ms(p['p50'][1])}, {fmt_ms(p['p50'][2])}]",
+         fmt_ms(p["mdc_p50"]),
+         f"{fmt_ms(p['p99'][0])} [{fmt_ms(p['p99'][1])}, {fmt_ms(p['p99'][2])}]",
+         fmt_ms(p["exact_p99"]), fmt_ms(p["mdc_p99"]), fmt_ms(p["mmc_p99"])]
+        for p in points
+    ]
+    table = md_table(["c", "rho", "rate (req/s)", "n", "p50 measured [95% CI] (ms)",
+                      "p50 M/D/c", "p99 measured [95% CI] (ms)", "p99 exact schedule",
+                      "p99 M/D/c", "p99 M/M/c"], rows)
+    heads = [p for p in points if p["rho"] in (0.5, 0.7, 0.9) and p["slots"] == slot_counts[-1]]
+    summary = (
+        f"Service time D = {cfg.service_s * 1e3:.0f} ms (prefill {cfg.prefill_s * 1e3:.0f} ms"
+        f" + {cfg.output_tokens - 1} x {cfg.per_token_s * 1e3:.0f} ms), {reps} replication(s)"
+        f" of {duration_s:g} s per point after a {warmup_s:g} s warm-up. Measured vs exact M/D/c"
+        " p99 TTFT: " + "; ".join(
+            f"c = {p['slots']}, rho = {p['rho']}: {fmt_ms(p['p99'][0])} ms"
+            f" [{fmt_ms(p['p99'][1])}, {fmt_ms(p['p99'][2])}] vs {fmt_ms(p['mdc_p99'])} ms"
+            f" (M/M/c would say {fmt_ms(p['mmc_p99'])} ms)" for p in heads)
+        + ". The measured points follow the M/D/c curve, not the M/M/c one; the exact schedule"
+        " of the same arrivals (x) absorbs the finite-run effects (start-up transient, overload"
+        " growth), and the remaining gap is the router and loopback overhead (a few ms)."
+        " Beyond rho = 1 the queue grows for as long as the overload lasts."
+    )
+    intro = (
+        "Router in admission mode `off`, one emulator replica, Poisson arrivals, fixed output"
+        " length. Intervals: 95% Student-t over independent replications of the per-run"
+        " percentile."
+    )
+    data = {"config": {"service_s": cfg.service_s, "prefill_s": cfg.prefill_s,
+                       "duration_s": duration_s, "warmup_s": warmup_s, "replications": reps,
+                       "isolate": cfg.isolate},
+            "points": points}
+    return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table, summary=summary,
+                            figure=_plot(cfg, points, slot_counts), data=data,
+                            elapsed_s=time.perf_counter() - t0)
