@@ -9,8 +9,8 @@ edge. Every field is documented once, in ``router/example.toml`` and ``docs/rout
                  max_connections, idle_timeout_s, body_timeout_s, max_header_bytes
     [timeouts]   connect_s, read_s, keepalive_s
     [health]     path, interval_s, timeout_s, eject_after_failures, eject_for_s
-    [admission]  mode, margin_s, prediction, learned_quantile, utilization_window_s,
-                 load_poll_interval_s, on_demand_max_wait_s
+    [admission]  mode, margin_s, margin, margin_quantile, margin_window, prediction,
+                 learned_quantile, utilization_window_s, load_poll_interval_s, on_demand_max_wait_s
     [[buckets]]  name, model, backends, artifact, time_scale, max_seq_len, max_output_tokens,
                  slots, prefill_ms, per_token_ms, default_max_tokens, over_cap, ttft_slo_s,
                  e2e_slo_s, target_utilization, max_queue, max_concurrency, degraded_min_tokens
@@ -35,6 +35,7 @@ from router.admission.settings import (
     DEFAULT_PRIORITY_RULES,
     AdmissionMode,
     AdmissionSettings,
+    MarginPolicy,
     PredictionPolicy,
     PriorityRule,
     TenantPolicy,
@@ -147,6 +148,9 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", *, base_dir: 
     admission = AdmissionSettings(
         mode=AdmissionMode(adm.choice("mode", [m.value for m in AdmissionMode], "timeline")),
         margin_s=adm.number("margin_s", 0.005, lo=0.0),
+        margin=MarginPolicy(adm.choice("margin", [m.value for m in MarginPolicy], "adaptive")),
+        margin_quantile=adm.number("margin_quantile", 0.99, lo=0.5, hi=1.0),
+        margin_window=adm.integer("margin_window", 256, lo=16),
         prediction=PredictionPolicy(
             adm.choice("prediction", [p.value for p in PredictionPolicy], "worst_case")
         ),

@@ -8,6 +8,7 @@ arrays (seconds; NaN where a request has no such figure).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,14 +30,15 @@ BoolArray = npt.NDArray[np.bool_]
 
 def plan(cfg: SweepConfig, rng: np.random.Generator, *, arrivals: str = "poisson",
          rate: float = 1.0, duration_s: float = 10.0, burstiness: float = 1.0,
-         steps: tuple[tuple[float, float], ...] = (), prompt_tokens: str | None = None
-         ) -> list[PlannedRequest]:
-    """A run's requests: ``cfg.output_tokens`` each, prompts ``fixed:cfg.prompt_tokens``
-    unless ``prompt_tokens`` (a :mod:`benchmarks.lengths` spec) says otherwise."""
+         steps: tuple[tuple[float, float], ...] = (), prompt_tokens: str | None = None,
+         max_tokens: int | None = None) -> list[PlannedRequest]:
+    """A run's requests: ``max_tokens`` (default ``cfg.output_tokens``) each, prompts
+    ``fixed:cfg.prompt_tokens`` unless ``prompt_tokens`` (a :mod:`benchmarks.lengths` spec)
+    says otherwise."""
     spec = WorkloadSpec(
         arrivals=arrivals, rate=rate, duration_s=duration_s, burstiness=burstiness, steps=steps,
         prompt_tokens=parse_lengths(prompt_tokens or f"fixed:{cfg.prompt_tokens}"),
-        output_tokens=parse_lengths(f"fixed:{cfg.output_tokens}"),
+        output_tokens=parse_lengths(f"fixed:{max_tokens or cfg.output_tokens}"),
     )
     return plan_requests(spec, rng)
 
@@ -84,3 +86,25 @@ class Measured:
     def after(self, t: float) -> BoolArray:
         """Requests intended at or after ``t`` (drops a warm-up)."""
         return np.asarray(self.intended >= t)
+
+    def slo_figures(self, slo_s: float, warmup_s: float, window_s: float) -> dict[str, float]:
+        """Shares, goodput (completions with TTFT <= ``slo_s`` per second of ``window_s``)
+        and admitted-request latency over the requests intended after ``warmup_s``."""
+        keep = self.after(warmup_s)
+        n = int(keep.sum())
+        done = keep & self.completed
+        ttft = self.ttft[done]
+        met = int((ttft <= slo_s).sum())
+        admitted = int((keep & ~self.rejected).sum())
+        return {
+            "requests": n, "offered_rps": n / window_s,
+            "rejected_share": float((keep & self.rejected).sum()) / n if n else math.nan,
+            "failed": float((keep & ~self.completed & ~self.rejected).sum()),
+            "goodput_rps": met / window_s,
+            "throughput_rps": float(done.sum()) / window_s,
+            "violations": float(ttft.size - met),
+            "violation_share": (ttft.size - met) / admitted if admitted else math.nan,
+            "attainment": met / n if n else math.nan,
+            "p50_admitted": float(np.percentile(ttft, 50)) if ttft.size else math.nan,
+            "p99_admitted": float(np.percentile(ttft, 99)) if ttft.size else math.nan,
+        }

@@ -34,12 +34,13 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.experiments import SweepConfig
 from lpu_emulator.artifact import Artifact
+from lpu_emulator.lengths import OutputLength
 from lpu_emulator.server import EmulatorOptions, start_emulators
 from router.app import build_app
 from router.config import parse_config
 from router.server import running
 
-__all__ = ["Pool", "Stack", "router_config", "serve", "to_toml"]
+__all__ = ["Pool", "Stack", "bucket_snapshot", "router_config", "serve", "to_toml"]
 
 _EMULATOR_URL = re.compile(r"at (http://127\.0\.0\.1:[0-9]+)/v1")
 _ROUTER_URL = re.compile(r"serving on (http://127\.0\.0\.1:[0-9]+)")
@@ -55,6 +56,10 @@ class Pool:
     replicas: int = 1
     options: Mapping[str, Any] = field(default_factory=dict)
     """Extra ``[[buckets]]`` keys, e.g. ``ttft_slo_s``, ``max_concurrency``."""
+    output_length: OutputLength = field(default_factory=OutputLength)
+    """How many tokens the emulators make (default: the whole allowance)."""
+    seed: int = 0
+    """The emulators' seed (output lengths of requests without their own seed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +179,15 @@ async def _isolated(cfg: SweepConfig, pools: Sequence[Pool], admission: Mapping[
             for p in pools:
                 art = work / f"{p.name}.toml"
                 art.write_text(to_toml({"artifact": p.artifact.to_dict()}))
+                length = p.output_length
                 proc = _Process([sys.executable, "-m", "lpu_emulator", "--artifact", str(art),
                                  "--port", "0", "--replicas", str(p.replicas),
-                                 "--tick-ms", str(cfg.tick_s * 1e3)], work / f"{p.name}.log")
+                                 "--tick-ms", str(cfg.tick_s * 1e3),
+                                 "--output-length", length.kind,
+                                 "--output-min", str(length.low),
+                                 *(["--output-max", str(length.high)] if length.high else []),
+                                 "--output-mean", str(length.mean), "--seed", str(p.seed)],
+                                work / f"{p.name}.log")
                 procs.append(proc)
                 backends[p.name] = await proc.urls(_EMULATOR_URL, p.replicas)
             if admission is None:
@@ -201,7 +212,8 @@ async def _in_process(cfg: SweepConfig, pools: Sequence[Pool],
     async with contextlib.AsyncExitStack() as stack:
         backends: dict[str, list[str]] = {}
         for p in pools:
-            options = EmulatorOptions(p.artifact, tick_s=cfg.tick_s)
+            options = EmulatorOptions(p.artifact, tick_s=cfg.tick_s,
+                                      output_length=p.output_length, seed=p.seed)
             backends[p.name] = await stack.enter_async_context(
                 start_emulators(options, replicas=p.replicas))
         if admission is None:
@@ -211,6 +223,14 @@ async def _in_process(cfg: SweepConfig, pools: Sequence[Pool],
         url = await stack.enter_async_context(
             running(build_app(config, registry=CollectorRegistry())))
         yield Stack(url, backends)
+
+
+async def bucket_snapshot(url: str, bucket: str) -> dict[str, Any]:
+    """The router's ``GET /admin/buckets`` entry for ``bucket`` (timeline mode, no admin key)."""
+    async with aiohttp.ClientSession() as s, s.get(url + "/admin/buckets") as r:
+        r.raise_for_status()
+        doc: dict[str, Any] = await r.json()
+    return dict(doc["buckets"][bucket])
 
 
 @contextlib.asynccontextmanager

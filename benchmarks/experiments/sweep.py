@@ -63,8 +63,13 @@ What this means for a deployment:
   refusal rate is predicted by the same model (M/D/c with balking). With one fixed output
   length a concurrency cap tuned to that service time does as well; the timeline rule
   gets there without tuning (it reads the schedule, so it holds when lengths, shapes or
-  SLOs differ), and its `margin_s` must cover the proxy and client latency: the few SLO
-  misses it let through at 1.5x came from that overhead on this shared 2-core machine.
+  SLOs differ). With variable output lengths (experiment 2, second table) a cap tuned to
+  the mean length lets some admitted requests miss the SLO and one tuned to the worst case
+  gives up about a quarter of the goodput; the timeline rule with learned lengths keeps
+  the SLO at the mean-tuned cap's goodput. Its margin (adaptive: the 99th percentile of
+  the delay the router sees after its decision, at least `margin_s`) stayed near its 5 ms
+  floor here; the few misses left come from delay outside the router's view (the client
+  and the router's event loop before the decision, on this shared 2-core machine).
 - **Do not batch in front of it, and split shapes** (experiments 5 and 7): a batching window
   only adds delay on a fixed-schedule backend, and a pool compiled at the long shape makes
   every short prompt pay the long prefill - give each shape its own bucket.

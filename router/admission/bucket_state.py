@@ -1,5 +1,5 @@
 """One bucket's admission state: its replicas' timelines, utilization, learned lengths,
-counts, and the metric series the controller keeps for it."""
+admission margin, counts, and the metric series the controller keeps for it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from router.admission.margin import AdmissionMargin
 from router.admission.prediction import OutputLengthModel
-from router.admission.settings import AdmissionSettings, BucketPolicy
+from router.admission.settings import MARGIN_CAP_SLO_FRACTION, AdmissionSettings, BucketPolicy
 from router.admission.timeline import ReplicaTimeline
 from router.admission.utilization import BusyWindow
 from router.metrics import RouterMetrics
@@ -32,6 +33,10 @@ class BucketState:
         self.lengths = OutputLengthModel(
             settings.prediction, settings.learned_quantile, settings.learned_min_samples
         )
+        self.margin = AdmissionMargin(
+            settings.margin, settings.margin_s, quantile=settings.margin_quantile,
+            window=settings.margin_window, cap_s=MARGIN_CAP_SLO_FRACTION * policy.ttft_slo_s,
+        )
         # Utilization is a guard over a window of seconds: recomputing it a few
         # hundred times per window is plenty and keeps decisions cheap.
         self._refresh_s = self.window_s / 200
@@ -51,6 +56,8 @@ class BucketState:
                 if value is not None:
                     metrics.admission_limit.labels(name, limit).set(value)
             metrics.utilization_target.labels(name).set(policy.target_utilization)
+            self._margin_gauge = metrics.admission_limit.labels(name, "margin_seconds")
+            self._margin_gauge.set(self.margin.value)
             self._wait_hist = metrics.predicted_wait_seconds.labels(name)
             self._error_hist = metrics.prediction_error_seconds.labels(name)
             self._queue_gauge = metrics.queue_depth.labels(name)
@@ -117,6 +124,10 @@ class BucketState:
             self._queue_gauge.set(queued)
 
     def observe_prediction_error(self, error_s: float) -> None:
+        """Actual minus predicted TTFT of one admitted request (seconds): the metric, and
+        the adaptive margin's sample."""
+        if self.margin.observe(error_s) and self._metrics is not None:
+            self._margin_gauge.set(self.margin.value)
         if self._metrics is not None:
             self._error_hist.observe(error_s)
 
@@ -149,6 +160,7 @@ class BucketState:
             "limits": {"max_queue": p.max_queue, "max_concurrency": p.max_concurrency,
                        "degraded_min_tokens": p.degraded_min_tokens},
             "learned_output_tokens": self.lengths.estimate,
+            "margin": self.margin.snapshot(),
             "counts": {"admitted": self.admitted, "degraded": self.degraded,
                        "rejected": dict(self.rejected), "finished": dict(self.finished)},
             "replicas": [rep.snapshot(now) for rep in self.replicas],

@@ -7,7 +7,8 @@ checks the tenant's limits, asks :func:`router.admission.decision.judge`, and on
 admission places the reservation and hands out a :class:`TimelineTicket`.
 
 The ticket is the request's hold on its slot; the handler reports the first
-token (which pins the observed start and feeds the prediction-error metric) and
+token (which pins the observed start and feeds the prediction-error metric and the
+adaptive margin, :mod:`router.admission.margin`) and
 ends it exactly once with ``finish`` (which frees the slot at once, moving the
 requests queued behind it earlier, and teaches the output-length model).
 
@@ -196,7 +197,7 @@ class TimelineAdmitter:
             utilization=b.utilization(now),
             next_queue_exit_s=lambda: b.next_exit(now, queue=True),
             next_slot_exit_s=lambda: b.next_exit(now, queue=False),
-            margin_s=s.margin_s, window_s=s.utilization_window_s,
+            margin_s=b.margin.value, window_s=s.utilization_window_s,
             min_retry_after_s=s.min_retry_after_s,
         ))
         if verdict.reason is not None:
@@ -280,5 +281,6 @@ class TimelineAdmitter:
         return {
             "mode": str(self.settings.mode),
             "prediction": str(self.settings.prediction),
+            "margin": str(self.settings.margin),
             "buckets": {name: b.snapshot(now) for name, b in self._buckets.items()},
         }

@@ -4,7 +4,9 @@ Inputs (all seconds from now unless said): the best replica's predicted wait
 ``w`` (its earliest slot free time minus now, >= 0), its ``prefill`` and
 ``per_token``, the request's allowance ``a`` and the tokens reserved for it
 ``r <= a`` (see :mod:`router.admission.prediction`), the class's rule (share
-``s``, utilization threshold ``u*``), the bucket's counts and utilization ``u``.
+``s``, utilization threshold ``u*``), the bucket's counts and utilization ``u``, and
+the bucket's ``margin`` in force (fixed, or learned from the prediction errors: see
+:mod:`router.admission.margin`).
 
 With ``B = s * ttft_slo + wait_budget`` and ``E = e2e_slo + wait_budget``,
 a request is admitted iff, in this order (the first failing check names the
@@ -66,6 +68,7 @@ class Inputs:
     next_slot_exit_s: Callable[[], float | None]
     """Seconds until the first in-flight request ends (None: none); asked on refusal."""
     margin_s: float
+    """The bucket's margin in force (seconds), added to the predicted TTFT and e2e."""
     window_s: float
     min_retry_after_s: float
 

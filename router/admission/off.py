@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from router.admission import AdmissionRequest, Decision
-from router.admission.settings import AdmissionSettings, BucketPolicy
+from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape
 from router.outcomes import Outcome, RejectReason
 
 __all__ = ["OffAdmitter", "OffTicket"]
@@ -92,27 +92,27 @@ class OffAdmitter:
                 message=f"Bucket {req.bucket} is at its concurrency cap ({cap}).",
             )
         n = len(replicas)
-        best: str | None = None
+        best: ReplicaShape | None = None
         best_load = 0
         for i in range(n):
-            url = replicas[(b.rotation + i) % n].url
+            rep = replicas[(b.rotation + i) % n]
+            url = rep.url
             if url in exclude or not b.healthy[url]:
                 continue
             if best is None or b.in_flight[url] < best_load:
-                best, best_load = url, b.in_flight[url]
+                best, best_load = rep, b.in_flight[url]
         if best is None:
             return Decision(
                 admitted=False, reason=RejectReason.NO_BACKEND, retry_after_s=hint,
                 message=f"No healthy backend in bucket {req.bucket}.",
             )
         b.rotation = (b.rotation + 1) % n
-        b.in_flight[best] += 1
+        b.in_flight[best.url] += 1
         b.total += 1
-        shape = next(r for r in replicas if r.url == best)
         return Decision(
             admitted=True,
-            backend=best,
-            ticket=OffTicket(b, best),
+            backend=best.url,
+            ticket=OffTicket(b, best.url),
             max_tokens=req.max_tokens,
-            predicted_ttft_s=shape.prefill_s,
+            predicted_ttft_s=best.prefill_s,
         )

@@ -13,9 +13,11 @@ from router.admission import Priority
 
 __all__ = [
     "DEFAULT_PRIORITY_RULES",
+    "MARGIN_CAP_SLO_FRACTION",
     "AdmissionMode",
     "AdmissionSettings",
     "BucketPolicy",
+    "MarginPolicy",
     "PredictionPolicy",
     "PriorityRule",
     "ReplicaShape",
@@ -35,6 +37,22 @@ class PredictionPolicy(StrEnum):
     """Reserve every request's slot for its full ``max_tokens``."""
     LEARNED = "learned"
     """Reserve for a learned quantile of observed output lengths, capped by ``max_tokens``."""
+
+
+class MarginPolicy(StrEnum):
+    FIXED = "fixed"
+    """Always ``margin_s``."""
+    ADAPTIVE = "adaptive"
+    """``margin_s`` raised to a quantile of the bucket's recent prediction errors
+    (capped at ``MARGIN_CAP_SLO_FRACTION`` of the TTFT SLO); see
+    :mod:`router.admission.margin`."""
+
+
+MARGIN_CAP_SLO_FRACTION = 0.5
+"""The adaptive margin never exceeds this fraction of the bucket's TTFT SLO, so a broken
+measurement (a backend clock gone wrong, a stalled loop) cannot make the router refuse
+everything: with the margin at the cap, requests predicted to start within the other half
+of the SLO are still admitted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +122,13 @@ little above the target. Batch (sheddable): half the SLO, shed at the target."""
 class AdmissionSettings:
     mode: AdmissionMode = AdmissionMode.TIMELINE
     margin_s: float = 0.005
-    """Added to every predicted TTFT before comparing it with the SLO."""
+    """Added to every predicted TTFT and end-to-end time before comparing it with the SLO
+    (seconds); with ``margin = adaptive`` the floor of the margin in force."""
+    margin: MarginPolicy = MarginPolicy.ADAPTIVE
+    margin_quantile: float = 0.99
+    """``adaptive``: the quantile, in (0, 1], of the recent prediction errors to cover."""
+    margin_window: int = 256
+    """``adaptive``: prediction errors (first tokens) the quantile is taken over, per bucket."""
     prediction: PredictionPolicy = PredictionPolicy.WORST_CASE
     learned_quantile: float = 0.95
     utilization_window_s: float = 10.0

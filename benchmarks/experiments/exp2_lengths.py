@@ -1,0 +1,123 @@
+"""Experiment 2, second part: variable output lengths, where a static cap must be tuned to a
+length it cannot know.
+
+The same replica (c = 4 slots, TTFT SLO ``cfg.ttft_slo_s``), but every request asks for
+``MAX_TOKENS`` and the emulator stops it after a seeded geometric number of tokens with mean
+``MEAN_TOKENS`` (clipped to the allowance), so the mean service time equals the fixed one of
+the first part while single requests hold a slot up to ``service_time(MAX_TOKENS)``. Four
+policies:
+
+* ``cap_mean``: mode ``off`` with the concurrency cap of the first part computed from the
+  *mean* service time - tuned for the average request;
+* ``cap_worst``: the same formula with the worst-case service time (``MAX_TOKENS``);
+* ``timeline_worst``: mode ``timeline``, ``prediction = "worst_case"`` (reserve the whole
+  allowance);
+* ``timeline_learned``: mode ``timeline``, ``prediction = "learned"`` (reserve the learned
+  95th percentile of the completion lengths).
+
+Both timeline policies run with the default (adaptive) margin and the utilization guard off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+
+from benchmarks.experiments import SweepConfig
+from benchmarks.experiments.drive import Measured, drive, plan
+from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table
+from benchmarks.experiments.rig import Pool, serve
+from lpu_emulator.lengths import OutputLength
+
+__all__ = ["LENGTH_POLICIES", "MAX_TOKENS", "MEAN_TOKENS", "cap_for", "mean_service_s",
+           "run_points", "summary", "table"]
+
+LENGTH_POLICIES = ("cap_mean", "cap_worst", "timeline_worst", "timeline_learned")
+MAX_TOKENS = 100
+MEAN_TOKENS = 10.0
+_PREDICTION = {"timeline_worst": "worst_case", "timeline_learned": "learned"}
+
+
+def mean_service_s(cfg: SweepConfig) -> float:
+    """Mean slot time of a geometric(mean ``MEAN_TOKENS``) length clipped to ``MAX_TOKENS``:
+    ``E[min(G, M)] = (1 - (1 - p)^M) / p`` with ``p = 1 / MEAN_TOKENS``."""
+    p = 1.0 / MEAN_TOKENS
+    tokens = (1.0 - (1.0 - p) ** MAX_TOKENS) / p
+    return cfg.prefill_s + (tokens - 1.0) * cfg.per_token_s
+
+
+def cap_for(cfg: SweepConfig, slots: int, service_s: float) -> int:
+    """In-flight cap at which a newcomer's FIFO wait reaches the SLO, for ``service_s``."""
+    return slots * (1 + math.floor((cfg.ttft_slo_s - cfg.prefill_s) / service_s))
+
+
+@contextlib.asynccontextmanager
+async def _stack(cfg: SweepConfig, policy: str, slots: int) -> AsyncIterator[str]:
+    options: dict[str, Any] = {"ttft_slo_s": cfg.ttft_slo_s, "target_utilization": 1.0}
+    admission: dict[str, Any] = {"mode": "off"}
+    if policy == "cap_mean":
+        options["max_concurrency"] = cap_for(cfg, slots, mean_service_s(cfg))
+    elif policy == "cap_worst":
+        options["max_concurrency"] = cap_for(
+            cfg, slots, cfg.prefill_s + (MAX_TOKENS - 1) * cfg.per_token_s)
+    elif policy in ("timeline_worst", "timeline_learned"):
+        admission = {"mode": "timeline", "prediction": _PREDICTION[policy],
+                     "priorities": {"standard": {"utilization_factor": "never"}}}
+    else:
+        raise ValueError(f"unknown policy {policy!r}")
+    pool = Pool("main", cfg.artifact(slots), 1, options,
+                output_length=OutputLength("geometric", mean=MEAN_TOKENS), seed=cfg.seed)
+    async with serve(cfg, [pool], admission) as stack:
+        yield stack.url
+
+
+async def run_points(cfg: SweepConfig, slots: int, loads: tuple[float, ...], duration_s: float,
+                     warmup_s: float) -> list[dict[str, Any]]:
+    """Every policy at every load; one dict of :meth:`Measured.slo_figures` per point."""
+    capacity = slots / mean_service_s(cfg)
+    points: list[dict[str, Any]] = []
+    for policy in LENGTH_POLICIES:
+        async with _stack(cfg, policy, slots) as url:
+            for load in loads:
+                planned = plan(cfg, np.random.default_rng([cfg.seed, round(load * 1000), 7]),
+                               rate=load * capacity, duration_s=duration_s,
+                               max_tokens=MAX_TOKENS)
+                m = Measured.of(await drive(url, planned, cfg, seed=cfg.seed))
+                points.append({"policy": policy, "load": load,
+                               **m.slo_figures(cfg.ttft_slo_s, warmup_s, duration_s - warmup_s)})
+    return points
+
+
+def table(points: list[dict[str, Any]]) -> str:
+    rows = [[p["policy"], f"{p['load']:.1f}", f"{p['offered_rps']:.1f}",
+             fmt_pct(p["rejected_share"]), f"{p['goodput_rps']:.1f}",
+             f"{p['throughput_rps']:.1f}", fmt_ms(p["p99_admitted"]),
+             f"{int(p['violations'])} ({fmt_pct(p['violation_share'])})", int(p["failed"])]
+            for p in points]
+    return md_table(["policy", "load", "offered (req/s)", "rejected", "goodput (req/s)",
+                     "completed (req/s)", "p99 TTFT admitted (ms)",
+                     "SLO violations (share of admitted)", "failed"], rows)
+
+
+def intro(cfg: SweepConfig, slots: int, duration_s: float) -> str:
+    worst = cfg.prefill_s + (MAX_TOKENS - 1) * cfg.per_token_s
+    return (
+        f"Variable output lengths: max_tokens = {MAX_TOKENS}, the emulator stops after a"
+        f" seeded geometric length of mean {MEAN_TOKENS:g} tokens (mean service time"
+        f" {mean_service_s(cfg) * 1e3:.0f} ms, worst case {worst * 1e3:.0f} ms; load is relative"
+        f" to the mean capacity {slots / mean_service_s(cfg):.0f} req/s), {duration_s:g} s per"
+        f" point. cap_mean = {cap_for(cfg, slots, mean_service_s(cfg))} in flight, cap_worst ="
+        f" {cap_for(cfg, slots, worst)}."
+    )
+
+
+def summary(points: list[dict[str, Any]]) -> str:
+    top = max(p["load"] for p in points)
+    return (f"With variable lengths at {top:g}x: " + "; ".join(
+        f"**{p['policy']}** goodput {p['goodput_rps']:.1f} req/s, {int(p['violations'])}"
+        f" violations ({fmt_pct(p['violation_share'])}), p99 admitted"
+        f" {fmt_ms(p['p99_admitted'])} ms" for p in points if p["load"] == top) + ".")
