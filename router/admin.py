@@ -8,7 +8,8 @@ free-in times, reserved / running / queued requests, predicted wait and TTFT now
 
 Access: open while no API key is configured at all; otherwise the admin key
 (``server.admin_api_key``) only -- 401 ``invalid_api_key`` without a valid key, 403
-``permission_denied`` for a valid tenant key that is not the admin key (OpenAI's error shape).
+``permission_denied`` for a valid tenant key that is not the admin key (OpenAI's error shape;
+:meth:`router.auth.Auth.check_admin`, as for ``/admin/backends``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ from aiohttp import web
 from router.admission.controller import TimelineAdmitter
 from router.admission.off import OffAdmitter
 from router.auth import Auth
-from router.errors import Rejection
-from router.openai_api import APIError
-from router.outcomes import RejectReason
 
 __all__ = ["AdminBuckets"]
 
@@ -46,21 +44,7 @@ class AdminBuckets:
         return {"mode": "off", "buckets": {b: {"in_flight": a.in_flight(b)}
                                            for b in self._buckets}}
 
-    def _check(self, request: web.Request) -> None:
-        try:
-            self._auth.check_admin(request.headers)
-        except Rejection:
-            try:
-                tenant = self._auth.tenant(request.headers)
-            except Rejection:
-                tenant = None
-            if tenant is None:
-                raise
-            raise Rejection(RejectReason.UNAUTHORIZED, APIError(
-                403, "This endpoint needs the admin API key; a tenant's key is not enough.",
-                type="invalid_request_error", code="permission_denied")) from None
-
     async def buckets(self, request: web.Request) -> web.Response:
-        self._check(request)
+        self._auth.check_admin(request.headers)
         body = json.dumps(self.snapshot(), default=str).encode()
         return web.Response(body=body, content_type="application/json")

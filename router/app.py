@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -44,8 +43,6 @@ from router.relay import Upstream
 from router.tokens import ESTIMATE_UNDERCOUNT_MARGIN, EstimateCounter, HFTokenizerCounter
 
 __all__ = ["ADMITTER", "METRICS", "POOL", "UPSTREAM", "build_app", "make_admitter"]
-
-log = logging.getLogger("lpu_router.app")
 
 METRICS = web.AppKey("metrics", RouterMetrics)
 POOL = web.AppKey("pool", BackendPool)
@@ -87,7 +84,10 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=config.timeouts.keepalive_s)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        # No cookie jar: one session serves every client, so a backend's Set-Cookie must not
+        # be kept and sent along with other clients' requests (and a jar costs per request).
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as session:
             upstream.session = session
             checks = pool.run(session) if poller is None else poller.run(session)
             probes = asyncio.create_task(checks, name="lpu-router-health")

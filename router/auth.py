@@ -64,10 +64,20 @@ class Auth:
         return tenant
 
     def check_admin(self, headers: Mapping[str, str]) -> None:
-        """``/admin/*``: open when no keys at all are configured, else the admin key only."""
+        """``/admin/*``: open when no keys at all are configured, else the admin key only.
+
+        Raises a :class:`Rejection`: 401 ``invalid_api_key`` without a valid key, 403
+        ``permission_denied`` for a valid tenant key that is not the admin key.
+        """
         if self._admin is None and not self.enabled:
             return
         token = bearer_token(headers)
         digest = hashlib.sha256((token or "").encode()).digest()
-        if self._admin is None or token is None or not hmac.compare_digest(digest, self._admin):
-            raise _unauthorized("This endpoint needs the admin API key.")
+        if self._admin is not None and token is not None \
+                and hmac.compare_digest(digest, self._admin):
+            return
+        if token is not None and self._match(token) is not None:
+            raise Rejection(RejectReason.UNAUTHORIZED, APIError(
+                403, "This endpoint needs the admin API key; a tenant's key is not enough.",
+                type="invalid_request_error", code="permission_denied"))
+        raise _unauthorized("This endpoint needs the admin API key.")

@@ -6,7 +6,7 @@
 * ``GET /readyz``: 200 when not shutting down and every bucket has a backend up, else 503; the
   body gives the backends up per bucket.
 * ``GET /admin/backends``: every replica's health state; needs the admin key when any API key
-  is configured.
+  is configured (401 without a valid key, 403 for a tenant's key, as ``/admin/buckets``).
 """
 
 from __future__ import annotations

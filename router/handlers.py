@@ -17,8 +17,19 @@ failure but a correction: the timeline controller takes the backend's predicted 
 (``backend_refused``, which ends the ticket) and is asked again without that replica -- at most
 once per replica, since each refusal excludes one. When no replica is left, the client gets 429
 ``backend_deadline`` with ``Retry-After`` (the shortest time until a refusing backend could meet
-the deadline); such a request counts as rejected, not admitted: a request is *admitted* once a
-backend took it (or failed otherwise).
+the deadline); such a request counts as rejected, not admitted.
+
+When ``requests_admitted`` counts: at the admitting decision, before the request is sent, when
+the backend gets no deadline (admission ``off``, or a decision without one): nothing can refuse
+it any more. With a deadline the backend may still refuse it, so it counts once the backend took
+it (its status line; for a non-streaming answer that comes with the body) or failed otherwise
+(a 5xx, a refused connection: those are admitted requests that failed). The in-flight gauge
+moves at the decision either way.
+
+The path is lean on purpose (it is what ``benchmarks/proxy_overhead.py`` measures): the body is
+read once and forwarded as it came unless the allowance changed, metric children are looked up
+once per label set (:mod:`router.series`), and the access line is built only when its logger
+is enabled.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import aiohttp
@@ -50,11 +61,13 @@ from router.openai_api import APIError, CompletionRequest, parse_request
 from router.outcomes import Outcome, RejectReason
 from router.pool import BackendPool
 from router.relay import RelayResult, Upstream, relay, request_headers
+from router.series import RequestSeries
 from router.tokens import TokenCounter, prompt_tokens
 
 __all__ = ["Proxy", "error_response"]
 
 REQUEST_ID = web.RequestKey("request_id", str)
+_NOTHING: frozenset[str] = frozenset()
 
 
 def error_response(error: APIError, headers: dict[str, str] | None = None) -> web.Response:
@@ -84,6 +97,7 @@ class Proxy:
         self._upstream = upstream
         self._auth = auth
         self._metrics = metrics
+        self._series = RequestSeries(metrics)
         self._clock = clock
         self._tenants = {t.policy.name: t.policy for t in config.tenants}
 
@@ -124,7 +138,7 @@ class Proxy:
             adm = AdmissionRequest(bucket=placement.bucket.name, prompt_tokens=ex.prompt_tokens,
                                    max_tokens=placement.max_tokens, priority=priority,
                                    tenant=ex.tenant, wait_budget_s=budget)
-            return await self._serve(request, ex, req, placement, adm, path)
+            return await self._serve(request, ex, req, raw, placement, adm, path)
         except Rejection as r:
             ex.reject_reason = r.reason.value
             ex.status = r.error.status
@@ -138,9 +152,10 @@ class Proxy:
             ex.log(self._clock())
 
     async def _serve(self, request: web.Request, ex: Exchange, req: CompletionRequest,
-                     placement: Placement, adm: AdmissionRequest,
+                     raw: bytes, placement: Placement, adm: AdmissionRequest,
                      path: str) -> web.StreamResponse:
         m = self._metrics
+        in_flight = self._series.in_flight
         bucket = placement.bucket.name
         exclude: set[str] = set()
         ticket: Ticket | None = None
@@ -154,7 +169,8 @@ class Proxy:
         decision: Decision | None = None
         try:
             while True:
-                decision = self._admitter.decide(adm, frozenset(exclude))
+                decision = self._admitter.decide(adm, frozenset(exclude) if exclude
+                                                 else _NOTHING)
                 if not decision.admitted or decision.ticket is None or decision.backend is None:
                     if last is None or (not ex.admitted
                                         and decision.reason is not RejectReason.NO_BACKEND):
@@ -171,10 +187,12 @@ class Proxy:
                 # decision (and on refused attempts) is time the client already waited.
                 deadline = None if decision.deadline_s is None else max(
                     0.0, decision.deadline_s - (self._clock() - ex.started))
-                m.in_flight.labels(bucket, backend).inc()
+                in_flight(bucket, backend).inc()
+                if deadline is None:  # nothing can refuse it any more
+                    self._admitted(ex, adm, placement, decision)
                 try:
-                    upstream = await self._open(request, ex, req, decision.max_tokens, deadline,
-                                                backend, path)
+                    upstream = await self._open(ex, req, raw, decision.max_tokens, deadline,
+                                                request.headers, backend + path)
                     self._admitted(ex, adm, placement, decision)
                     try:
                         result = await self._relay(request, ex, placement, decision, upstream,
@@ -200,7 +218,7 @@ class Proxy:
                         break
                     continue
                 finally:
-                    m.in_flight.labels(bucket, backend).dec()
+                    in_flight(bucket, backend).dec()
                 self._pool.report_success(bucket, backend) if result.failure is None else \
                     self._upstream_failed(bucket, backend, result.failure)
                 outcome, completion = result.outcome, result.completion_tokens
@@ -255,14 +273,13 @@ class Proxy:
 
     def _admitted(self, ex: Exchange, adm: AdmissionRequest, placement: Placement,
                   decision: Decision) -> None:
-        """Count the request as admitted, once: when a backend took it (or failed otherwise
-        than refusing the deadline, which leaves it a refusal)."""
+        """Count the request as admitted, once (see the module docstring for when)."""
         if ex.admitted:
             return
         ex.admitted = True
         m, bucket = self._metrics, placement.bucket.name
-        m.requests_admitted.labels(bucket, adm.priority.value).inc()
-        m.prompt_tokens.labels(bucket).inc(adm.prompt_tokens)
+        self._series.admitted(bucket, adm.priority.value).inc()
+        self._series.prompt_tokens(bucket).inc(adm.prompt_tokens)
         if placement.clamped_from is not None:
             m.clamped.labels(bucket, "bucket_cap").inc()
         if decision.degraded:
@@ -274,23 +291,23 @@ class Proxy:
             return {}
         return ratelimit_headers(self._timeline.ratelimit(tenant))
 
-    async def _open(self, request: web.Request, ex: Exchange, req: CompletionRequest,
-                    max_tokens: int, deadline_s: float | None, backend: str,
-                    path: str) -> aiohttp.ClientResponse:
-        """Send the request to ``backend`` (allowance ``max_tokens``, ``x-lpu-deadline-ms``);
-        return once its status line came."""
-        body = req.body
+    async def _open(self, ex: Exchange, req: CompletionRequest, raw: bytes, max_tokens: int,
+                    deadline_s: float | None, incoming: Mapping[str, str],
+                    url: str) -> aiohttp.ClientResponse:
+        """Send the request to ``url`` (allowance ``max_tokens``, ``x-lpu-deadline-ms``);
+        return once its status line came. ``raw`` (the client's body) goes as it came unless
+        the allowance changed."""
         if req.max_tokens != max_tokens:
-            body = dict(body)
+            body = dict(req.body)
             body[req.max_tokens_param or "max_tokens"] = max_tokens
-        raw = json.dumps(body, separators=(",", ":")).encode() if body is not req.body \
-            else await request.read()
-        headers = request_headers(request.headers)
+            raw = json.dumps(body, separators=(",", ":")).encode()
+        headers = request_headers(incoming)
         headers["x-request-id"] = ex.request_id
         headers["Content-Type"] = "application/json"
+        headers["Accept-Encoding"] = "identity"
         if deadline_s is not None:
             headers["x-lpu-deadline-ms"] = f"{deadline_s * 1e3:.1f}"
-        return await self._upstream.open(backend + path, raw, headers)
+        return await self._upstream.open(url, raw, headers)
 
     async def _relay(self, request: web.Request, ex: Exchange, placement: Placement,
                      decision: Decision, upstream: aiohttp.ClientResponse,
@@ -313,7 +330,7 @@ class Proxy:
         def first_byte() -> None:
             ticket.first_token()
             ex.ttft_s = self._clock() - ex.started
-            self._metrics.ttft_seconds.labels(placement.bucket.name).observe(ex.ttft_s)
+            self._series.ttft_seconds(placement.bucket.name).observe(ex.ttft_s)
 
         return await relay(request, upstream, own, first_byte)
 
@@ -330,11 +347,11 @@ class Proxy:
         if not ex.admitted:
             return
         bucket = ex.bucket or "none"
-        m = self._metrics
+        series = self._series
         ex.outcome = outcome.value
         ex.completion_tokens = completion
-        m.requests_finished.labels(bucket, outcome.value).inc()
+        series.finished(bucket, outcome.value).inc()
         if completion:
-            m.completion_tokens.labels(bucket).inc(completion)
+            series.completion_tokens(bucket).inc(completion)
         if outcome is Outcome.COMPLETED:
-            m.e2e_seconds.labels(bucket).observe(self._clock() - ex.started)
+            series.e2e_seconds(bucket).observe(self._clock() - ex.started)

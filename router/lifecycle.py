@@ -14,7 +14,9 @@
 :func:`lifecycle_middleware` counts completion requests in progress (the drain waits for them)
 and reads their body under ``server.body_timeout_s``: a client that sends its body too slowly
 (byte by byte) gets 408 ``request_timeout`` and the connection is closed. The body is read here
-once; aiohttp caches it, so the handler's ``request.read()`` costs nothing.
+once; aiohttp caches it, so the handler's ``request.read()`` costs nothing. A body that has
+already arrived whole (the common case: a small JSON body comes with the headers) is read
+without arming the timer.
 """
 
 from __future__ import annotations
@@ -109,8 +111,11 @@ def lifecycle_middleware(lifecycle: Lifecycle, metrics: RouterMetrics, *,
         lifecycle.entered()
         try:
             try:
-                async with asyncio.timeout(body_timeout_s):
+                if request.content.is_eof():
                     await request.read()
+                else:
+                    async with asyncio.timeout(body_timeout_s):
+                        await request.read()
             except TimeoutError:
                 metrics.requests_rejected.labels("none", "standard",
                                                  str(RejectReason.INVALID_REQUEST)).inc()

@@ -131,6 +131,7 @@ def _get(summary: str, schema: dict[str, Any], *, admin: bool = False,
                                          "content": {content_type: {"schema": schema}}}}
     if admin:
         responses["401"] = _error("Needs the admin API key.")
+        responses["403"] = _error("A tenant's key: the endpoint needs the admin API key.")
     responses.update(extra or {})
     return {"get": {"summary": summary, "responses": responses}}
 

@@ -7,16 +7,21 @@ other statuses (the backend's own 400s) are relayed as they are.
 
 :func:`relay` then writes the answer to the client:
 
-* non-streaming: the whole body is read, then sent with the backend's status and headers;
-* streaming: chunks are written as they arrive (``iter_any`` + ``await write``, so a slow client
+* non-streaming: the whole body is read in one go, then sent as one ``web.Response`` (one
+  write: status line, headers and body) with the backend's status and headers;
+* streaming: chunks are written as they arrive (``readany`` + ``await write``, so a slow client
   slows the backend read: end-to-end backpressure). Only whole SSE events are written: a chunk's
   bytes after its last blank line wait for the next chunk (one ``rfind`` per chunk, no event
-  parsing). If the backend dies mid-stream the client gets a ``data: {"error": ...}`` event
-  and ``data: [DONE]`` and a clean end of the chunked body.
+  parsing). Events that came with the backend's status line leave with the router's headers in
+  one write, and the last events with the end of the chunked body (each write is a system call
+  and a wake-up of the client). If the backend dies mid-stream the client gets a
+  ``data: {"error": ...}`` event and ``data: [DONE]`` and a clean end of the chunked body.
 
-The usage the backend puts in its last event (or non-streaming body) is read for metrics. Each
-request has ``ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)``: no total,
-since a long generation is not a stuck one.
+The usage the backend puts in its last event (or non-streaming body) is read for metrics: only
+the last ``"usage"`` object is decoded, not the whole body. Each request has
+``ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)``: no total, since a long
+generation is not a stuck one. Upstream requests ask for ``Accept-Encoding: identity``: the
+router reads the usage in the body and relays it to a client that asked for no encoding.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from router.config import TimeoutConfig
 from router.errors import Draining, UpstreamFailure, map_client_error, map_upstream_status
@@ -45,18 +51,30 @@ _NOT_UPSTREAM = HOP_BY_HOP | {"authorization", "host", "content-length", "accept
                               "cookie", "x-request-id", "x-lpu-deadline-ms"}
 # Never copied back: the router sets its own framing and identity.
 _NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length", "server", "date", "x-request-id"}
-_TAIL = 8192
+_USAGE = b'"usage"'
+_USAGE_MAX = 4096
+"""Bytes after a ``"usage"`` key that its object may take (a usage object is ~100-300 bytes)."""
+_DECODER = json.JSONDecoder()
 
 
 def clean_headers(headers: Mapping[str, str], drop: frozenset[str] | set[str]) -> CIMultiDict[str]:
     """``headers`` minus ``drop`` and minus any header the ``Connection`` header names."""
-    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    connection = headers.get("Connection")
+    named = {h.strip().lower() for h in connection.split(",")} if connection else set()
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in headers.items():
         lk = k.lower()
         if lk not in drop and lk not in named:
             out.add(k, v)
     return out
+
+
+class _EventStream(web.StreamResponse):
+    """A stream response whose headers wait for its first write, so that they leave together
+    with the first events (as aiohttp's own ``web.Response`` does; an aiohttp without this
+    class attribute sends them at ``prepare``: one write more, nothing else)."""
+
+    _send_headers_immediately = False
 
 
 @dataclass(slots=True)
@@ -78,6 +96,8 @@ class Upstream:
         self.session: aiohttp.ClientSession | None = None
         # Responses being relayed, so the drain deadline can end them (weak: no bookkeeping).
         self._open: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
+        # Parsed once per backend URL and path (a closed set from the config), not per request.
+        self._urls: dict[str, URL] = {}
 
     def abort_all(self) -> int:
         """The drain deadline: make every response still being read fail with
@@ -94,8 +114,11 @@ class Upstream:
                    ) -> aiohttp.ClientResponse:
         """POST ``body`` to ``url``; return the response once its status line came."""
         assert self.session is not None, "the app's cleanup_ctx opens the session"
+        target = self._urls.get(url)
+        if target is None:
+            target = self._urls[url] = URL(url)
         try:
-            resp = await self.session.post(url, data=body, headers=headers,
+            resp = await self.session.post(target, data=body, headers=headers,
                                            timeout=self._timeout)
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise map_client_error(exc, got_headers=False) from exc
@@ -114,26 +137,33 @@ class Upstream:
 
 
 def usage_tokens(data: bytes) -> int | None:
-    """``usage.completion_tokens`` from a JSON body or from the last SSE event that has one."""
-    if not data:
-        return None
-    if data.lstrip()[:1] == b"{":
-        return _completion_tokens(data)
-    for line in reversed(data.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            n = _completion_tokens(line[6:])
-            if n is not None:
-                return n
+    """``usage.completion_tokens`` of the last ``"usage"`` object in ``data`` (a JSON body or
+    SSE events) that has one; None when none has.
+
+    Only that object is decoded: ``"usage"`` followed by ``:`` is always a key, since a quote
+    inside a JSON string is escaped.
+    """
+    end = len(data)
+    while (at := data.rfind(_USAGE, 0, end)) >= 0:
+        n = _completion_tokens(data, at + len(_USAGE))
+        if n is not None:
+            return n
+        end = at
     return None
 
 
-def _completion_tokens(raw: bytes) -> int | None:
-    try:
-        usage = json.loads(raw).get("usage")
-        n = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    except (ValueError, AttributeError):
+def _completion_tokens(data: bytes, start: int) -> int | None:
+    """``completion_tokens`` of the object that follows ``: `` at ``start``, if any."""
+    text = data[start:start + _USAGE_MAX].decode("utf-8", "replace").lstrip()
+    if not text.startswith(":"):
         return None
-    return n if isinstance(n, int) else None
+    text = text[1:].lstrip()
+    try:
+        usage, _ = _DECODER.raw_decode(text)
+    except ValueError:
+        return None
+    n = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 def _sse_error(failure: UpstreamFailure) -> bytes:
@@ -150,8 +180,7 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
     """
     out_headers = clean_headers(upstream.headers, _NOT_DOWNSTREAM)
     out_headers.update(headers)
-    streaming = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
-    if not streaming:
+    if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
         try:
             raw = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
@@ -161,40 +190,60 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
         ok = upstream.status < 400
         return RelayResult(resp, Outcome.COMPLETED if ok else Outcome.FAILED,
                            usage_tokens(raw) if ok else None)
-
     out_headers["X-Accel-Buffering"] = "no"
     out_headers["Cache-Control"] = "no-cache"
-    stream = web.StreamResponse(status=upstream.status, headers=out_headers)
+    return await _relay_events(request, upstream, out_headers, on_first_byte)
+
+
+async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse,
+                        headers: CIMultiDict[str], on_first_byte: Callable[[], None]
+                        ) -> RelayResult:
+    """The streaming half of :func:`relay`: whole SSE events, as they come."""
+    content = upstream.content
+    try:
+        data = content.read_nowait()  # what came with the status line
+    except (aiohttp.ClientError, TimeoutError):
+        data = b""  # the stream's error shows again on the first read below
+    # Headers wait for the first events only when those are already here: a client
+    # still gets the headers (and the prediction in them) before a long prefill ends.
+    kind = _EventStream if b"\n\n" in data else web.StreamResponse
+    stream = kind(status=upstream.status, headers=headers)
     await stream.prepare(request)
     pending = b""
-    tail = b""
+    usage = b""  # the last piece that names a usage (a reference, not a copy)
     events = 0
     first = True
     try:
-        async for chunk in upstream.content.iter_any():
-            data = pending + chunk if pending else chunk
+        while True:
+            if pending:
+                data = pending + data
             cut = data.rfind(b"\n\n") + 2
             if cut < 2:
                 pending = data
-                continue
-            pending = data[cut:]
-            whole = data[:cut]
-            if first:
-                first = False
-                on_first_byte()
-            events += whole.count(b"data: {")
-            tail = (tail + whole)[-_TAIL:]
-            await stream.write(whole)
+            else:
+                whole, pending = data[:cut], data[cut:]
+                if first:
+                    first = False
+                    on_first_byte()
+                events += whole.count(b"data: {")
+                if _USAGE in whole:
+                    usage = whole
+                if content.at_eof():  # the last events: one write with the end of the body
+                    break
+                await stream.write(whole)
+                whole = b""
+            data = await content.readany()
+            if not data:
+                whole = b""
+                break
     except (aiohttp.ClientError, TimeoutError) as exc:
         failure = map_client_error(exc, got_headers=True)
-        await stream.write(_sse_error(failure))
-        await stream.write_eof()
+        await stream.write_eof(_sse_error(failure))
         return RelayResult(stream, Outcome.FAILED, events, failure)
-    if pending:
-        await stream.write(pending)
-        tail = (tail + pending)[-_TAIL:]
-    await stream.write_eof()
-    n = usage_tokens(tail)
+    if _USAGE in pending:
+        usage = pending
+    await stream.write_eof(whole + pending if pending else whole)
+    n = usage_tokens(usage)
     return RelayResult(stream, Outcome.COMPLETED, n if n is not None else events)
 
 

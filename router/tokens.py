@@ -66,12 +66,23 @@ class TokenCounter(Protocol):
 # Letters of any script (with an optional leading space), digits in groups of up
 # to 3, runs of other symbols, underscores, whitespace runs.
 _PIECE = re.compile(r" ?[^\W\d_]+| ?[0-9]{1,3}| ?[^\s\w]+|_+|\s+")
+# The same pieces for ASCII text, its classes spelled out (a str pattern's \s also matches
+# \x1c-\x1f): about twice as fast as the Unicode classes, and most prompts are ASCII.
+_ASCII_SPACE = r" \t\n\r\f\v\x1c-\x1f"
+_ASCII_PIECE = re.compile(
+    rf" ?[A-Za-z]+| ?[0-9]{{1,3}}| ?[^A-Za-z0-9_{_ASCII_SPACE}]+|_+|[{_ASCII_SPACE}]+")
+_CACHE_PIECES = 1 << 15
+"""Pieces whose cost is remembered, at most (then the memory starts afresh)."""
+_CACHE_PIECE_CHARS = 32
+"""Longer pieces (long runs, base64) are costed each time: they rarely repeat."""
 
 
 def _word_cost(word: str) -> int:
     n = len(word)
     if word.isascii():
-        case_changes = sum(1 for a, b in pairwise(word) if a.islower() and b.isupper())
+        # Lower-to-upper changes; none in a lower, upper or capitalized word (most words).
+        case_changes = 0 if word.islower() or word.isupper() or word[1:].islower() else \
+            sum(1 for a, b in pairwise(word) if a.islower() and b.isupper())
         if n >= 4 and case_changes * 5 >= n:
             # Random-looking mixed case (base64, keys): BPE finds few merges.
             return math.ceil(n / 1.5)
@@ -98,28 +109,46 @@ def _symbol_cost(run: str) -> int:
     return sum(1 if ord(ch) < 0x800 else 2 if ord(ch) < 0x10000 else 3 for ch in run)
 
 
+def _piece_cost(piece: str) -> int:
+    """Tokens of one pre-tokenizer piece (a word with its leading space, a digit group, ...)."""
+    lead = piece[0] == " " and len(piece) > 1 and not piece.isspace()
+    body = piece[1:] if lead else piece
+    first = body[0]
+    if first.isdigit():
+        # Llama-3-class pre-tokenizers split the space before a number off.
+        return 2 if lead else 1
+    if first.isalpha():
+        return _word_cost(body)
+    if first.isspace():
+        mixed = "\n" in body and body.replace("\n", "") != ""
+        return max(1, math.ceil(len(body) / 8)) + (1 if mixed else 0)
+    return _symbol_cost(body)
+
+
+class _PieceCosts(dict[str, int]):
+    """Each piece's cost, computed once: a piece's cost depends on the piece alone, and text
+    repeats its words, so counting is mostly one dict lookup per piece (in C, via ``map``)."""
+
+    def __missing__(self, piece: str) -> int:
+        cost = _piece_cost(piece)
+        if len(piece) <= _CACHE_PIECE_CHARS:
+            if len(self) >= _CACHE_PIECES:
+                self.clear()
+            self[piece] = cost
+        return cost
+
+
+_COSTS = _PieceCosts()
+
+
 class EstimateCounter:
     """Vocabulary-free estimate of a byte-level BPE token count (see the module docstring)."""
 
     name = "estimate"
 
     def count(self, text: str) -> int:
-        total = 0
-        for piece in _PIECE.findall(text):
-            lead = piece[0] == " " and len(piece) > 1 and not piece.isspace()
-            body = piece[1:] if lead else piece
-            first = body[0]
-            if first.isdigit():
-                # Llama-3-class pre-tokenizers split the space before a number off.
-                total += 2 if lead else 1
-            elif first.isalpha():
-                total += _word_cost(body)
-            elif first.isspace():
-                mixed = "\n" in body and body.replace("\n", "") != ""
-                total += max(1, math.ceil(len(body) / 8)) + (1 if mixed else 0)
-            else:
-                total += _symbol_cost(body)
-        return total
+        pieces = (_ASCII_PIECE if text.isascii() else _PIECE).findall(text)
+        return sum(map(_COSTS.__getitem__, pieces))
 
 
 class HFTokenizerCounter:
