@@ -10,7 +10,13 @@ decision time) - predicted TTFT`` (:meth:`TimelineTicket.first_token`). Two poli
 * ``fixed``: the margin is ``margin_s``, always.
 * ``adaptive``: ``margin = max(margin_s, min(cap, Q_q(last W errors)))`` where ``Q_q`` is
   the nearest-rank ``q`` quantile (``margin_quantile``) of the last ``W`` (``margin_window``)
-  errors of the bucket, and ``cap = MARGIN_CAP_SLO_FRACTION * ttft_slo_s``.
+  errors of the bucket, and ``cap = MARGIN_CAP_SLO_FRACTION * ttft_slo_s``. An error
+  larger than the cap is an *outlier*: no margin the cap allows could have kept that request
+  inside its SLO, so it is not evidence for the margin and is left out of the window
+  (counted in ``outliers``; it still shows in ``lpu_router_prediction_error_seconds`` and
+  its alert). A backend that stalls a few first tokens by seconds is the health checks'
+  business; without this rule three such stalls in a window of 256 would hold the whole
+  bucket's margin at the cap and refuse a third of its traffic.
 
 Trade-offs of ``adaptive``: it reacts within a window of *samples* (first tokens), not of
 seconds - it rises once about ``(1 - q) * W`` late first tokens are in the window and falls
@@ -19,7 +25,7 @@ longer. It covers only what the router can see: the time from its decision to th
 byte coming back. Time spent before the decision (the request waiting in the socket,
 parsing, counting tokens) and after the first byte (the relay to the client, the client's
 own scheduling) is not measured, so a client-side SLO still needs ``margin_s`` to cover it.
-The cap keeps a broken measurement from refusing everything.
+The cap, and leaving outliers out, keep a broken measurement from refusing everything.
 
 Cost: an observation writes one slot of a ring; every ``refresh_every`` observations the
 quantile is recomputed by sorting the ring (``W`` floats, pure Python, microseconds). A
@@ -39,7 +45,7 @@ class AdmissionMargin:
     """The margin in force for one bucket (seconds) and the errors it is learned from."""
 
     __slots__ = ("_count", "_measured", "_refresh_every", "_ring", "_since_refresh", "_value",
-                 "cap_s", "floor_s", "policy", "quantile")
+                 "cap_s", "floor_s", "outliers", "policy", "quantile")
 
     def __init__(
         self, policy: MarginPolicy, floor_s: float, *, quantile: float = 0.99,
@@ -64,6 +70,8 @@ class AdmissionMargin:
         self._refresh_every = max(1, window // 16 if refresh_every is None else refresh_every)
         self._measured: float | None = None
         self._value = floor_s
+        self.outliers = 0
+        """Errors above ``cap_s``, left out of the window."""
 
     @property
     def value(self) -> float:
@@ -82,8 +90,12 @@ class AdmissionMargin:
 
     def observe(self, error_s: float) -> bool:
         """Record one prediction error (seconds; late is positive). Returns whether the
-        margin in force changed. Non-finite errors are ignored; ``fixed`` records nothing."""
+        margin in force changed. Non-finite errors are ignored, errors above ``cap_s`` are
+        counted as outliers only; ``fixed`` records nothing."""
         if self.policy is not MarginPolicy.ADAPTIVE or not math.isfinite(error_s):
+            return False
+        if error_s > self.cap_s:
+            self.outliers += 1
             return False
         self._ring[self._count % len(self._ring)] = error_s
         self._count += 1
@@ -105,4 +117,4 @@ class AdmissionMargin:
         return {"policy": str(self.policy), "seconds": self._value, "floor_s": self.floor_s,
                 "quantile": self.quantile, "measured_s": self._measured,
                 "cap_s": self.cap_s if math.isfinite(self.cap_s) else None,
-                "samples": self.samples, "window": len(self._ring)}
+                "samples": self.samples, "window": len(self._ring), "outliers": self.outliers}

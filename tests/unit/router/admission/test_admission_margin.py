@@ -79,12 +79,22 @@ def test_fixed_margin_never_moves() -> None:
 
 def test_cap_bounds_the_measured_part_but_not_the_floor() -> None:
     m = AdmissionMargin(MarginPolicy.ADAPTIVE, FLOOR, window=16, refresh_every=1, cap_s=0.25)
-    m.observe(30.0)
-    assert (m.value, m.measured) == (0.25, 30.0)
+    m.observe(0.25)
+    assert (m.value, m.measured) == (0.25, 0.25)
+    m.observe(30.0)  # beyond the cap: an outlier, not evidence for the margin
+    assert (m.value, m.samples, m.outliers) == (0.25, 1, 1)
     big_floor = AdmissionMargin(MarginPolicy.ADAPTIVE, 0.4, window=16, refresh_every=1,
                                 cap_s=0.25)
-    big_floor.observe(30.0)
+    big_floor.observe(0.2)
     assert big_floor.value == 0.4
+
+
+def test_outliers_beyond_the_cap_leave_the_margin_alone() -> None:
+    m = AdmissionMargin(MarginPolicy.ADAPTIVE, FLOOR, window=16, refresh_every=1, cap_s=0.25)
+    for i in range(64):
+        m.observe(0.5 if i % 10 == 0 else 0.001)  # a stalling backend: 10 % of first tokens
+    assert m.value == FLOOR
+    assert m.outliers == 7 and m.samples == 16
 
 
 @pytest.mark.parametrize(("kw", "match"), [({"quantile": 0.0}, "quantile"),
@@ -175,14 +185,16 @@ def test_a_few_late_samples_in_the_window_set_the_margin_until_they_leave() -> N
 def test_cap_holds_a_broken_measurement_at_half_the_slo() -> None:
     a, clock, metrics = _admitter()
     for _ in range(WINDOW):
-        _run_one(a, clock, late_s=30.0)
-    assert _margin(a, metrics) == pytest.approx(0.25)
-    ds = _fill(a, 4)
-    # TTFT 0.1 + 0.25 fits 0.5; TTFT 0.3 + 0.25 does not.
-    assert [d.admitted for d in ds] == [True, True, False, False]
+        _run_one(a, clock, late_s=0.3)  # every first token 0.3 s late: above the 0.25 s cap
+    assert _margin(a, metrics) == FLOOR
     snap = a.snapshot()["buckets"]["short"]["margin"]
-    assert (snap["cap_s"], snap["policy"]) == (0.25, "adaptive")
-    assert snap["measured_s"] == pytest.approx(30.0)
+    assert (snap["cap_s"], snap["policy"], snap["outliers"]) == (0.25, "adaptive", WINDOW)
+    for _ in range(WINDOW):
+        _run_one(a, clock, late_s=0.24)  # late, but within what a margin can cover
+    assert _margin(a, metrics) == pytest.approx(0.24, abs=0.01)
+    ds = _fill(a, 4)
+    # TTFT 0.1 + 0.24 fits 0.5; TTFT 0.3 + 0.24 does not.
+    assert [d.admitted for d in ds] == [True, True, False, False]
 
 
 def test_fixed_policy_ignores_the_errors() -> None:
