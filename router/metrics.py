@@ -88,7 +88,7 @@ def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
             registry=reg,
         ),
         ttft_seconds=Histogram(
-            p + "ttft_seconds", "Time to first token seen by the client, from request arrival.",
+            p + "ttft_seconds", "Time to first token of streamed requests, from request arrival.",
             ["bucket"], buckets=LATENCY_BUCKETS, registry=reg,
         ),
         e2e_seconds=Histogram(
