@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections import deque
 from pathlib import Path
 
+from benchmarks.machine import describe
 from router.admission import AdmissionRequest, Decision
 from router.admission.controller import TimelineAdmitter
 from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape
@@ -88,24 +87,13 @@ def _run(replicas: int, cycles: int) -> tuple[float, float, float]:
     return cycle_ns / cycles / 1e3, decide_ns / cycles / 1e3, refuse_ns / cycles / 1e3
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--cycles", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = ap.parse_args(argv)
-    machine = {"nproc": os.cpu_count(), "cpu": _cpu_model(),
-               "python": platform.python_version()}
+    machine = describe()
     print(f"machine: {machine['nproc']} CPUs, {machine['cpu']}, Python {machine['python']}")
     print(f"{SLOTS} slots per replica, queue ~{QUEUE_PER_REPLICA} per replica,"
           f" {args.cycles} cycles x {args.repeats} repeats (medians)")

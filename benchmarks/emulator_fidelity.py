@@ -41,6 +41,8 @@ from typing import Any, TypeVar
 import aiohttp
 import numpy as np
 
+from benchmarks.machine import describe
+
 __all__ = ["RunResult", "main", "run_one"]
 
 PREFILL_MS = 80.0
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(r)
     doc = {
         "command": " ".join(["python3 -m benchmarks.emulator_fidelity", *(argv or sys.argv[1:])]),
-        "cpus": os.cpu_count(),
+        "machine": describe(),
         "prefill_ms": PREFILL_MS,
         "per_token_ms": PER_TOKEN_MS,
         "results": [asdict(r) for r in results],

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -44,6 +43,8 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+
+from benchmarks.machine import describe
 
 __all__ = ["Figures", "main", "measure", "summarize"]
 
@@ -232,19 +233,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _machine() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform()}
-
-
 async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     procs: list[subprocess.Popen[bytes]] = []
     prompt = _prompt(args.prompt_chars)
@@ -287,7 +275,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     finally:
         for p in reversed(procs):
             _stop(p)
-    return {"machine": _machine(), "workers": args.workers, "requests": args.requests,
+    return {"machine": describe(), "workers": args.workers, "requests": args.requests,
             "rounds": args.rounds, "max_tokens": args.max_tokens,
             "prompt_chars": len(prompt), "time_scale": TIME_SCALE,
             "results": [asdict(f) for f in results], "summary": summarize(results)}
@@ -343,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/proxy_overhead.json",
                    help="where to write the JSON figures ('' to skip)")
     args = p.parse_args(argv)
-    m = _machine()
+    m = describe()
     print(f"proxy overhead: {m['nproc']} cpus ({m['cpu']}), {args.workers} workers,"
           f" {args.requests} requests per target and round, {args.rounds} rounds", flush=True)
     with tempfile.TemporaryDirectory(prefix="lpu-proxy-bench-") as tmp:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ matplotlib.use("Agg")  # before pyplot is imported: no display, files only
 import matplotlib.pyplot as plt
 
 from benchmarks.experiments import ExperimentResult
+from benchmarks.machine import describe
 
 __all__ = ["fmt_ms", "fmt_pct", "machine", "md_table", "plt", "write_experiment"]
 
@@ -42,18 +40,8 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    """Where the figures were measured: cores, CPU model, Python, OS, date (UTC)."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    """Where the figures were measured (see :mod:`benchmarks.machine`)."""
+    return describe()
 
 
 def _clean(v: Any) -> Any:
