@@ -38,6 +38,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Literal
 
 import aiohttp
@@ -169,6 +170,8 @@ class Proxy:
         decision: Decision | None = None
         try:
             while True:
+                # The SLOs count from the request's arrival: what it spent here is used up.
+                adm = replace(adm, elapsed_s=self._clock() - ex.started)
                 decision = self._admitter.decide(adm, frozenset(exclude) if exclude
                                                  else _NOTHING)
                 if not decision.admitted or decision.ticket is None or decision.backend is None:

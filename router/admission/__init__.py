@@ -49,6 +49,10 @@ class AdmissionRequest:
     tenant: str | None = None
     wait_budget_s: float = 0.0
     """Extra wait beyond the SLO a caller accepts (Groq ``on_demand``); 0 fails fast."""
+    elapsed_s: float = 0.0
+    """Seconds the request already spent at the router before this decision (body read,
+    parsing, counting, earlier replicas): the SLOs count from its arrival, so this much of
+    them is already used."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,8 +197,8 @@ class TimelineAdmitter:
             utilization=b.utilization(now),
             next_queue_exit_s=lambda: b.next_exit(now, queue=True),
             next_slot_exit_s=lambda: b.next_exit(now, queue=False),
-            margin_s=b.margin.value, window_s=s.utilization_window_s,
-            min_retry_after_s=s.min_retry_after_s,
+            elapsed_s=req.elapsed_s, margin_s=b.margin.value,
+            window_s=s.utilization_window_s, min_retry_after_s=s.min_retry_after_s,
         ))
         if verdict.reason is not None:
             return self._refuse(b, req, limiter, now, verdict.reason, verdict.message,

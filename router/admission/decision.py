@@ -8,7 +8,9 @@ Inputs (all seconds from now unless said): the best replica's predicted wait
 the bucket's ``margin`` in force (fixed, or learned from the prediction errors: see
 :mod:`router.admission.margin`).
 
-With ``B = s * ttft_slo + wait_budget`` and ``E = e2e_slo + wait_budget``,
+With ``B = s * ttft_slo + wait_budget - elapsed`` and ``E = e2e_slo + wait_budget - elapsed``
+(``elapsed``: the time the request already spent at the router, since the SLOs count
+from its arrival),
 a request is admitted iff, in this order (the first failing check names the
 reason):
 
@@ -29,8 +31,9 @@ arrived: for (3) the wait must shrink to ``B - margin - prefill``, so retry in
 ``w + prefill + margin - B``; for (4) likewise with ``E``; for (2) until the
 first queued request starts; for (1) until the first in-flight one ends; for
 (5) an estimate, ``(u - u*) * window`` (the time for the excess to leave the
-window if the slots were idle). None when waiting cannot help (a request whose
-prefill alone exceeds the bound). Every finite value is at least
+window if the slots were idle). For (3) and (4) the retry is for the request sent
+again, so it is computed without ``elapsed``. None when waiting cannot help (a request
+whose prefill alone exceeds the bound). Every finite value is at least
 ``min_retry_after_s``.
 """
 
@@ -71,6 +74,8 @@ class Inputs:
     """The bucket's margin in force (seconds), added to the predicted TTFT and e2e."""
     window_s: float
     min_retry_after_s: float
+    elapsed_s: float = 0.0
+    """Time the request already spent at the router; it shortens both bounds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +116,20 @@ def judge(x: Inputs) -> Verdict:
                       f"{x.queued} requests queued, the limit for {klass} requests is {cap}",
                       x.next_queue_exit_s())
     bound = rule.share * p.ttft_slo_s + x.wait_budget_s
-    excess = ttft + x.margin_s - bound
+    excess = ttft + x.margin_s - (bound - x.elapsed_s)
     if excess > 0:
         allowed = f"the SLO {p.ttft_slo_s:.3f} s"
         if rule.share < 1 or x.wait_budget_s > 0:
             allowed = f"the {bound:.3f} s allowed for {klass} requests (SLO {p.ttft_slo_s:.3f} s)"
         hopeless = x.prefill_s + x.margin_s > bound
+        spent = f" after {x.elapsed_s:.3f} s spent" if x.elapsed_s >= 0.001 else ""
         return refuse(RejectReason.SLO_TTFT,
                       f"predicted time to first token {ttft:.3f} s (+{x.margin_s:.3f} s margin)"
-                      f" exceeds {allowed}",
-                      None if hopeless else excess)
+                      f"{spent} exceeds {allowed}",
+                      None if hopeless else excess - x.elapsed_s)
     max_tokens, reserve, degraded = x.max_tokens, x.reserve_tokens, False
     if p.e2e_slo_s is not None:
-        e_bound = p.e2e_slo_s + x.wait_budget_s
+        e_bound = p.e2e_slo_s + x.wait_budget_s - x.elapsed_s
         service = x.prefill_s + (max(reserve, 1) - 1) * x.per_token_s
         e_excess = x.wait_s + service + x.margin_s - e_bound
         if e_excess > 0:
@@ -134,12 +140,13 @@ def judge(x: Inputs) -> Verdict:
                 degraded = True
             else:
                 # Waiting shortens only the wait; past that, only a smaller allowance helps.
-                helps = e_excess <= x.wait_s
+                helps = e_excess - x.elapsed_s <= x.wait_s
                 what = (f"predicted end-to-end time {x.wait_s + service:.3f} s exceeds"
                         f" the SLO {e_bound:.3f} s")
                 if not helps:
                     what += "; lower max_tokens"
-                return refuse(RejectReason.SLO_E2E, what, e_excess if helps else None)
+                return refuse(RejectReason.SLO_E2E, what,
+                              e_excess - x.elapsed_s if helps else None)
     threshold = utilization_threshold(rule, p.target_utilization)
     if x.utilization >= threshold:
         return refuse(RejectReason.UTILIZATION,

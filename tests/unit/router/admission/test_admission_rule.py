@@ -40,9 +40,15 @@ def _inputs(**kw: object) -> Inputs:
         ({"prefill_s": 0.6}, RejectReason.SLO_TTFT, None),  # waiting cannot help
         ({"utilization": 0.9, "rule": BATCH}, RejectReason.UTILIZATION, (0.9 - 0.85) * 10),
         ({"utilization": 0.99}, None, None),  # interactive ignores utilization
+        # 0.05 s already spent at the router: 0.35 + 0.1 no longer fits the 0.5 s SLO, and a
+        # request sent again (elapsed 0) would fit: the floor.
+        ({"wait_s": 0.35, "elapsed_s": 0.05}, None, None),  # exactly the remaining 0.45 s
+        ({"wait_s": 0.36, "elapsed_s": 0.05}, RejectReason.SLO_TTFT, 0.01),
+        ({"wait_s": 0.6, "elapsed_s": 0.05}, RejectReason.SLO_TTFT, 0.2),  # not 0.25
     ],
     ids=["idle", "exact-fit", "margin", "late", "batch-share", "batch-fits", "wait-budget",
-         "hopeless", "utilization-batch", "utilization-interactive"],
+         "hopeless", "utilization-batch", "utilization-interactive", "elapsed-fits",
+         "elapsed-late", "elapsed-retry"],
 )
 def test_ttft_and_utilization(kw: dict[str, object], reason: RejectReason | None,
                               retry: float | None) -> None:
