@@ -199,7 +199,7 @@ class Proxy:
                     self._admitted(ex, adm, placement, decision)
                     try:
                         result = await self._relay(request, ex, placement, decision, upstream,
-                                                   ticket, stream=req.stream)
+                                                   ticket)
                     finally:
                         # Unread content means the client left or the stream broke: drop the
                         # connection so the backend sees the cancel at once.
@@ -314,7 +314,7 @@ class Proxy:
 
     async def _relay(self, request: web.Request, ex: Exchange, placement: Placement,
                      decision: Decision, upstream: aiohttp.ClientResponse,
-                     ticket: Ticket, *, stream: bool) -> RelayResult:
+                     ticket: Ticket) -> RelayResult:
         """Relay the backend's answer with the router's own headers."""
         own = {"x-request-id": ex.request_id, "x-lpu-bucket": placement.bucket.name,
                "x-lpu-max-tokens": str(decision.max_tokens)}
@@ -331,12 +331,6 @@ class Proxy:
         own |= ratelimit_headers(decision.ratelimit)
 
         def first_byte() -> None:
-            # A non-streamed answer arrives whole: its first byte marks the end of the
-            # generation, not the first token. Feeding it to the timeline would pin the start
-            # a whole generation late (and teach the margin that error), so only streams
-            # report a first token and a TTFT.
-            if not stream:
-                return
             ticket.first_token()
             ex.ttft_s = self._clock() - ex.started
             self._series.ttft_seconds(placement.bucket.name).observe(ex.ttft_s)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from router.config import TimeoutConfig
@@ -175,8 +175,11 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
                 headers: Mapping[str, str], on_first_byte: Callable[[], None]) -> RelayResult:
     """Relay ``upstream`` to the client; ``headers`` are the router's own response headers.
 
-    The caller closes ``upstream``. Client disconnects surface as ``ConnectionResetError`` or
-    cancellation and are not caught here.
+    ``on_first_byte`` runs when the first whole event of a stream is relayed: that is the
+    first token. A non-streamed answer arrives whole, at the end of its generation, so it has
+    no first token to report (reporting its first byte would pin the request's start a whole
+    generation late in the timeline). The caller closes ``upstream``. Client disconnects
+    surface as ``ConnectionResetError`` or cancellation and are not caught here.
     """
     out_headers = clean_headers(upstream.headers, _NOT_DOWNSTREAM)
     out_headers.update(headers)
@@ -185,7 +188,6 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
             raw = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise map_client_error(exc, got_headers=True) from exc
-        on_first_byte()
         resp = web.Response(status=upstream.status, body=raw, headers=out_headers)
         ok = upstream.status < 400
         return RelayResult(resp, Outcome.COMPLETED if ok else Outcome.FAILED,
@@ -245,11 +247,6 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse,
     await stream.write_eof(whole + pending if pending else whole)
     n = usage_tokens(usage)
     return RelayResult(stream, Outcome.COMPLETED, n if n is not None else events)
-
-
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The backend's response headers that may be copied to the client."""
-    return clean_headers(upstream, _NOT_DOWNSTREAM)
 
 
 def request_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:
