@@ -213,8 +213,9 @@ async def run_load(
     ticker = asyncio.create_task(progress.tick_every_second()) if progress else None
     try:
         for p, rec in zip(planned, records, strict=True):
-            delay = runner.t0 + p.at_s - clock()
-            if delay > 0:
+            # uvloop's timers have millisecond resolution and may fire up to 1 ms early:
+            # sleep again until the intended time has really come (never send early).
+            while (delay := runner.t0 + p.at_s - clock()) > 0:
                 await asyncio.sleep(delay)
             task = asyncio.create_task(runner.one(p, rec))
             tasks.add(task)
