@@ -4,8 +4,9 @@
                                        SIGTERM drains, SIGHUP reloads CONFIG
     lpu-router check CONFIG            validate CONFIG, print every error, exit 1 if invalid
     lpu-router --check CONFIG          the same
-    lpu-router demo [--port 8080] [--time-scale S]
+    lpu-router demo [--port 8080] [--time-scale S] [--output-length fixed|geometric]
                                        emulated backends for short/medium/long + the router
+                                       (reply lengths geometric, mean 128, unless fixed)
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any
 
 from router.config import ConfigError, RouterConfig, load_config
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lpu-router", description="Admission-control router for"
                                 " deterministic LLM inference backends.")
     p.add_argument("--check", metavar="CONFIG", help="validate CONFIG and exit")
@@ -32,12 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     c = sub.add_parser("check", help="validate a TOML config and exit")
     c.add_argument("config")
-    d = sub.add_parser("demo", help="emulated backends for default buckets plus the router")
+    d = sub.add_parser(
+        "demo", help="emulated backends for default buckets plus the router",
+        description="Emulated backends for the short/medium/long buckets plus the router. Reply"
+        " lengths: geometric by default (mean 128 tokens, at most max_tokens, finish_reason"
+        " 'stop' when shorter), like a model that chooses when to stop; --output-length fixed"
+        " gives exactly max_tokens every time (the emulator's own default).")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8080)
     d.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every emulated duration (0.1 = ten times faster)")
     d.add_argument("--replicas", type=int, default=2, help="emulated replicas per bucket")
+    d.add_argument("--output-length", choices=["fixed", "geometric"], default="geometric",
+                   help="reply lengths: geometric (default; mean --output-mean, at most"
+                   " max_tokens) or fixed (exactly max_tokens)")
+    d.add_argument("--output-mean", type=float, default=128.0,
+                   help="geometric: mean reply length in tokens (default 128)")
     return p
 
 
@@ -60,7 +71,7 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     # Access lines are JSON already; other records get their level and logger name.
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     if args.check or args.command == "check":
@@ -82,15 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run(serve_forever(config, on_ready=ready, config_path=args.config))
         return 0
     if args.command == "demo":
-        from router.demo import run_demo
+        from router.demo import demo_length, run_demo
 
         def echo(text: str) -> None:
             print(text, flush=True)
 
+        length = demo_length(args.output_length, args.output_mean)
         _run(run_demo(host=args.host, port=args.port, time_scale=args.time_scale,
-                      replicas=args.replicas, echo=echo))
+                      replicas=args.replicas, output_length=length, echo=echo))
         return 0
-    _parser().print_help()
+    build_parser().print_help()
     return 2
 
 

@@ -4,7 +4,10 @@ process and one command.
 Buckets (one public model, ``llama-3.1-8b-instant``, at three compiled shapes, two emulated
 replicas each): ``short`` = ``llama-3.1-8b-2k``, ``medium`` = ``llama-3.1-8b-8k``, ``long`` =
 ``llama-3.1-8b-32k``. Backends bind ephemeral loopback ports; the router binds ``--port``.
-The emulated replies have geometric lengths (mean 128 tokens, at most the allowance).
+By default the emulated replies have geometric lengths (mean 128 tokens, clipped to the
+allowance ``max_tokens``), like a model that chooses when to stop; ``output_length=
+OutputLength("fixed")`` (``lpu-router demo --output-length fixed``) makes every reply exactly
+its allowance, the emulator's own default and what the benchmarks assume.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from lpu_emulator.server import EmulatorOptions, start_emulators
 from router.config import RouterConfig, parse_config
 from router.server import serve_forever
 
-__all__ = ["DEMO_BUCKETS", "DEMO_MODEL", "demo_config", "run_demo", "usage_text"]
+__all__ = ["DEMO_BUCKETS", "DEMO_LENGTH", "DEMO_MODEL", "demo_config", "demo_length", "run_demo",
+           "usage_text"]
 
 DEMO_MODEL = "llama-3.1-8b-instant"
 DEMO_BUCKETS: tuple[tuple[str, str], ...] = (
@@ -27,6 +31,8 @@ DEMO_BUCKETS: tuple[tuple[str, str], ...] = (
     ("medium", "llama-3.1-8b-8k"),
     ("long", "llama-3.1-8b-32k"),
 )
+DEMO_LENGTH = OutputLength(kind="geometric", mean=128.0)
+"""The demo's reply lengths unless told otherwise: geometric, mean 128 tokens."""
 
 
 def demo_config(backends: dict[str, list[str]], *, host: str = "127.0.0.1", port: int = 8080,
@@ -46,6 +52,14 @@ def demo_config(backends: dict[str, list[str]], *, host: str = "127.0.0.1", port
     return parse_config(raw, "<demo>")
 
 
+def demo_length(kind: str, mean: float = DEMO_LENGTH.mean) -> OutputLength:
+    """The reply lengths ``lpu-router demo --output-length KIND --output-mean MEAN`` asks for:
+    ``fixed`` = exactly the allowance, ``geometric`` = mean ``mean`` tokens clipped to it."""
+    if kind not in ("fixed", "geometric"):
+        raise ValueError(f"output length: expected fixed|geometric, got {kind!r}")
+    return OutputLength(kind="fixed") if kind == "fixed" else OutputLength("geometric", mean=mean)
+
+
 def usage_text(url: str) -> str:
     """How to point the ``openai`` client (and curl) at the router."""
     return f"""lpu-router demo: router at {url}, buckets {', '.join(b for b, _ in DEMO_BUCKETS)}
@@ -63,14 +77,19 @@ metrics: {url}/metrics    ready: {url}/readyz    Ctrl-C stops."""
 
 
 async def run_demo(*, host: str = "127.0.0.1", port: int = 8080, time_scale: float = 1.0,
-                   replicas: int = 2, echo: Callable[[str], None] = print) -> None:
-    """Start the emulated backends and the router; serve until SIGINT/SIGTERM."""
+                   replicas: int = 2, output_length: OutputLength = DEMO_LENGTH,
+                   echo: Callable[[str], None] = print) -> None:
+    """Start the emulated backends and the router; serve until SIGINT/SIGTERM.
+
+    ``output_length``: how many tokens each emulated reply has (see
+    :mod:`lpu_emulator.lengths`; ``fixed`` = exactly the request's allowance).
+    """
     async with contextlib.AsyncExitStack() as stack:
         backends: dict[str, list[str]] = {}
         for name, artifact in DEMO_BUCKETS:
             options = EmulatorOptions(
                 artifact=builtin_artifact(artifact), time_scale=time_scale,
-                output_length=OutputLength(kind="geometric", mean=128.0),
+                output_length=output_length,
             )
             backends[name] = await stack.enter_async_context(
                 start_emulators(options, replicas=replicas, host=host)
