@@ -16,6 +16,7 @@ Student-t interval over the R replications. Two predictions sit next to each mea
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,24 @@ import numpy as np
 
 from benchmarks import simulate, theory
 from benchmarks.experiments import ExperimentResult, SweepConfig
+from benchmarks.experiments.claims import (
+    Claim,
+    config,
+    est,
+    finite,
+    listing,
+    missing,
+    ms,
+    paragraph,
+    rising,
+    sentences,
+)
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.output import fmt_ms, md_table, plt, write_experiment
 from benchmarks.experiments.rig import Pool, serve
 from benchmarks.experiments.stats import mean_ci
 
-__all__ = ["NAME", "TITLE", "run"]
+__all__ = ["NAME", "TITLE", "claims", "run", "summarize"]
 
 NAME = "exp1_queueing"
 TITLE = "1. TTFT against utilization (admission off): measured vs exact M/D/c"
@@ -70,6 +83,93 @@ def _theory(cfg: SweepConfig, slots: int, rho: float) -> dict[str, float]:
         "mdc_p99": theory.mdc_ttft_percentile(0.99, lam, slots, d, pre),
         "mmc_p99": theory.mmc_wait_percentile(0.99, lam, slots, d) + pre,
     }
+
+
+FEW_MS = 0.010
+"""What "a few ms" of router, loopback and client overhead may be, at most."""
+DISTINCT = 1.5
+"""M/M/c and M/D/c are told apart only where their p99 differ by at least this factor."""
+
+
+def _heads(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Up to three points with a stationary prediction at the largest slot count, spread."""
+    if not points:
+        return []
+    top = max(p["slots"] for p in points)
+    mine = [p for p in points if p["slots"] == top and finite(p.get("mdc_p99"))]
+    if len(mine) <= 3:
+        return mine
+    return [mine[round(i * (len(mine) - 1) / 2)] for i in range(3)]
+
+
+def claims(data: Mapping[str, Any]) -> list[Claim]:
+    """What experiment 1's figures show, each with its condition checked."""
+    points: list[dict[str, Any]] = list(data.get("points") or [])
+    out: list[Claim] = []
+    text = ("the measured p99 TTFT is nearer the M/D/c prediction than the M/M/c one wherever"
+            f" the two differ by {DISTINCT:g}x or more")
+    apart = [p for p in points if finite(p.get("mdc_p99")) and finite(p.get("mmc_p99"))
+             and finite(est(p.get("p99"))) and p["mmc_p99"] >= DISTINCT * p["mdc_p99"]]
+    if apart:
+        nearer = [p for p in apart
+                  if abs(est(p["p99"]) - p["mdc_p99"]) < abs(est(p["p99"]) - p["mmc_p99"])]
+        ratio = [p["mmc_p99"] / est(p["p99"]) for p in apart]
+        out.append(Claim(text, len(nearer) == len(apart),
+                         f"{len(nearer)} of {len(apart)} such points; M/M/c says"
+                         f" {min(ratio):.1f} to {max(ratio):.1f} times the measured p99"))
+    else:
+        out.append(missing(text, "point where the two models differ that much"))
+    text = ("the router, loopback and client add only a few ms to the exact FIFO schedule of"
+            " the same arrivals")
+    gaps = [est(p.get("p99")) - p["exact_p99"] for p in points
+            if finite(est(p.get("p99"))) and finite(p.get("exact_p99"))]
+    if gaps:
+        out.append(Claim(text, max(abs(g) for g in gaps) <= FEW_MS,
+                         f"measured minus exact-schedule p99: {ms(min(gaps))} to"
+                         f" {ms(max(gaps))} ms over {len(gaps)} points"))
+    else:
+        out.append(missing(text, "measured point"))
+    text = "beyond rho = 1 the queue grows for as long as the overload lasts"
+    grows: list[bool] = []
+    evidence: list[str] = []
+    for slots in sorted({p["slots"] for p in points}):
+        mine = sorted((p for p in points if p["slots"] == slots), key=lambda p: p["rho"])
+        over = [p for p in mine if p["rho"] > 1 and finite(est(p.get("p50")))]
+        under = [est(p.get("p99")) for p in mine if p["rho"] < 1 and finite(est(p.get("p99")))]
+        if not over:
+            continue
+        p50s = [est(p["p50"]) for p in over]
+        floor = max(under, default=0.0)
+        grows.append(rising(p50s) and min(p50s) > floor)
+        evidence.append(f"c = {slots}: p50 " + " / ".join(ms(x, 0) for x in p50s)
+                        + " ms at rho = " + " / ".join(f"{p['rho']:g}" for p in over)
+                        + (f", against p99 {ms(floor, 0)} ms below capacity" if under else ""))
+    out.append(Claim(text, all(grows), "; ".join(evidence)) if grows
+               else missing(text, "point beyond rho = 1"))
+    return out
+
+
+def _s(seconds: Any) -> str:
+    return f"{seconds:g} s" if finite(seconds) else "? s"
+
+
+def summarize(data: Mapping[str, Any]) -> str:
+    """Experiment 1's summary: its setting, the headline figures and :func:`claims`."""
+    c = config(data)
+    setting = ""
+    if finite(c.get("service_s")) and finite(c.get("prefill_s")):
+        parts = f"prefill {ms(c['prefill_s'], 0)} ms"
+        if finite(c.get("per_token_s")) and finite(c.get("output_tokens")):
+            parts += f" + {int(c['output_tokens']) - 1} x {ms(c['per_token_s'], 0)} ms"
+        setting = (f"Service time D = {ms(c['service_s'], 0)} ms ({parts}),"
+                   f" {c.get('replications', '?')} replication(s) of {_s(c.get('duration_s'))}"
+                   f" per point after a {_s(c.get('warmup_s'))} warm-up.")
+    heads = listing("Measured vs stationary M/D/c p99 TTFT", [
+        f"c = {p['slots']}, rho = {p['rho']:g}: {ms(est(p['p99']))} ms"
+        f" [{ms(p['p99'][1])}, {ms(p['p99'][2])}] vs {ms(p['mdc_p99'])} ms"
+        f" (M/M/c would say {ms(p['mmc_p99'])} ms)"
+        for p in _heads(list(data.get("points") or []))])
+    return paragraph([setting, heads, sentences(claims(data))])
 
 
 def _plot(cfg: SweepConfig, points: list[dict[str, Any]], slot_counts: tuple[int, ...]) -> Any:
@@ -136,29 +236,17 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
     table = md_table(["c", "rho", "rate (req/s)", "n", "p50 measured [95% CI] (ms)",
                       "p50 M/D/c", "p99 measured [95% CI] (ms)", "p99 exact schedule",
                       "p99 M/D/c", "p99 M/M/c"], rows)
-    heads = [p for p in points if p["rho"] in (0.5, 0.7, 0.9) and p["slots"] == slot_counts[-1]]
-    summary = (
-        f"Service time D = {cfg.service_s * 1e3:.0f} ms (prefill {cfg.prefill_s * 1e3:.0f} ms"
-        f" + {cfg.output_tokens - 1} x {cfg.per_token_s * 1e3:.0f} ms), {reps} replication(s)"
-        f" of {duration_s:g} s per point after a {warmup_s:g} s warm-up. Measured vs exact M/D/c"
-        " p99 TTFT: " + "; ".join(
-            f"c = {p['slots']}, rho = {p['rho']}: {fmt_ms(p['p99'][0])} ms"
-            f" [{fmt_ms(p['p99'][1])}, {fmt_ms(p['p99'][2])}] vs {fmt_ms(p['mdc_p99'])} ms"
-            f" (M/M/c would say {fmt_ms(p['mmc_p99'])} ms)" for p in heads)
-        + ". The measured points follow the M/D/c curve, not the M/M/c one; the exact schedule"
-        " of the same arrivals (x) absorbs the finite-run effects (start-up transient, overload"
-        " growth), and the remaining gap is the router and loopback overhead (a few ms)."
-        " Beyond rho = 1 the queue grows for as long as the overload lasts."
-    )
     intro = (
         "Router in admission mode `off`, one emulator replica, Poisson arrivals, fixed output"
         " length. Intervals: 95% Student-t over independent replications of the per-run"
         " percentile."
     )
     data = {"config": {"service_s": cfg.service_s, "prefill_s": cfg.prefill_s,
+                       "per_token_s": cfg.per_token_s, "output_tokens": cfg.output_tokens,
                        "duration_s": duration_s, "warmup_s": warmup_s, "replications": reps,
                        "isolate": cfg.isolate},
             "points": points}
+    summary = summarize(data)
     return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table, summary=summary,
                             figure=_plot(cfg, points, slot_counts), data=data,
                             elapsed_s=time.perf_counter() - t0)

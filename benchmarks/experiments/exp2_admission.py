@@ -27,21 +27,32 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.experiments import ExperimentResult, SweepConfig, exp2_lengths
+from benchmarks.experiments.claims import (
+    Claim,
+    config,
+    finite,
+    listing,
+    missing,
+    ms,
+    paragraph,
+    pct,
+    sentences,
+)
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table, plt, write_experiment
 from benchmarks.experiments.rig import Pool, bucket_snapshot, serve
 from benchmarks.records import ClientOutcome, RequestRecord
 from benchmarks.workload import PlannedRequest
 
-__all__ = ["NAME", "POLICIES", "SLOTS", "TITLE", "load_point", "policy_stack", "run",
-           "token_bucket_passes"]
+__all__ = ["NAME", "POLICIES", "SLOTS", "TITLE", "claims", "load_point", "policy_stack", "run",
+           "summarize", "token_bucket_passes"]
 
 NAME = "exp2_admission"
 TITLE = "2. Admission control under load: goodput and p99 of admitted requests"
@@ -106,19 +117,97 @@ async def load_point(cfg: SweepConfig, url: str, policy: str, slots: int, load: 
     return Measured.of(merged)
 
 
-def _timeline_note(p: dict[str, Any], load: float) -> str:
-    """What the timeline rule did at ``load`` with its adaptive margin, from the figures."""
-    margin = fmt_ms(p["margin_s"]) if "margin_s" in p else "?"
-    if p["violations"] == 0:
-        return (f" At {load:g}x, with the adaptive margin at {margin} ms at the end of the run,"
-                " every request the timeline rule admitted met the SLO.")
-    return (f" At {load:g}x the timeline rule still let {int(p['violations'])} of the admitted"
-            f" requests ({fmt_pct(p['violation_share'])}) miss the SLO, with the adaptive margin at"
-            f" {margin} ms: the margin covers the 99th percentile of the delay the router sees"
-            " between its decision and the first byte coming back; it cannot see the request"
-            " waiting in the router's socket and event loop before the decision, the relay to"
-            " the client, or the load generator sending late - all sharing the 2 busy cores"
-            " here.")
+NEAR_CAPACITY = 0.9
+"""Goodput "near capacity" means at least this share of it."""
+COLLAPSED = 0.5
+"""Goodput has "collapsed" below this share of capacity."""
+
+
+def _at(points: list[dict[str, Any]], load: float) -> dict[str, dict[str, Any]]:
+    return {p["policy"]: p for p in points if p["load"] == load}
+
+
+def _capacity(data: Mapping[str, Any]) -> float:
+    c = config(data)
+    if finite(c.get("slots")) and finite(c.get("service_s")) and c["service_s"] > 0:
+        return float(c["slots"]) / float(c["service_s"])
+    return math.nan
+
+
+def claims(data: Mapping[str, Any]) -> list[Claim]:
+    """What the first part of experiment 2 shows (fixed lengths), each condition checked."""
+    points: list[dict[str, Any]] = list(data.get("points") or [])
+    cap, slo = _capacity(data), config(data).get("slo_s")
+    loads = sorted({p["load"] for p in points})
+    over = [x for x in loads if x > 1.0]
+    under = [x for x in loads if x < 1.0]
+    top = _at(points, max(over)) if over else {}
+    out: list[Claim] = []
+    text = "without admission control nothing is refused and goodput past capacity collapses"
+    none = top.get("none")
+    if none is not None and finite(cap):
+        refused = max(p["rejected_share"] for p in points if p["policy"] == "none")
+        out.append(Claim(text, refused == 0 and none["goodput_rps"] < COLLAPSED * cap,
+                         f"at {none['load']:g}x: goodput {none['goodput_rps']:.1f} req/s of a"
+                         f" capacity of {cap:.0f}, {pct(refused)} refused at most"))
+    else:
+        out.append(missing(text, "run of policy none past capacity"))
+    tl = [p for p in points if p["policy"] == "timeline" and finite(p.get("p99_admitted"))]
+    text = "the timeline rule keeps the p99 TTFT of the requests it admits within the SLO"
+    if tl and finite(slo):
+        worst = max(tl, key=lambda p: p["p99_admitted"])
+        out.append(Claim(text, worst["p99_admitted"] <= slo,
+                         f"at most {ms(worst['p99_admitted'])} ms, at {worst['load']:g}x,"
+                         f" against {ms(slo, 0)} ms"))
+    else:
+        out.append(missing(text, "timeline run"))
+    text = "past capacity the timeline rule keeps goodput near capacity"
+    t = top.get("timeline")
+    if t is not None and finite(cap):
+        out.append(Claim(text, t["goodput_rps"] >= NEAR_CAPACITY * cap,
+                         f"{t['goodput_rps']:.1f} req/s at {t['load']:g}x, capacity"
+                         f" {cap:.0f} req/s"))
+    else:
+        out.append(missing(text, "timeline run past capacity"))
+    text = ("below capacity the timeline rule refuses no more than the limiters that do not"
+            " read the schedule (cap, token bucket)")
+    low = _at(points, min(under)) if under else {}
+    others = [low[k] for k in ("cap", "token_bucket") if k in low]
+    if "timeline" in low and others:
+        mine = low["timeline"]["rejected_share"]
+        out.append(Claim(text, all(mine <= o["rejected_share"] for o in others),
+                         f"at {min(under):g}x: timeline {pct(mine)}, " + ", ".join(
+                             f"{o['policy']} {pct(o['rejected_share'])}" for o in others)))
+    else:
+        out.append(missing(text, "run below capacity of these policies"))
+    return out
+
+
+def summarize(data: Mapping[str, Any]) -> str:
+    """Experiment 2's summary: the figures past capacity, :func:`claims`, and the second
+    part's (:func:`benchmarks.experiments.exp2_lengths.summary`)."""
+    points: list[dict[str, Any]] = list(data.get("points") or [])
+    cap = _capacity(data)
+    loads = sorted({p["load"] for p in points})
+    headline = ""
+    if loads:
+        top = _at(points, loads[-1])
+        offered = next(iter(top.values()))["offered_rps"]
+        headline = listing(
+            f"At {loads[-1]:g}x capacity ({offered:.0f} req/s offered, capacity {cap:.0f}"
+            " req/s)", [
+                f"**{name}**: goodput {p['goodput_rps']:.1f} req/s, p99 admitted"
+                f" {ms(p['p99_admitted'])} ms, {int(p['violations'])} SLO violations"
+                f" ({pct(p['violation_share'])} of admitted), {pct(p['rejected_share'])}"
+                " rejected" for name, p in top.items()])
+    misses = [p for p in points if p["policy"] == "timeline" and p["violations"] > 0]
+    note = listing(
+        "The timeline rule's admitted requests that missed the SLO (its margin covers the"
+        " delay the router sees after its decision, not the time before it)", [
+            f"{int(p['violations'])} ({pct(p['violation_share'])}) at {p['load']:g}x, margin"
+            f" {ms(p.get('margin_s'))} ms" for p in misses], sep=", ")
+    lengths = exp2_lengths.summary(list(data.get("length_points") or []))
+    return paragraph([headline, sentences(claims(data)), note, lengths])
 
 
 def _plot(cfg: SweepConfig, points: list[dict[str, Any]]) -> Any:
@@ -174,24 +263,6 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
                       "failed", "margin at end (ms)"], rows)
     table += ("\n" + exp2_lengths.intro(cfg, SLOTS, duration_s) + "\n\n"
               + exp2_lengths.table(length_points))
-    top, low = max(loads), min((x for x in loads if x < 1.0), default=min(loads))
-    at_top = {p["policy"]: p for p in points if p["load"] == top}
-    at_low = {p["policy"]: p for p in points if p["load"] == low}
-    summary = (
-        f"At {top:g}x capacity ({at_top['none']['offered_rps']:.0f} req/s offered, capacity"
-        f" {cfg.capacity_rps(SLOTS):.0f} req/s): " + "; ".join(
-            f"**{name}**: goodput {p['goodput_rps']:.1f} req/s, p99 admitted"
-            f" {fmt_ms(p['p99_admitted'])} ms, {int(p['violations'])} SLO violations"
-            f" ({fmt_pct(p['violation_share'])} of admitted), {fmt_pct(p['rejected_share'])}"
-            " rejected" for name, p in at_top.items())
-        + f". Below capacity ({low:g}x) they reject " + ", ".join(
-            f"{name} {fmt_pct(p['rejected_share'])}" for name, p in at_low.items())
-        + ". Without control nothing is refused and every request queues at the backend; a"
-        " limiter that does not know the schedule (cap, token bucket) must trade refusals"
-        " below capacity against latency above it; the timeline rule refuses a request only"
-        " when its predicted TTFT plus its margin would exceed the SLO."
-        + _timeline_note(at_top["timeline"], top) + " " + exp2_lengths.summary(length_points)
-    )
     intro = (
         f"Router with one emulator replica (c = {SLOTS}), Poisson arrivals for"
         f" {duration_s:g} s per point (the first {warmup_s:g} s not counted), TTFT SLO"
@@ -205,6 +276,7 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
             "length_config": {"max_tokens": exp2_lengths.MAX_TOKENS,
                               "mean_tokens": exp2_lengths.MEAN_TOKENS,
                               "mean_service_s": exp2_lengths.mean_service_s(cfg)}}
+    summary = summarize(data)
     return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table, summary=summary,
                             figure=_plot(cfg, points), data=data,
                             elapsed_s=time.perf_counter() - t0)

@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.experiments import SweepConfig
+from benchmarks.experiments.claims import Claim, listing, missing, ms, paragraph, pct, sentences
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table
 from benchmarks.experiments.rig import Pool, serve
 from lpu_emulator.lengths import OutputLength
 
-__all__ = ["LENGTH_POLICIES", "MAX_TOKENS", "MEAN_TOKENS", "cap_for", "mean_service_s",
+__all__ = ["LENGTH_POLICIES", "MAX_TOKENS", "MEAN_TOKENS", "cap_for", "claims", "mean_service_s",
            "run_points", "summary", "table"]
 
 LENGTH_POLICIES = ("cap_mean", "cap_worst", "timeline_worst", "timeline_learned")
@@ -115,9 +116,43 @@ def intro(cfg: SweepConfig, slots: int, duration_s: float) -> str:
     )
 
 
+def claims(points: list[dict[str, Any]]) -> list[Claim]:
+    """What the variable-length part shows at its highest load, each condition checked."""
+    top = max((p["load"] for p in points), default=None)
+    at = {p["policy"]: p for p in points if p["load"] == top}
+    mean, worst, learned = at.get("cap_mean"), at.get("cap_worst"), at.get("timeline_learned")
+    out: list[Claim] = []
+    text = "a cap tuned to the mean length lets some admitted requests miss the SLO"
+    out.append(missing(text, "cap_mean run") if mean is None else Claim(
+        text, mean["violations"] > 0,
+        f"{int(mean['violations'])} ({pct(mean['violation_share'])}) at {top:g}x"))
+    text = "a cap tuned to the worst-case length gives up goodput"
+    if mean is not None and worst is not None and mean["goodput_rps"] > 0:
+        lost = 1.0 - worst["goodput_rps"] / mean["goodput_rps"]
+        out.append(Claim(text, lost >= 0.1, f"{pct(lost)} less than cap_mean at {top:g}x"))
+    else:
+        out.append(missing(text, "cap_mean and cap_worst runs"))
+    text = ("the timeline rule with learned lengths keeps the SLO at the goodput of the cap"
+            " tuned to the mean")
+    if mean is not None and learned is not None:
+        out.append(Claim(text, learned["violations"] == 0
+                         and learned["goodput_rps"] >= 0.95 * mean["goodput_rps"],
+                         f"{int(learned['violations'])} violations, goodput"
+                         f" {learned['goodput_rps']:.1f} against {mean['goodput_rps']:.1f}"
+                         " req/s"))
+    else:
+        out.append(missing(text, "cap_mean and timeline_learned runs"))
+    return out
+
+
 def summary(points: list[dict[str, Any]]) -> str:
+    """The second part's figures at its highest load and :func:`claims`; ``""`` without
+    points."""
+    if not points:
+        return ""
     top = max(p["load"] for p in points)
-    return (f"With variable lengths at {top:g}x: " + "; ".join(
+    figures = listing(f"With variable lengths at {top:g}x", [
         f"**{p['policy']}** goodput {p['goodput_rps']:.1f} req/s, {int(p['violations'])}"
-        f" violations ({fmt_pct(p['violation_share'])}), p99 admitted"
-        f" {fmt_ms(p['p99_admitted'])} ms" for p in points if p["load"] == top) + ".")
+        f" violations ({pct(p['violation_share'])}), p99 admitted"
+        f" {ms(p['p99_admitted'])} ms" for p in points if p["load"] == top])
+    return paragraph([figures, sentences(claims(points))])

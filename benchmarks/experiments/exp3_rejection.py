@@ -21,6 +21,7 @@ fixed).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,23 @@ import numpy as np
 
 from benchmarks import simulate
 from benchmarks.experiments import ExperimentResult, SweepConfig
+from benchmarks.experiments.claims import (
+    Claim,
+    est,
+    finite,
+    missing,
+    paragraph,
+    pct,
+    rising,
+    sentences,
+)
 from benchmarks.experiments.drive import Measured
 from benchmarks.experiments.exp2_admission import SLOTS, load_point, policy_stack
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table, plt, write_experiment
 from benchmarks.experiments.rig import bucket_snapshot
 from benchmarks.experiments.stats import Interval
 
-__all__ = ["NAME", "TITLE", "predicted_rejection", "run"]
+__all__ = ["NAME", "TITLE", "claims", "predicted_rejection", "run", "summarize"]
 
 NAME = "exp3_rejection"
 TITLE = "3. Rejection rate against offered load: measured vs predicted (timeline rule)"
@@ -60,6 +71,52 @@ def _measured(m: Measured, warmup_s: float) -> Interval:
     p = float((keep & m.rejected).sum()) / n
     half = 1.96 * float(np.sqrt(max(p * (1 - p), 1.0 / n) / n))
     return Interval(p, max(0.0, p - half), min(1.0, p + half))
+
+
+NEAR_ZERO = 0.05
+"""Below capacity "almost nothing" is refused: at most this share."""
+CLOSE = 0.05
+"""Measured and predicted refusal shares "agree" within this many (5 points)."""
+
+
+def claims(data: Mapping[str, Any]) -> list[Claim]:
+    """What experiment 3's figures show, each with its condition checked."""
+    points = sorted((p for p in data.get("points") or [] if finite(est(p.get("measured")))),
+                    key=lambda p: p["load"])
+    shares = [est(p["measured"]) for p in points]
+    out: list[Claim] = []
+    text = "the refused share rises with the offered load"
+    out.append(Claim(text, rising(shares, tolerance=0.01),
+                     f"{pct(shares[0])} at {points[0]['load']:g}x to {pct(shares[-1])} at"
+                     f" {points[-1]['load']:g}x") if len(points) >= 2
+               else missing(text, "two loads to compare"))
+    text = "below capacity almost nothing is refused"
+    under = [p for p in points if p["load"] < 1.0]
+    out.append(Claim(text, max(est(p["measured"]) for p in under) <= NEAR_ZERO,
+                     "at most " + pct(max(est(p["measured"]) for p in under))) if under
+               else missing(text, "load below capacity"))
+    text = "above capacity the refused share is close to the fluid bound 1 - 1/rho"
+    over = [p for p in points if p["load"] > 1.0]
+    if over:
+        gap = max(abs(est(p["measured"]) - (1 - 1 / p["load"])) for p in over)
+        out.append(Claim(text, gap <= CLOSE, f"within {gap * 100:.1f} points"))
+    else:
+        out.append(missing(text, "load above capacity"))
+    text = "the rule refuses what M/D/c with balking predicts for the same arrivals"
+    same = [p for p in points if finite(p.get("same_arrivals"))]
+    if same:
+        err = max(abs(est(p["measured"]) - p["same_arrivals"]) for p in same)
+        out.append(Claim(text, err <= CLOSE, f"largest gap {err * 100:.1f} points"))
+    else:
+        out.append(missing(text, "prediction"))
+    return out
+
+
+def summarize(data: Mapping[str, Any]) -> str:
+    """Experiment 3's summary: :func:`claims` and how to read the interval."""
+    return paragraph([sentences(claims(data)),
+                      "The interval shown is the binomial one (it treats refusals as"
+                      " independent, which bursts make optimistic)."])
 
 
 def _plot(cfg: SweepConfig, points: list[dict[str, Any]]) -> Any:
@@ -109,17 +166,6 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
              fmt_pct(max(0.0, 1 - 1 / p["load"]))] for p in points]
     table = md_table(["load", "n", "margin at end (ms)", "measured [95% CI]",
                       "predicted (same arrivals)", "predicted (stationary)", "fluid bound"], rows)
-    err = max(abs(p["measured"][0] - p["same_arrivals"]) for p in points)
-    summary = (
-        "The rejection rate rises smoothly from zero below capacity (only the rare bursts that"
-        " would push a wait past the budget are refused) towards the fluid bound 1 - 1/rho"
-        " above it, and stays within a few points of that bound (above it where the slots still"
-        " idle now and then when arrivals thin out, a capacity never made up; below it where a"
-        " run of seconds starts empty). Largest gap between"
-f" the measured share and the same-arrivals prediction: {err * 100:.1f} points; the"
-        " interval shown is the binomial one (it treats refusals as independent, which bursts"
-        " make optimistic)."
-    )
     intro = (
         f"Router in mode `timeline` (adaptive margin, floor {MARGIN_S * 1e3:.0f} ms,"
         f" worst-case lengths), one emulator with c = {SLOTS}, Poisson arrivals for"
@@ -132,6 +178,7 @@ f" the measured share and the same-arrivals prediction: {err * 100:.1f} points; 
                        "margin_floor_s": MARGIN_S, "duration_s": duration_s, "warmup_s": warmup_s,
                        "isolate": cfg.isolate},
             "points": points}
+    summary = summarize(data)
     return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table, summary=summary,
                             figure=_plot(cfg, points), data=data,
                             elapsed_s=time.perf_counter() - t0)

@@ -13,6 +13,7 @@ quantile of i.i.d. samples: waits are correlated, so it is optimistic.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,25 @@ import numpy as np
 
 from benchmarks import arrivals, simulate, theory
 from benchmarks.experiments import ExperimentResult, SweepConfig
+from benchmarks.experiments.claims import (
+    Claim,
+    config,
+    est,
+    finite,
+    listing,
+    missing,
+    ms,
+    paragraph,
+    rising,
+    sentences,
+)
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.exp1_queueing import exact_ttft
 from benchmarks.experiments.output import fmt_ms, md_table, plt, write_experiment
 from benchmarks.experiments.rig import Pool, serve
 from benchmarks.experiments.stats import quantile_ci
 
-__all__ = ["NAME", "TITLE", "run"]
+__all__ = ["NAME", "TITLE", "claims", "run", "summarize"]
 
 NAME = "exp4_burstiness"
 TITLE = "4. Burstiness: p99 TTFT against the gamma burstiness B at fixed utilization"
@@ -41,6 +54,42 @@ def _stationary_p99(cfg: SweepConfig, rate: float, b: float) -> float:
          arrivals.gamma_times(rate, b, n / rate * 1.2, rng)[:n])
     wait = simulate.fifo_starts_deterministic(t, SLOTS, cfg.service_s) - t
     return float(np.percentile(wait[n // 10:], 99)) + cfg.prefill_s
+
+
+def _label(b: float) -> str:
+    return "constant arrivals" if b == 0 else f"B = {b:g}"
+
+
+def claims(data: Mapping[str, Any]) -> list[Claim]:
+    """What experiment 4's figures show, each with its condition checked."""
+    points = sorted((p for p in data.get("points") or [] if finite(est(p.get("p99")))),
+                    key=lambda p: p["burstiness"])
+    p99 = [est(p["p99"]) for p in points]
+    out: list[Claim] = []
+    text = "at the same utilization the p99 TTFT grows with the burstiness of the arrivals"
+    out.append(Claim(text, rising(p99), f"{ms(p99[0])} ms with {_label(points[0]['burstiness'])}"
+                     f" to {ms(p99[-1])} ms at {_label(points[-1]['burstiness'])}")
+               if len(points) >= 2 else missing(text, "two burstiness levels to compare"))
+    text = "a capacity plan made for Poisson traffic under-provisions burstier traffic"
+    poisson = next((p for p in points if p["burstiness"] == 1.0), None)
+    bursty = [p for p in points if p["burstiness"] > 1.0]
+    if poisson is not None and bursty:
+        top = bursty[-1]
+        out.append(Claim(text, est(top["p99"]) > est(poisson["p99"]),
+                         f"p99 {ms(est(top['p99']))} ms at B = {top['burstiness']:g} against"
+                         f" {ms(est(poisson['p99']))} ms for Poisson"))
+    else:
+        out.append(missing(text, "Poisson point and burstier one"))
+    return out
+
+
+def summarize(data: Mapping[str, Any]) -> str:
+    """Experiment 4's summary: p99 at each level and :func:`claims`."""
+    rho = config(data).get("rho", "?")
+    figures = listing(f"p99 TTFT at utilization {rho}", [
+        f"{ms(est(p['p99']))} ms with {_label(p['burstiness'])}"
+        for p in sorted(data.get("points") or [], key=lambda p: p["burstiness"])], sep=", ")
+    return paragraph([figures, sentences(claims(data))])
 
 
 def _plot(cfg: SweepConfig, points: list[dict[str, Any]]) -> Any:
@@ -98,16 +147,6 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
              fmt_ms(p["exact_p99"]), fmt_ms(p["stationary_p99"])] for p in points]
     table = md_table(["B", "n", "p50 (ms)", "p99 measured [CI] (ms)", "p99 exact schedule",
                       "p99 stationary (sim)"], rows)
-    by_b = {p["burstiness"]: p for p in points}
-    top = max(levels)
-    summary = (
-        f"At the same utilization ({RHO}), p99 TTFT goes from {fmt_ms(by_b[0.0]['p99'][0])} ms"
-        f" with evenly spaced arrivals (the prefill plus overhead: no request ever waits) to"
-        f" {fmt_ms(by_b[1.0]['p99'][0])} ms for Poisson and {fmt_ms(by_b[top]['p99'][0])} ms"
-        f" at B = {top:g}. On a deterministic backend all queueing comes from the arrivals, so"
-        " a capacity plan made for Poisson traffic under-provisions bursty traffic: size for"
-        " the burstiness actually observed (or shape it at the edge)."
-    )
     intro = (
         f"Router in mode `off`, one emulator with c = {SLOTS}, rho = {RHO} ({rate:.0f} req/s),"
         f" {duration_s:g} s per point (first {warmup_s:g} s not counted)."
@@ -115,6 +154,7 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
     data = {"config": {"slots": SLOTS, "rho": RHO, "rate_rps": rate, "service_s": cfg.service_s,
                        "duration_s": duration_s, "warmup_s": warmup_s, "isolate": cfg.isolate},
             "points": points}
+    summary = summarize(data)
     return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table, summary=summary,
                             figure=_plot(cfg, points), data=data,
                             elapsed_s=time.perf_counter() - t0)

@@ -11,18 +11,20 @@ and rejected (429) counts and the p99 TTFT of the requests sent in that second
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.experiments import ExperimentResult, SweepConfig
+from benchmarks.experiments.claims import Claim, config, finite, missing, ms, pct, sentences
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.exp2_admission import SLOTS, policy_stack
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table, plt, write_experiment
 from benchmarks.metrics import timeseries
 
-__all__ = ["NAME", "TITLE", "run"]
+__all__ = ["NAME", "TITLE", "claims", "run", "summarize"]
 
 NAME = "exp6_step"
 TITLE = "6. Step overload: admitted and rejected rates and p99 TTFT over time"
@@ -46,6 +48,51 @@ def _phase_rows(m: Measured, mode: str, bounds: list[tuple[float, float, float]]
             "p99": float(np.percentile(ttft, 99)) if ttft.size else float("nan"),
         })
     return out
+
+
+def _phase(phases: list[dict[str, Any]], mode: str, which: str) -> dict[str, Any] | None:
+    """``mode``'s overload phase (``which="over"``: the first at the highest load, if the
+    load steps up at all) or its last phase (if there is more than one)."""
+    mine = sorted((p for p in phases if p["mode"] == mode), key=lambda p: p["from_s"])
+    if len(mine) < 2:
+        return None
+    if which == "last":
+        return mine[-1]
+    top = max(p["load"] for p in mine)
+    return next(p for p in mine if p["load"] == top) if top > mine[0]["load"] else None
+
+
+def claims(data: Mapping[str, Any]) -> list[Claim]:
+    """What experiment 6's figures show, each with its condition checked."""
+    phases: list[dict[str, Any]] = list(data.get("phases") or [])
+    slo = config(data).get("slo_s")
+    out: list[Claim] = []
+    cases = (
+        ("none", "over", True, "without control the overload step pushes the p99 TTFT past"
+         " the SLO"),
+        ("timeline", "over", False, "the timeline rule keeps the p99 TTFT within the SLO"
+         " during the overload step"),
+        ("none", "last", True, "after the step, without control the backlog still holds the"
+         " p99 TTFT past the SLO"),
+        ("timeline", "last", False, "after the step the timeline rule is back within the SLO"
+         " at once, with no backlog to drain"),
+    )
+    for mode, which, past, text in cases:
+        p = _phase(phases, mode, which)
+        if p is None or not finite(p.get("p99")) or not finite(slo):
+            out.append(missing(text, f"{'overload' if which == 'over' else 'later'} phase"
+                               f" of mode {mode}"))
+            continue
+        holds = p["p99"] > slo if past else p["p99"] <= slo
+        out.append(Claim(text, holds, f"p99 {ms(p['p99'])} ms against {ms(slo, 0)} ms,"
+                         f" {pct(p['rejected_share'])} rejected, goodput"
+                         f" {p['goodput_rps']:.0f} req/s"))
+    return out
+
+
+def summarize(data: Mapping[str, Any]) -> str:
+    """Experiment 6's summary: :func:`claims` (their evidence holds the figures)."""
+    return sentences(claims(data))
 
 
 def _plot(cfg: SweepConfig, series: dict[str, list[dict[str, Any]]],
@@ -100,18 +147,6 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
              f"{p['goodput_rps']:.0f}", fmt_ms(p["p99"])] for p in phases]
     table = md_table(["mode", "phase (s)", "load", "offered (req/s)", "admitted (req/s)",
                       "rejected", "goodput (req/s)", "p99 TTFT (ms)"], rows)
-    over = {p["mode"]: p for p in phases if p["load"] == max(LEVELS)}
-    after = {p["mode"]: p for p in phases[len(LEVELS) - 1::len(LEVELS)]}
-    summary = (
-        f"During the overload step, no control admits everything and its p99 TTFT reaches"
-        f" {fmt_ms(over['none']['p99'])} ms (goodput {over['none']['goodput_rps']:.0f} req/s);"
-        f" the timeline rule rejects {fmt_pct(over['timeline']['rejected_share'])} at once and"
-        f" keeps p99 at {fmt_ms(over['timeline']['p99'])} ms (goodput"
-        f" {over['timeline']['goodput_rps']:.0f} req/s). After the step, no control still works"
-        f" off its backlog (p99 {fmt_ms(after['none']['p99'])} ms in the last phase) while the"
-        f" timeline rule is back to normal at once (p99 {fmt_ms(after['timeline']['p99'])} ms):"
-        " refusing early leaves no backlog to drain."
-    )
     intro = (
         f"The same step schedule ({' -> '.join(f'{x:g}' for x in LEVELS)} x capacity,"
         f" {seg:g} s each, Poisson) through the router with admission off and with the timeline"
@@ -121,6 +156,7 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
                        "service_s": cfg.service_s, "slo_s": cfg.ttft_slo_s,
                        "isolate": cfg.isolate},
             "phases": phases, "series": series}
+    summary = summarize(data)
     return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table, summary=summary,
                             figure=_plot(cfg, series, bounds), data=data,
                             elapsed_s=time.perf_counter() - t0)

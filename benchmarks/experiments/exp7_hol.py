@@ -17,17 +17,19 @@ share of the shared pool's capacity. Reported: p50/p99 TTFT of short and long re
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.experiments import ExperimentResult, SweepConfig
+from benchmarks.experiments.claims import Claim, finite, missing, ms, paragraph, sentences
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.output import fmt_ms, md_table, plt, write_experiment
 from benchmarks.experiments.rig import Pool, serve
 
-__all__ = ["NAME", "TITLE", "run"]
+__all__ = ["NAME", "TITLE", "claims", "run", "summarize"]
 
 NAME = "exp7_hol"
 TITLE = "7. Head-of-line blocking: short and long prompts, one pool against separate buckets"
@@ -49,6 +51,43 @@ def _pools(cfg: SweepConfig, layout: str) -> list[Pool]:
 
 def _long_service(cfg: SweepConfig) -> float:
     return LONG_PREFILL_S + (cfg.output_tokens - 1) * cfg.per_token_s
+
+
+def claims(data: Mapping[str, Any]) -> list[Claim]:
+    """What experiment 7's figures show at every load, each with its condition checked."""
+    points: list[dict[str, Any]] = list(data.get("points") or [])
+    pairs = []
+    for load in sorted({p["load"] for p in points}):
+        sh = next((p for p in points if p["layout"] == "shared" and p["load"] == load), None)
+        sep = next((p for p in points if p["layout"] == "separate" and p["load"] == load), None)
+        if sh is not None and sep is not None:
+            pairs.append((load, sh, sep))
+    out: list[Claim] = []
+    for key, text in (
+        ("short_p99", "a bucket per shape lowers the short prompts' p99 TTFT"),
+        ("long_p99", "a bucket per shape does not raise the long prompts' p99 TTFT"),
+    ):
+        ok = [(load, sh, sep) for load, sh, sep in pairs
+              if finite(sh.get(key)) and finite(sep.get(key))]
+        if not ok:
+            out.append(missing(text, "load run with both layouts"))
+            continue
+        strict = key == "short_p99"
+        holds = all(sep[key] < sh[key] if strict else sep[key] <= sh[key] for _, sh, sep in ok)
+        out.append(Claim(text, holds, "; ".join(
+            f"at {load:g}: {ms(sh[key])} ms shared, {ms(sep[key])} ms separate"
+            for load, sh, sep in ok)))
+    return out
+
+
+def summarize(data: Mapping[str, Any]) -> str:
+    """Experiment 7's summary: :func:`claims` (their evidence holds the figures) and why."""
+    found = claims(data)
+    why = ("In one pool compiled at the long shape every short request pays the long prefill"
+           " and holds a slot for the long service time; the router places each request by"
+           " its prompt length." if found[0].holds else "")
+    unit = "Load in units of the shared pool's capacity." if data.get("points") else ""
+    return paragraph([unit, sentences(found), why])
 
 
 def _plot(points: list[dict[str, Any]]) -> Any:
@@ -97,18 +136,6 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
     table = md_table(["layout", "load (x shared capacity)", "rate (req/s)", "short n",
                       "short p50 (ms)", "short p99 (ms)", "long n", "long p50 (ms)",
                       "long p99 (ms)"], rows)
-    top = max(loads)
-    sh = next(p for p in points if p["layout"] == "shared" and p["load"] == top)
-    sep = next(p for p in points if p["layout"] == "separate" and p["load"] == top)
-    summary = (
-        f"At {top:g} of the shared pool's capacity ({sh['rate_rps']:.0f} req/s), short"
-        f" requests see p99 TTFT {fmt_ms(sh['short_p99'])} ms in the shared pool and"
-        f" {fmt_ms(sep['short_p99'])} ms in their own bucket; long requests"
-        f" {fmt_ms(sh['long_p99'])} ms and {fmt_ms(sep['long_p99'])} ms. In one pool compiled"
-        " at the long shape every short request pays the long prefill and occupies a slot for"
-        " the long service time; a bucket per shape lets short traffic run at its own speed"
-        " and the router's placement by prompt length is all it takes."
-    )
     intro = (
         f"Two replicas of {SLOTS} slots behind the router (mode `off`), prompts {PROMPTS}"
         f" tokens, {cfg.output_tokens} output tokens; long shape prefill"
@@ -120,5 +147,6 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
                        "long_prefill_s": LONG_PREFILL_S, "short_prefill_s": cfg.prefill_s,
                        "duration_s": duration_s, "warmup_s": warmup_s, "isolate": cfg.isolate},
             "points": points}
+    summary = summarize(data)
     return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table, summary=summary,
                             figure=_plot(points), data=data, elapsed_s=time.perf_counter() - t0)

@@ -2,7 +2,7 @@
 
     lpu-bench sweep                          # all seven, full length (~20 min on 2 cores)
     lpu-bench sweep --only 1,2 --quick       # a smoke run (CI): short, in one process
-    lpu-bench sweep --index-only             # rebuild README.md from the JSON files
+    lpu-bench sweep --index-only             # rebuild the prose and README.md from the JSON
 
 Each experiment writes ``<name>.md``, ``<name>.png`` and ``<name>.json`` into ``--out``;
 the index ``README.md`` there is rebuilt from every ``exp*.json`` present (so ``--only``
@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -31,51 +31,61 @@ from benchmarks.experiments import (
     SweepConfig,
     exp1_queueing,
     exp2_admission,
+    exp2_lengths,
     exp3_rejection,
     exp4_burstiness,
     exp5_batching,
     exp6_step,
     exp7_hol,
 )
+from benchmarks.experiments.claims import Claim, sentences
 from benchmarks.experiments.output import machine
 
-__all__ = ["EXPERIMENTS", "HELP", "configure", "execute", "run_sweep", "write_index"]
+__all__ = ["EXPERIMENTS", "HELP", "configure", "execute", "interpretation", "refresh_prose",
+           "run_sweep", "write_index"]
 
 HELP = "run the queueing and admission experiments; write tables, plots and an index"
 EXPERIMENTS: tuple[ModuleType, ...] = (exp1_queueing, exp2_admission, exp3_rejection,
                                        exp4_burstiness, exp5_batching, exp6_step, exp7_hol)
 DEFAULT_OUT = Path("benchmarks/results")
 
-_INTERPRETATION = """\
-What this means for a deployment:
+Docs = Mapping[str, Mapping[str, Any]]
+"""Experiment name -> the mapping in its ``<name>.json``."""
 
-- **The queueing is the M/D/c queue** (experiment 1): through the router, the measured p50
-  and p99 match the exact FIFO schedule of the same arrivals to within 3-7 ms (the proxy,
-  loopback and client; 12-15 ms at 200 req/s, where the two cores saturate), and the
-  stationary M/D/c curve wherever a run is long enough to reach it (at rho >= 0.9 a run of
-  seconds that starts empty stays below it). M/M/c, the GPU-era rule of thumb, overstates
-  the p99 TTFT 1.6 to 2.3 times here. So a deterministic backend's TTFT can be planned
-  from the arrival rate, the slot count and the compiled service time (`lpu-bench plan`).
-- **Past capacity, some admission control is not optional** (experiments 2, 3 and 6):
-  without it every request is accepted and, from rho = 1 on, nearly all miss the SLO -
-  goodput collapses and the backlog outlives the overload. Refusing at the door keeps
-  goodput near capacity and recovers the moment the overload ends. The timeline rule's
-  refusal rate is predicted by the same model (M/D/c with balking). With one fixed output
-  length a concurrency cap tuned to that service time does as well; the timeline rule
-  gets there without tuning (it reads the schedule, so it holds when lengths, shapes or
-  SLOs differ). With variable output lengths (experiment 2, second table) a cap tuned to
-  the mean length lets some admitted requests miss the SLO and one tuned to the worst case
-  gives up about a quarter of the goodput; the timeline rule with learned lengths keeps
-  the SLO at the mean-tuned cap's goodput. Its margin (adaptive: the 99th percentile of
-  the delay the router sees after its decision, at least `margin_s`) stayed near its 5 ms
-  floor here; the few misses left come from delay outside the router's view (the client
-  and the router's event loop before the decision, on this shared 2-core machine).
-- **Do not batch in front of it, and split shapes** (experiments 5 and 7): a batching window
-  only adds delay on a fixed-schedule backend, and a pool compiled at the long shape makes
-  every short prompt pay the long prefill - give each shape its own bucket.
-- **Burstiness, not utilization alone, sets the tail** (experiment 4): size for the
-  observed burstiness of the traffic.
-"""
+
+def _claims_of(*modules: ModuleType) -> Callable[[Docs], list[Claim]]:
+    def claims(docs: Docs) -> list[Claim]:
+        return [c for m in modules if m.NAME in docs for c in m.claims(docs[m.NAME])]
+    return claims
+
+
+def _length_claims(docs: Docs) -> list[Claim]:
+    doc = docs.get(exp2_admission.NAME)
+    points = list(doc.get("length_points") or []) if doc else []
+    return exp2_lengths.claims(points) if points else []
+
+
+_BULLETS: tuple[tuple[str, Callable[[Docs], list[Claim]]], ...] = (
+    ("Queueing against the M/D/c model (experiment 1)", _claims_of(exp1_queueing)),
+    ("Admission control past capacity (experiments 2, 3 and 6)",
+     _claims_of(exp2_admission, exp3_rejection, exp6_step)),
+    ("Variable output lengths (experiment 2, second table)", _length_claims),
+    ("Batching windows and compiled shapes (experiments 5 and 7)",
+     _claims_of(exp5_batching, exp7_hol)),
+    ("Burstiness (experiment 4)", _claims_of(exp4_burstiness)),
+)
+
+
+def interpretation(docs: Docs) -> str:
+    """What the run shows for a deployment: one bullet per theme, every sentence a
+    :class:`~benchmarks.experiments.claims.Claim` checked against the experiments' own
+    numbers. Themes with no experiment in ``docs`` are left out; ``""`` when none is left."""
+    bullets = [f"- **{heading}**: {sentences(found)}"
+               for heading, claims in _BULLETS if (found := claims(docs))]
+    if not bullets:
+        return ""
+    return ("What this run shows for a deployment (each sentence checked against the"
+            " figures below):\n\n" + "\n".join(bullets) + "\n")
 
 
 def _parse_only(spec: str | None) -> list[ModuleType]:
@@ -116,6 +126,37 @@ async def run_sweep(cfg: SweepConfig, out_dir: Path, quick: bool,
     return results
 
 
+_BY_NAME: dict[str, ModuleType] = {m.NAME: m for m in EXPERIMENTS}
+
+
+def _summary(doc: Mapping[str, Any]) -> str:
+    """The summary computed from ``doc``'s numbers by its experiment's ``summarize``."""
+    mod = _BY_NAME.get(str(doc.get("name")))
+    return str(doc.get("summary", "")) if mod is None else str(mod.summarize(doc))
+
+
+def refresh_prose(out_dir: Path) -> list[str]:
+    """Recompute every experiment's summary in ``out_dir`` from its JSON numbers and write it
+    into ``<name>.json`` and ``<name>.md`` (whose intro, table and plot stay as they are).
+    Returns the names whose summary changed."""
+    changed: list[str] = []
+    for mod in EXPERIMENTS:
+        path = out_dir / f"{mod.NAME}.json"
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text("utf-8"))
+        new, old = _summary(doc), str(doc.get("summary", ""))
+        if new == old:
+            continue
+        doc["summary"] = new
+        path.write_text(json.dumps(doc, indent=1) + "\n", "utf-8")
+        md = out_dir / f"{mod.NAME}.md"
+        if md.is_file() and old:
+            md.write_text(md.read_text("utf-8").replace(f"\n{old}\n", f"\n{new}\n", 1), "utf-8")
+        changed.append(mod.NAME)
+    return changed
+
+
 def write_index(out_dir: Path, command: str) -> Path:
     """(Re)write ``out_dir/README.md`` from every experiment JSON found there."""
     docs: list[dict[str, Any]] = []
@@ -141,7 +182,7 @@ def write_index(out_dir: Path, command: str) -> Path:
         " (open loop, no coordinated omission); TTFT = queueing wait + prefill + proxy and"
         " loopback overhead.",
         "",
-        _INTERPRETATION,
+        interpretation({d["name"]: d for d in docs}),
     ]
     heads = [d for d in docs if d["name"] in (exp1_queueing.NAME, exp2_admission.NAME,
                                                   exp6_step.NAME)]
@@ -150,7 +191,7 @@ def write_index(out_dir: Path, command: str) -> Path:
         lines += [f"![{d['title']}]({d['plots'][0]})" for d in heads]
         lines.append("")
     for d in docs:
-        lines += [f"## {d['title']}", "", d["summary"], "", d["table_md"],
+        lines += [f"## {d['title']}", "", _summary(d), "", d["table_md"],
                   f"Plot: [{d['plots'][0]}]({d['plots'][0]}) - table: [{d['name']}.md]"
                   f"({d['name']}.md) - numbers: [{d['name']}.json]({d['name']}.json)", ""]
     path = out_dir / "README.md"
@@ -171,7 +212,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     where.add_argument("--in-process", dest="isolate", action="store_false",
                        help="emulators, router and load generator in one event loop")
     p.add_argument("--index-only", action="store_true",
-                   help="only rebuild README.md from the JSON files in --out")
+                   help="only recompute the summaries and README.md from the JSON files in --out")
 
 
 def _run(coro: Coroutine[Any, Any, list[ExperimentResult]]) -> list[ExperimentResult]:
@@ -197,6 +238,10 @@ def execute(args: argparse.Namespace) -> int:
         results = _run(run_sweep(cfg, out, args.quick, modules))
         for r in results:
             print(f"\n## {r.title}\n\n{r.table_md}\n{r.summary}")
+    if args.index_only:
+        for name in refresh_prose(out):
+            print(f"lpu-bench sweep: {name}: summary recomputed from its numbers",
+                  file=sys.stderr)
     index = write_index(out, command)
     print(f"\nresults in {out} (index: {index})")
     if not args.index_only and len(results) < len(modules):

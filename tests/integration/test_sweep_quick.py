@@ -50,6 +50,8 @@ async def test_quick_sweep_writes_every_experiment(tmp_path: Path) -> None:
         doc = json.loads((tmp_path / f"{r.name}.json").read_text(),
                          parse_constant=_no_constants)
         assert doc["machine"]["nproc"] >= 1 and doc["table_md"] == r.table_md
+        # The prose is computed from the numbers: never an empty sentence (issue 10).
+        assert r.summary and ": ." not in r.summary and doc["summary"] == r.summary
         points = doc.get("points") or doc["phases"]
         assert points
         for p in points:
