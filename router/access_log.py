@@ -46,7 +46,7 @@ class Exchange:
             "ts": round(self.wall_start, 3),
             "request_id": self.request_id,
             "route": self.route,
-            "model": self.model,
+            "model": _short(self.model),
             "bucket": self.bucket,
             "backend": self.backend,
             "priority": self.priority,
@@ -62,6 +62,16 @@ class Exchange:
             "e2e_ms": _ms((now - self.started) * 1e3),
         }
         log.info(json.dumps(line, separators=(",", ":")))
+
+
+_MODEL_CHARS = 128
+"""A client's ``model`` is logged up to this length (a 1 MB name is not logged whole)."""
+
+
+def _short(text: str | None) -> str | None:
+    if text is None or len(text) <= _MODEL_CHARS:
+        return text
+    return text[:_MODEL_CHARS] + f"...({len(text)} chars)"
 
 
 def _ms(v: float | None) -> float | None:

@@ -10,18 +10,28 @@ Two families:
   status. Each says whether another replica may be tried (only while nothing was sent to the
   client) and whether it counts against the backend's health.
 
-============================  ======  =====================  =========  ======
+============================  ======  =====================  =========  =========
 failure                       status  kind (metric label)    retryable  health
-============================  ======  =====================  =========  ======
+============================  ======  =====================  =========  =========
 connection refused / reset    503     connect                yes        yes
 connect timeout               504     connect_timeout        yes        yes
 read timeout (sock_read)      504     read_timeout           no         yes
-disconnected before headers   502     disconnected           yes        yes
+disconnected before headers   502     disconnected           yes        suspect
 disconnected mid-body         502     disconnected           no         yes
-backend 5xx                   502/3   status_5xx             yes        yes
+backend 502, 503, 504         502/3   status_5xx             yes        yes
+backend 500, other 5xx        502     status_5xx             yes        suspect
 backend 429 (deadline)        429     deadline               yes        no
 drain deadline (Draining)     503     shutdown               no         no
-============================  ======  =====================  =========  ======
+============================  ======  =====================  =========  =========
+
+*Suspect*: the backend had the whole request when it failed, so the request itself may be the
+cause (a body the backend cannot handle fails on every replica). Such a failure is not charged
+to the backend at once: the request gets a second opinion on another replica, and the first
+failure is charged only if the second replica serves the request (the request was innocent).
+When a second replica fails it too, the request is the cause: neither is charged and it is not
+tried again (:mod:`router.handlers`). A backend error status whose OpenAI error body has type
+``invalid_request_error`` is the backend's own word that the request is at fault: it is
+relayed to the client as it is, neither retried nor charged.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ REJECT_STATUS: dict[RejectReason, int] = {
     _R.MAX_TOKENS_CAP: 400, _R.UNAUTHORIZED: 401, _R.SLO_TTFT: 429, _R.SLO_E2E: 429,
     _R.UTILIZATION: 429, _R.QUEUE_FULL: 429, _R.CONCURRENCY: 429, _R.TENANT_RPM: 429,
     _R.TENANT_TPM: 429, _R.BACKEND_DEADLINE: 429, _R.NO_BACKEND: 503, _R.SHUTTING_DOWN: 503,
+    _R.BODY_MEMORY: 503,
 }
 
 
@@ -93,7 +104,7 @@ class UpstreamFailure(Exception):
     """A failure talking to one backend, already classified."""
 
     def __init__(self, kind: str, status: int, message: str, *, retryable: bool,
-                 health: bool = True, reason: RejectReason | None = None,
+                 health: bool = True, suspect: bool = False, reason: RejectReason | None = None,
                  predicted_ttft_s: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
@@ -101,6 +112,9 @@ class UpstreamFailure(Exception):
         self.message = message
         self.retryable = retryable
         self.health = health
+        self.suspect = suspect
+        """The backend had the request: it may have failed because of the request (see the
+        module docstring); charged to the backend only once another replica served it."""
         self.reason = reason
         self.predicted_ttft_s = predicted_ttft_s
         """A deadline refusal's TTFT as the backend predicted it (``x-lpu-predicted-ttft-ms``),
@@ -121,7 +135,8 @@ def map_client_error(exc: BaseException, *, got_headers: bool) -> UpstreamFailur
     """Classify an aiohttp client exception; ``got_headers``: the backend's status line came."""
     if isinstance(exc, Draining):
         return UpstreamFailure("shutdown", 503, "The router is shutting down: the response was"
-                               " ended at its drain deadline.", retryable=False, health=False)
+                               " ended at its drain deadline.", retryable=False, health=False,
+                               reason=RejectReason.SHUTTING_DOWN)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamFailure("connect_timeout", 504, "Timed out connecting to the backend.",
                                retryable=True)
@@ -133,7 +148,7 @@ def map_client_error(exc: BaseException, *, got_headers: bool) -> UpstreamFailur
                                retryable=True)
     if isinstance(exc, aiohttp.ClientError | ConnectionError):
         return UpstreamFailure("disconnected", 502, "The backend closed the connection.",
-                               retryable=not got_headers)
+                               retryable=not got_headers, suspect=not got_headers)
     raise exc
 
 
@@ -151,9 +166,28 @@ def map_upstream_status(status: int, body: bytes,
                                reason=RejectReason.BACKEND_DEADLINE,
                                predicted_ttft_s=_header_ms(headers, "x-lpu-predicted-ttft-ms"))
     if status >= 500:
+        if _blames_request(body):
+            return None
+        # 502/503/504 speak of the server's own state (unavailable, overloaded, its upstream
+        # gone); a 500 or another 5xx may be how it fails on this one request.
         return UpstreamFailure("status_5xx", 503 if status == 503 else 502,
-                               f"The backend answered {status}.", retryable=True)
+                               f"The backend answered {status}.", retryable=True,
+                               suspect=status not in _SERVER_STATE)
     return None
+
+
+_SERVER_STATE = frozenset({502, 503, 504})
+
+
+def _blames_request(body: bytes) -> bool:
+    """The backend's error body says the request is at fault (``invalid_request_error``)."""
+    if b"invalid_request_error" not in body:
+        return False
+    try:
+        error = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error, dict) and error.get("type") == "invalid_request_error"
 
 
 def _header_ms(headers: Mapping[str, str] | None, name: str) -> float | None:

@@ -164,8 +164,8 @@ async def test_backend_that_comes_back_is_used_again() -> None:
 
     async def answer(request: web.Request) -> web.StreamResponse:
         await request.read()
-        if not healthy["ok"]:
-            return web.Response(status=500, body=b"{}")
+        if not healthy["ok"]:  # 503: the backend's own state (a 500 may be the request's fault)
+            return web.Response(status=503, body=b"{}")
         return web.json_response({"choices": [], "usage": {"completion_tokens": 1}})
 
     async with fake_backend(answer) as fake:
@@ -173,7 +173,7 @@ async def test_backend_that_comes_back_is_used_again() -> None:
             "interval_s": 60.0, "eject_after_failures": 2, "eject_for_s": 0.3}})
         async with serve_router(config, [fake.url]) as stack:
             for _ in range(2):
-                assert (await post(stack, chat()))[0] == 502
+                assert (await post(stack, chat()))[0] == 503
             got, _, raw = await post(stack, chat())  # ejected
             assert got == 503 and error_code(raw) == "no_backend"
             healthy["ok"] = True
