@@ -33,6 +33,7 @@ from lpu_emulator.metrics import EmulatorMetrics, ModelSeries
 from lpu_emulator.options import EmulatorOptions
 from lpu_emulator.schedule import LiveSchedule
 from lpu_emulator.text import request_key, token_ids
+from lpu_emulator.tools import ToolCall, tool_call_for
 from router.openai_api import APIError, CompletionRequest, context_length_error, parse_request
 from router.openai_api import model_not_found as _model_not_found
 from router.tokens import EstimateCounter, HFTokenizerCounter, TokenCounter, prompt_tokens
@@ -76,12 +77,23 @@ class Admission:
     schedule: LiveSchedule
     model: str
     prompt_tokens: int
-    finish_reason: Literal["length", "stop"]
+    finish_reason: Literal["length", "stop", "tool_calls"]
     token_ids: list[int]
     faults: FaultPlan
     predicted_ttft_s: float
     received: float
     series: ModelSeries
+    tool_call: ToolCall | None = None
+    """The call answered instead of text (then ``token_ids`` are positions into its pieces)."""
+
+
+def _tool_call(req: CompletionRequest) -> ToolCall | None:
+    """The tool call ``req``'s ``tool_choice`` requires (see :mod:`lpu_emulator.tools`), or
+    None for a text answer; a choice the emulator cannot honour is refused (400)."""
+    try:
+        return tool_call_for(req)
+    except APIError as exc:
+        raise Refused(exc, Rejection.INVALID_REQUEST) from None
 
 
 def _fingerprint(art: Artifact) -> str:
@@ -141,6 +153,7 @@ class Backend:
             raise Refused(exc, Rejection.INVALID_REQUEST) from None
         if req.model not in self.model_names():
             raise Refused(_model_not_found(req.model), Rejection.UNKNOWN_MODEL)
+        call = _tool_call(req)
         art = self.artifact
         n_prompt = prompt_tokens(req, self._counter)
         allowance = self._allowance(req, n_prompt)
@@ -175,13 +188,17 @@ class Backend:
         rng = self._length_rng
         if req.seed is not None:
             rng = np.random.default_rng(int.from_bytes(key[8:], "little"))
-        n, finish = draw_length(self.options.output_length, allowance, rng)
+        if call is not None:
+            call = call.within(allowance)
+        n, finish = ((len(call.fragments), call.finish_reason) if call is not None
+                     else draw_length(self.options.output_length, allowance, rng))
         job = self.schedule.submit(n)
         self.series.prompt_tokens.inc(n_prompt)
         return Admission(
             req=req, job=job, schedule=self.schedule, model=art.model, prompt_tokens=n_prompt,
-            finish_reason=finish, token_ids=token_ids(key, n), faults=plan,
-            predicted_ttft_s=predicted, received=received, series=self.series,
+            finish_reason=finish, token_ids=token_ids(key, n) if call is None else list(range(n)),
+            faults=plan, predicted_ttft_s=predicted, received=received, series=self.series,
+            tool_call=call,
         )
 
     def _allowance(self, req: CompletionRequest, n_prompt: int) -> int:

@@ -105,7 +105,7 @@ class Deliverer:
         await resp.prepare(request)
         job, ids, plan, series = adm.job, adm.token_ids, adm.faults, adm.series
         clock, token_json = self.clock, self.text.json
-        frames = StreamFrames(ident, adm.req.include_usage)
+        frames = StreamFrames(ident, adm.req.include_usage, adm.tool_call)
         n = job.output_tokens
         # Token positions at which something other than tokens happens.
         break_at = plan.break_at if plan.break_kind is not None and plan.break_at < n else n + 1
@@ -196,7 +196,7 @@ class Deliverer:
         await sleep_until(job.token_time(n - 1), self.clock)
         body = completion_body(
             ident, self.text.join(adm.token_ids), adm.finish_reason,
-            usage(adm.prompt_tokens, n), _timing(adm),
+            usage(adm.prompt_tokens, n), _timing(adm), adm.tool_call,
         )
         if plan.break_kind is FaultKind.GARBAGE and plan.break_at < n:
             body = body[: len(body) // 2]

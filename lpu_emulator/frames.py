@@ -6,6 +6,12 @@ Streams (``text/event-stream``): for chat, the first chunk carries
 with ``stream_options.include_usage`` every chunk has ``"usage": null`` and one
 more chunk with ``"choices": []`` and the usage follows; then ``data: [DONE]``.
 
+A tool call (:class:`lpu_emulator.tools.ToolCall`) replaces the content: the
+non-streaming message has ``content: null`` and ``tool_calls``; a stream's
+first chunk carries the call's ``index``, ``id``, ``type`` and ``function.name``
+with empty ``arguments``, each token chunk one piece of the arguments
+(``tool_calls[{index, function: {arguments}}]``), as OpenAI streams them.
+
 Per-token cost is one bytes concatenation: each stream precomputes the bytes
 before and after the token's JSON string, and token JSON strings are
 precomputed in :class:`lpu_emulator.text.TokenText`.
@@ -23,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lpu_emulator.tools import ToolCall
 from router.openai_api import APIError
 
 __all__ = ["DONE", "ResponseIdentity", "StreamFrames", "Timing", "completion_body", "usage"]
@@ -89,14 +96,24 @@ def _head(ident: ResponseIdentity, obj: str) -> dict[str, Any]:
     }
 
 
+def _call(call: ToolCall, arguments: str) -> dict[str, Any]:
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": arguments}}
+
+
 def completion_body(
-    ident: ResponseIdentity, text: str, finish_reason: str, use: dict[str, int], t: Timing
+    ident: ResponseIdentity, text: str, finish_reason: str, use: dict[str, int], t: Timing,
+    tool_call: ToolCall | None = None,
 ) -> bytes:
-    """The JSON body of a non-streaming response."""
+    """The JSON body of a non-streaming response (``text`` is unused with a ``tool_call``)."""
     choice: dict[str, Any]
     if ident.kind == "chat":
         body = _head(ident, "chat.completion")
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_call is not None:
+            message = {"role": "assistant", "content": None,
+                       "tool_calls": [_call(tool_call, tool_call.arguments)]}
+        choice = {"index": 0, "message": message}
         choice |= {"logprobs": None, "finish_reason": finish_reason}
     else:
         body = _head(ident, "text_completion")
@@ -109,17 +126,30 @@ def completion_body(
 
 
 class StreamFrames:
-    """The SSE frames of one streaming response."""
+    """The SSE frames of one streaming response.
 
-    __slots__ = ("_head", "_ident", "_include_usage", "_tail")
+    With a ``tool_call`` the token chunks carry its argument pieces: :meth:`tokens` is then
+    given positions into ``tool_call.fragments`` (0, 1, ...) rather than vocabulary ids.
+    """
 
-    def __init__(self, ident: ResponseIdentity, include_usage: bool) -> None:
+    __slots__ = ("_call", "_fragments", "_head", "_ident", "_include_usage", "_tail")
+
+    def __init__(self, ident: ResponseIdentity, include_usage: bool,
+                 tool_call: ToolCall | None = None) -> None:
         self._ident = ident
         self._include_usage = include_usage
+        self._call = tool_call
+        self._fragments = () if tool_call is None else tuple(
+            json.dumps(f).encode() for f in tool_call.fragments)
         # Split a token chunk around the token's JSON string, so a token costs one
         # concatenation. The marker cannot occur in the identity fields' JSON.
         marker = "\x00TOKEN\x00"
-        chunk = self._chunk(marker if ident.kind == "completion" else {"content": marker}, None)
+        payload: object = {"content": marker}
+        if ident.kind == "completion":
+            payload = marker
+        elif tool_call is not None:
+            payload = {"tool_calls": [{"index": 0, "function": {"arguments": marker}}]}
+        chunk = self._chunk(payload, None)
         head, tail = chunk.split(_dumps(marker), 1)
         self._head = b"data: " + head
         self._tail = tail + b"\n\n"
@@ -141,13 +171,19 @@ class StreamFrames:
 
     def start(self) -> bytes:
         """What precedes the first token: the role chunk for chat, nothing for completions."""
-        if self._ident.kind == "chat":
-            return b"data: " + self._chunk({"role": "assistant", "content": ""}, None) + b"\n\n"
-        return b""
+        if self._ident.kind != "chat":
+            return b""
+        delta: dict[str, Any] = {"role": "assistant", "content": ""}
+        if self._call is not None:
+            delta = {"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, **_call(self._call, "")}]}
+        return b"data: " + self._chunk(delta, None) + b"\n\n"
 
     def tokens(self, token_json: Sequence[bytes], ids: Sequence[int]) -> bytes:
-        """One frame per token id, concatenated."""
+        """One frame per token id, concatenated (with a tool call: per argument piece)."""
         head, tail = self._head, self._tail
+        if self._call is not None:
+            token_json = self._fragments
         return b"".join([head + token_json[i] + tail for i in ids])
 
     def finish(self, finish_reason: str, use: dict[str, int], t: Timing) -> bytes:
