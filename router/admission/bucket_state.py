@@ -3,6 +3,8 @@ admission margin, counts, and the metric series the controller keeps for it."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from typing import Any
 
 from prometheus_client import Counter
@@ -42,6 +44,8 @@ class BucketState:
         self._refresh_s = self.window_s / 200
         self._util = 0.0
         self._util_until = float("-inf")
+        self.utilization_at = now
+        """When the cached utilization figure was measured (router clock)."""
         self.admitted = 0
         self.degraded = 0
         self.rejected: dict[str, int] = {}
@@ -78,10 +82,11 @@ class BucketState:
             own = win.finished_busy(now)
             for r in rep.running():
                 own += now - (r.start if r.start > lo else lo)
-            reported = win.reported_fraction(now)
-            busy += own if reported is None else max(own, reported * slots * w)
+            reported = win.reported_busy(now)
+            busy += own if reported is None else max(own, reported * slots)
             capacity += slots * w
         self._util = min(1.0, busy / capacity) if capacity > 0 else 0.0
+        self.utilization_at = now
         self._util_until = now + self._refresh_s
         if self._metrics is not None:
             name = self.policy.name
@@ -89,14 +94,12 @@ class BucketState:
             self._metrics.headroom.labels(name).set(self.policy.target_utilization - self._util)
         return self._util
 
-    def next_exit(self, now: float, *, queue: bool) -> float | None:
-        """Seconds until the first queued request starts (``queue``) or the first
-        in-flight one ends; None when there is none."""
-        times = [
-            t for rep in self.replicas
-            if (t := rep.next_queue_exit() if queue else rep.next_slot_exit()) is not None
-        ]
-        return max(0.0, min(times) - now) if times else None
+    def next_exit(self, now: float, k: int, *, queue: bool) -> float | None:
+        """Seconds until the ``k``-th (>= 1, earliest first) queued request starts
+        (``queue``) or in-flight one ends, over the bucket; None when fewer than ``k``."""
+        times = heapq.nsmallest(k, itertools.chain.from_iterable(
+            rep.queued_starts() if queue else rep.ends() for rep in self.replicas))
+        return max(0.0, times[-1] - now) if len(times) == k else None
 
     def record_decision(
         self, priority: str, reason: RejectReason | None, *, degraded: bool = False,

@@ -194,9 +194,9 @@ class TimelineAdmitter:
             per_token_s=best.shape.per_token_s, max_tokens=req.max_tokens,
             reserve_tokens=b.lengths.reserve_tokens(req.max_tokens),
             wait_budget_s=req.wait_budget_s, queued=queued, in_flight=in_flight,
-            utilization=b.utilization(now),
-            next_queue_exit_s=lambda: b.next_exit(now, queue=True),
-            next_slot_exit_s=lambda: b.next_exit(now, queue=False),
+            utilization=b.utilization(now), utilization_age_s=now - b.utilization_at,
+            next_queue_exit_s=lambda k: b.next_exit(now, k, queue=True),
+            next_slot_exit_s=lambda k: b.next_exit(now, k, queue=False),
             elapsed_s=req.elapsed_s, margin_s=b.margin.value,
             window_s=s.utilization_window_s, min_retry_after_s=s.min_retry_after_s,
         ))

@@ -20,20 +20,39 @@ reason):
 4. ``w + service_time(r) + margin <= E`` -- or, in degraded mode, with the
    allowance clamped to the largest ``a' >= degraded_min_tokens`` that fits
    (``w + prefill + (a' - 1) * per_token + margin <= E``)          (``slo_e2e``)
-5. ``u < u*``                                                       (``utilization``)
+5. ``w <= margin`` or ``u < u*``                                    (``utilization``)
 
 A request's own allowance never changes its own wait (FIFO: only the work
 ahead does), so clamping it can only rescue the end-to-end check, never the
 TTFT one; degraded mode applies there only.
 
-``Retry-After`` is the time until the failing check would pass if nothing else
-arrived: for (3) the wait must shrink to ``B - margin - prefill``, so retry in
-``w + prefill + margin - B``; for (4) likewise with ``E``; for (2) until the
-first queued request starts; for (1) until the first in-flight one ends; for
-(5) an estimate, ``(u - u*) * window`` (the time for the excess to leave the
-window if the slots were idle). For (3) and (4) the retry is for the request sent
-again, so it is computed without ``elapsed``. None when waiting cannot help (a request
-whose prefill alone exceeds the bound). Every finite value is at least
+The utilization guard (5) keeps the long-run load under the target while a queue
+is forming. A request the timeline can start at once (a wait within the margin,
+the timeline's own error: it cannot tell so short a wait from none) takes a slot
+that is free now: it cannot lengthen the wait of anything admitted before it, so
+it is never refused for utilization, however busy the window behind it was
+(refusing it left the replicas idle for most of a window after every burst).
+
+``Retry-After`` is the earliest time at which the same request, sent again with
+no new load meanwhile, passes *every* check, plus the margin (the schedule errs
+late by up to the margin -- that is what the margin measures -- so a client that
+obeys it is admitted even when the schedule was that much optimistic). Each
+check, once passing, keeps passing as time goes by without new load, so that
+time is the latest of the checks' own times (the request sent again has spent
+nothing yet, so they are computed without ``elapsed``):
+
+1. until the ``in_flight - cap + 1``-th in-flight request ends;
+2. until the ``queued - cap + 1``-th queued request starts, or until the wait is 0;
+3. until the wait shrinks to ``B - margin - prefill``: ``w + prefill + margin - B``;
+4. likewise with ``E`` and the fewest tokens that pass (the reserve, or
+   ``degraded_min_tokens`` in degraded mode);
+5. a request retried later than its wait starts at once and passes; one retried
+   earlier meets a window that has had every slot busy meanwhile, and ``u`` grows
+   by at most ``t / window`` in ``t`` seconds (``+ utilization_age`` for a cached
+   figure): if that may reach ``u*``, the retry is the wait (when a slot frees).
+
+None when waiting cannot help (a request whose prefill alone exceeds the bound, or
+that only a lower ``max_tokens`` would fit). Every finite value is at least
 ``min_retry_after_s``.
 """
 
@@ -47,7 +66,7 @@ from router.admission.priority import scaled_cap, utilization_threshold
 from router.admission.settings import BucketPolicy, PriorityRule
 from router.outcomes import RejectReason
 
-__all__ = ["Inputs", "Verdict", "judge"]
+__all__ = ["Inputs", "Verdict", "judge", "retry_after"]
 
 
 @dataclass(slots=True)
@@ -66,16 +85,20 @@ class Inputs:
     queued: int
     in_flight: int
     utilization: float
-    next_queue_exit_s: Callable[[], float | None]
-    """Seconds until the first queued request starts (None: none queued); asked on refusal."""
-    next_slot_exit_s: Callable[[], float | None]
-    """Seconds until the first in-flight request ends (None: none); asked on refusal."""
+    next_queue_exit_s: Callable[[int], float | None]
+    """Seconds until the k-th queued request (earliest first) starts; None with fewer than
+    k queued. Asked on refusal only."""
+    next_slot_exit_s: Callable[[int], float | None]
+    """Seconds until the k-th in-flight request (earliest first) ends; None with fewer than
+    k in flight. Asked on refusal only."""
     margin_s: float
     """The bucket's margin in force (seconds), added to the predicted TTFT and e2e."""
     window_s: float
     min_retry_after_s: float
     elapsed_s: float = 0.0
     """Time the request already spent at the router; it shortens both bounds."""
+    utilization_age_s: float = 0.0
+    """How long ago ``utilization`` was measured (seconds; it is cached briefly)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +121,8 @@ def judge(x: Inputs) -> Verdict:
     deadline = p.ttft_slo_s + x.wait_budget_s
     klass = str(rule.priority)
 
-    def refuse(reason: RejectReason, what: str, retry: float | None) -> Verdict:
-        if retry is not None:
-            retry = max(retry, x.min_retry_after_s)
+    def refuse(reason: RejectReason, what: str) -> Verdict:
+        retry = retry_after(x)
         hint = f"; retry in {retry:.3f} s" if retry is not None else ""
         return Verdict(reason, f"bucket '{p.name}' is at capacity: {what}{hint}",
                        predicted_ttft_s=ttft, retry_after_s=retry, deadline_s=deadline)
@@ -109,52 +131,102 @@ def judge(x: Inputs) -> Verdict:
     if cap is not None and x.in_flight >= cap:
         return refuse(RejectReason.CONCURRENCY,
                       f"{x.in_flight} requests in flight, the limit for {klass} requests"
-                      f" is {cap}", x.next_slot_exit_s())
+                      f" is {cap}")
     cap = scaled_cap(p.max_queue, rule.share)
     if cap is not None and x.wait_s > 0 and x.queued >= cap:
         return refuse(RejectReason.QUEUE_FULL,
-                      f"{x.queued} requests queued, the limit for {klass} requests is {cap}",
-                      x.next_queue_exit_s())
+                      f"{x.queued} requests queued, the limit for {klass} requests is {cap}")
     bound = rule.share * p.ttft_slo_s + x.wait_budget_s
-    excess = ttft + x.margin_s - (bound - x.elapsed_s)
-    if excess > 0:
+    if ttft + x.margin_s > bound - x.elapsed_s:
         allowed = f"the SLO {p.ttft_slo_s:.3f} s"
         if rule.share < 1 or x.wait_budget_s > 0:
             allowed = f"the {bound:.3f} s allowed for {klass} requests (SLO {p.ttft_slo_s:.3f} s)"
-        hopeless = x.prefill_s + x.margin_s > bound
         spent = f" after {x.elapsed_s:.3f} s spent" if x.elapsed_s >= 0.001 else ""
         return refuse(RejectReason.SLO_TTFT,
                       f"predicted time to first token {ttft:.3f} s (+{x.margin_s:.3f} s margin)"
-                      f"{spent} exceeds {allowed}",
-                      None if hopeless else excess - x.elapsed_s)
+                      f"{spent} exceeds {allowed}")
     max_tokens, reserve, degraded = x.max_tokens, x.reserve_tokens, False
     if p.e2e_slo_s is not None:
         e_bound = p.e2e_slo_s + x.wait_budget_s - x.elapsed_s
         service = x.prefill_s + (max(reserve, 1) - 1) * x.per_token_s
-        e_excess = x.wait_s + service + x.margin_s - e_bound
-        if e_excess > 0:
+        if x.wait_s + service + x.margin_s > e_bound:
             fit = _largest_fitting(x, e_bound)
             floor = p.degraded_min_tokens
             if floor is not None and fit >= max(floor, 1):
                 max_tokens = reserve = fit
                 degraded = True
             else:
-                # Waiting shortens only the wait; past that, only a smaller allowance helps.
-                helps = e_excess - x.elapsed_s <= x.wait_s
                 what = (f"predicted end-to-end time {x.wait_s + service:.3f} s exceeds"
                         f" the SLO {e_bound:.3f} s")
-                if not helps:
+                if _e2e_clears_in(x) is None:  # waiting cannot help, a smaller allowance can
                     what += "; lower max_tokens"
-                return refuse(RejectReason.SLO_E2E, what,
-                              e_excess - x.elapsed_s if helps else None)
+                return refuse(RejectReason.SLO_E2E, what)
     threshold = utilization_threshold(rule, p.target_utilization)
-    if x.utilization >= threshold:
+    if x.wait_s > x.margin_s and x.utilization >= threshold:
         return refuse(RejectReason.UTILIZATION,
                       f"utilization {x.utilization:.0%} is at or above the {threshold:.0%}"
-                      f" where {klass} requests are shed",
-                      (x.utilization - threshold) * x.window_s)
+                      f" where {klass} requests are shed while a queue forms (predicted wait"
+                      f" {x.wait_s:.3f} s)")
     return Verdict(None, max_tokens=max_tokens, reserve_tokens=reserve, degraded=degraded,
                    predicted_ttft_s=ttft, deadline_s=deadline)
+
+
+def retry_after(x: Inputs) -> float | None:
+    """Seconds after which this request, sent again with no new load, is admitted (the
+    module docstring); None when waiting cannot help."""
+    times = (_concurrency_clears_in(x), _queue_clears_in(x), _ttft_clears_in(x),
+             _e2e_clears_in(x))
+    latest = 0.0
+    for t in times:
+        if t is None:
+            return None
+        latest = max(latest, t)
+    retry = max(latest + x.margin_s, x.min_retry_after_s)
+    if retry < x.wait_s:
+        # Retried before a slot frees, the request meets the guard; every slot stays busy
+        # till then, so utilization can only have grown, by at most this much.
+        grown = x.utilization + (retry + x.utilization_age_s) / x.window_s
+        if grown >= utilization_threshold(x.rule, x.policy.target_utilization):
+            retry = x.wait_s
+    return retry
+
+
+def _concurrency_clears_in(x: Inputs) -> float | None:
+    cap = scaled_cap(x.policy.max_concurrency, x.rule.share)
+    if cap is None or x.in_flight < cap:
+        return 0.0
+    return x.next_slot_exit_s(x.in_flight - cap + 1)
+
+
+def _queue_clears_in(x: Inputs) -> float | None:
+    cap = scaled_cap(x.policy.max_queue, x.rule.share)
+    if cap is None or x.wait_s <= 0 or x.queued < cap:
+        return 0.0
+    # Passing also when the request would not queue at all: at the latest when its wait ends.
+    exit_s = x.next_queue_exit_s(x.queued - cap + 1)
+    return x.wait_s if exit_s is None else min(exit_s, x.wait_s)
+
+
+def _ttft_clears_in(x: Inputs) -> float | None:
+    bound = x.rule.share * x.policy.ttft_slo_s + x.wait_budget_s
+    if x.prefill_s + x.margin_s > bound:
+        return None
+    return max(0.0, x.wait_s + x.prefill_s + x.margin_s - bound)
+
+
+def _e2e_clears_in(x: Inputs) -> float | None:
+    p = x.policy
+    if p.e2e_slo_s is None:
+        return 0.0
+    tokens = max(x.reserve_tokens, 1)
+    floor = p.degraded_min_tokens
+    if floor is not None and x.max_tokens >= max(floor, 1):
+        tokens = min(tokens, max(floor, 1))  # degraded mode accepts this few
+    allowed_wait = (p.e2e_slo_s + x.wait_budget_s - x.margin_s - x.prefill_s
+                    - (tokens - 1) * x.per_token_s)
+    if allowed_wait < 0:
+        return None
+    return max(0.0, x.wait_s - allowed_wait)
 
 
 def _largest_fitting(x: Inputs, e_bound: float) -> int:

@@ -209,13 +209,13 @@ class ReplicaTimeline:
         """Own reservations predicted (or seen) to hold a slot now."""
         return (r for r in self._items.values() if r.started)
 
-    def next_queue_exit(self) -> float | None:
-        """Predicted start of the first queued reservation (absolute), None when none wait."""
-        return self._queue[0].start if self._queue else None
+    def queued_starts(self) -> Iterator[float]:
+        """Predicted starts of the queued reservations (absolute, ascending)."""
+        return (r.start for r in self._queue)
 
-    def next_slot_exit(self) -> float | None:
-        """Earliest predicted end among own reservations (absolute), None when none."""
-        return min((r.end for r in self._items.values()), default=None)
+    def ends(self) -> Iterator[float]:
+        """Predicted ends of own reservations, running and queued (absolute)."""
+        return (r.end for r in self._items.values())
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Plain-data view for ``GET /admin/buckets``; times relative to ``now``."""

@@ -2,17 +2,24 @@
 
 Utilization of a bucket = busy slot-seconds over the last ``window_s`` seconds
 divided by ``slots * window_s``, summed over its healthy replicas. Per replica
-the busy time is the larger of two views:
+the busy time is the larger of two views of the same quantity:
 
 * own: the intervals this router's requests held a slot (finished ones kept in
   time bins, running ones added at query time from the timeline);
-* reported: the mean of ``running / slots`` over the backend's ``/load`` reports
-  in the window, which also counts other routers' requests.
+* reported: the backend's ``/load`` reports, each report's ``running / slots``
+  held until the next report (the newest until now), integrated over the window;
+  it also counts other routers' requests.
+
+Both measure busy time, never admitted work, and both count the part of the
+window before the first observation as idle (so the figure reads low during the
+first window after start). The reported view used to be the *mean* of the reports
+in the window, which took a window only partly covered by reports as wholly like
+that part: a router up for 2 s of a 10 s window, busy all along, read 100 %.
 
 Finished intervals are accumulated in ``bins`` bins of ``window_s / bins``; the
 oldest bin, half out of the window, is weighted by the part still inside (an
-approximation of at most one bin width). Memory and query cost are O(bins),
-whatever the request rate.
+approximation of at most one bin width). Memory and query cost are O(bins) for
+the own view, O(1) amortized for the reported one, whatever the request rate.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ class BusyWindow:
         self._index = [-1] * self._n
         self._value = [0.0] * self._n
         self._samples: deque[tuple[float, float]] = deque()
-        self._sample_sum = 0.0
+        """(time, busy fraction) of the reports, oldest first."""
+        self._area = 0.0
+        """Sum of fraction * (next time - time) over consecutive reports in ``_samples``."""
 
     def add_interval(self, start: float, end: float, now: float) -> None:
         """A slot was busy from ``start`` to ``end`` (<= ``now``); record its part in the window."""
@@ -77,21 +86,36 @@ class BusyWindow:
 
     def add_sample(self, busy_fraction: float, now: float) -> None:
         """A backend report said ``busy_fraction`` of the slots were running at ``now``."""
-        self._samples.append((now, busy_fraction))
-        self._sample_sum += busy_fraction
+        samples = self._samples
+        if samples:
+            t, f = samples[-1]
+            self._area += f * (now - t)
+        samples.append((now, busy_fraction))
         self._prune(now)
 
-    def reported_fraction(self, now: float) -> float | None:
-        """Mean reported busy fraction over the window; None without reports in it."""
+    def reported_busy(self, now: float) -> float | None:
+        """Busy slot-fraction-seconds the reports show in the window (multiply by the
+        slots for slot-seconds); None without a report in it."""
         self._prune(now)
-        if not self._samples:
+        samples = self._samples
+        if not samples:
             return None
-        return self._sample_sum / len(self._samples)
+        t_first, f_first = samples[0]
+        t_last, f_last = samples[-1]
+        area = self._area + f_last * (now - t_last)
+        lo = now - self.window_s
+        if t_first < lo:
+            area -= f_first * (lo - t_first)
+        return max(0.0, area)
 
     def _prune(self, now: float) -> None:
-        cutoff = now - self.window_s
+        """Keep the reports whose held value reaches into the window."""
+        lo = now - self.window_s
         samples = self._samples
-        while samples and samples[0][0] < cutoff:
-            self._sample_sum -= samples.popleft()[1]
-        if not samples:
-            self._sample_sum = 0.0  # drop accumulated rounding error
+        while len(samples) >= 2 and samples[1][0] <= lo:
+            t, f = samples.popleft()
+            self._area -= f * (samples[0][0] - t)
+        if samples and samples[-1][0] < lo:
+            samples.clear()  # the newest report is older than the window: no view
+        if len(samples) <= 1:
+            self._area = 0.0  # drop accumulated rounding error

@@ -111,8 +111,8 @@ def _inputs(d: dict[str, Any]) -> Inputs:
                   per_token_s=d["per_token"], max_tokens=d["max_tokens"],
                   reserve_tokens=min(d["reserve"], d["max_tokens"]),
                   wait_budget_s=d["budget"], queued=d["queued"], in_flight=d["in_flight"],
-                  utilization=d["util"], next_queue_exit_s=lambda: d["exit"],
-                  next_slot_exit_s=lambda: d["exit"], margin_s=0.005, window_s=10.0,
+                  utilization=d["util"], next_queue_exit_s=lambda k: d["exit"],
+                  next_slot_exit_s=lambda k: d["exit"], margin_s=0.005, window_s=10.0,
                   min_retry_after_s=0.05)
 
 

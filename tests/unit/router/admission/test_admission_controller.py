@@ -181,7 +181,9 @@ def test_utilization_guard_sheds_batch_first() -> None:
     clock.t = 0.52  # both slots busy for 0.52 of the 1 s window
     batch = a.decide(_req(priority=Priority.BATCH))
     assert batch.reason == RejectReason.UTILIZATION  # batch sheds at the target, 0.5
-    assert batch.retry_after_s == pytest.approx(0.02)  # (0.52 - 0.5) * 1 s
+    # Both slots stay busy, so utilization only grows until one frees at 10.1 s: retrying
+    # any earlier is refused again (the old estimate, (0.52 - 0.5) * 1 s, was).
+    assert batch.retry_after_s == pytest.approx(10.1 - 0.52)
     assert a.decide(_req(priority=Priority.STANDARD)).admitted  # sheds at 0.5 * 1.1
     assert a.decide(_req(priority=Priority.INTERACTIVE)).admitted
 
@@ -210,7 +212,7 @@ def test_load_reports_merge_other_routers_work() -> None:
     assert d.predicted_wait_s == pytest.approx(0.3)
     assert a.decide(_req()).predicted_wait_s == pytest.approx(0.45)
     snap = a.snapshot()["buckets"]["short"]
-    assert snap["utilization"] == pytest.approx(0.5)  # the report: 1 of 2 slots running
+    assert snap["utilization"] == 0.0  # a report counts from when it came (see below)
     assert snap["replicas"][0]["report"]["waiting"] == 2
     with pytest.raises(ValueError, match="invalid /load report"):
         a.observe_load("short", "http://r0", {"slots": 2}, now=1.0)
@@ -218,6 +220,22 @@ def test_load_reports_merge_other_routers_work() -> None:
         "slots": 2, "running": 0, "waiting": 0, "slot_free_in_s": [0, 0],
         "prefill_s": 0.1, "per_token_s": 0.01, "ready": False}, now=1.0)
     assert a.decide(_req()).reason == RejectReason.NO_BACKEND
+
+
+def test_reports_count_busy_time_in_the_window() -> None:
+    # Reports from another router's work: 1 of 2 slots busy, held from each report to the
+    # next. 2 s into a 10 s window that is 2 slot-seconds of 20, not the reports' mean (50 %).
+    a, clock = _admitter()
+    report = {"slots": 2, "running": 1, "waiting": 0, "slot_free_in_s": [0.0, 0.05],
+              "prefill_s": 0.1, "per_token_s": 0.01, "ready": True}
+    for i in range(41):
+        clock.t = 0.05 * i
+        a.observe_load("short", "http://r0", report, now=clock.t)
+    assert a.snapshot()["buckets"]["short"]["utilization"] == pytest.approx(0.1)
+    clock.t = 12.0  # polls kept coming: the window is all busy at 1 of 2 slots
+    for i in range(201):
+        a.observe_load("short", "http://r0", report, now=2.0 + 0.05 * i)
+    assert a.snapshot()["buckets"]["short"]["utilization"] == pytest.approx(0.5)
 
 
 def test_metrics_and_snapshot() -> None:

@@ -157,7 +157,9 @@ def test_margin_grows_on_late_first_tokens_refuses_with_it_and_shrinks_back() ->
     no = a.decide(_req())
     assert (no.admitted, no.reason) == (False, RejectReason.SLO_TTFT)
     assert "(+0.040 s margin)" in no.message
-    assert no.retry_after_s == pytest.approx(0.02)
+    # The wait must shrink by 0.02 s, plus the margin: the first tokens come 40 ms late, so
+    # the schedule frees that much later than it predicts.
+    assert no.retry_after_s == pytest.approx(0.02 + 0.04)
     for d in ds:
         assert d.ticket is not None
         d.ticket.finish(Outcome.CANCELLED)

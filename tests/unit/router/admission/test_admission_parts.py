@@ -101,14 +101,26 @@ def test_busy_window_counts_intervals_inside_the_window() -> None:
     assert w.finished_busy(20.0) == pytest.approx(0.0)
 
 
-def test_busy_window_reported_samples() -> None:
+def test_busy_window_reported_samples_are_held_until_the_next() -> None:
     w = BusyWindow(1.0)
-    assert w.reported_fraction(0.0) is None
+    assert w.reported_busy(0.0) is None
     w.add_sample(1.0, 0.0)
+    assert w.reported_busy(0.0) == 0.0  # a report counts from when it came
     w.add_sample(0.5, 0.5)
-    assert w.reported_fraction(0.5) == pytest.approx(0.75)
-    assert w.reported_fraction(1.2) == pytest.approx(0.5)
-    assert w.reported_fraction(2.0) is None
+    assert w.reported_busy(0.5) == pytest.approx(0.5)  # 1.0 held 0.5 s
+    assert w.reported_busy(1.2) == pytest.approx(0.3 + 0.35)  # window 0.2..1.2
+    w.add_sample(0.0, 1.4)
+    assert w.reported_busy(1.6) == pytest.approx(0.8 * 0.5)  # window 0.6..1.6: 0.5 until 1.4
+    assert w.reported_busy(2.5) is None  # the newest report is older than the window
+
+
+def test_busy_window_reports_of_part_of_the_window_are_not_stretched_over_it() -> None:
+    # A backend busy for the 2 s since the router started: 20 % of a 10 s window, not 100 %
+    # (the mean of the reports said 100 %, and kept the guard shut long after the load).
+    w = BusyWindow(10.0)
+    for i in range(41):
+        w.add_sample(1.0, 0.05 * i)
+    assert w.reported_busy(2.0) == pytest.approx(2.0)
 
 
 def test_learned_lengths_reserve_a_quantile() -> None:

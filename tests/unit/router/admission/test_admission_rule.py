@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 
@@ -15,13 +16,21 @@ SHAPE = ReplicaShape("http://r0", slots=4, prefill_s=0.1, per_token_s=0.01)
 POLICY = BucketPolicy("short", (SHAPE,), ttft_slo_s=0.5)
 FULL = PriorityRule(Priority.INTERACTIVE, share=1.0, utilization_factor=None)
 BATCH = PriorityRule(Priority.BATCH, share=0.5, utilization_factor=1.0)
+QUEUE_STARTS = (0.05, 0.07, 0.09, 0.1)
+"""Seconds until the 1st, 2nd, ... queued request starts."""
+SLOT_ENDS = (0.2, 0.25, 0.3, 0.35, 0.4)
+"""Seconds until the 1st, 2nd, ... in-flight request ends."""
+
+
+def _kth(times: tuple[float, ...]) -> Callable[[int], float | None]:
+    return lambda k: times[k - 1] if k <= len(times) else None
 
 
 def _inputs(**kw: object) -> Inputs:
     base = Inputs(
         policy=POLICY, rule=FULL, wait_s=0.0, prefill_s=0.1, per_token_s=0.01, max_tokens=101,
         reserve_tokens=101, wait_budget_s=0.0, queued=0, in_flight=0, utilization=0.0,
-        next_queue_exit_s=lambda: 0.3, next_slot_exit_s=lambda: 0.2, margin_s=0.0,
+        next_queue_exit_s=_kth(QUEUE_STARTS), next_slot_exit_s=_kth(SLOT_ENDS), margin_s=0.0,
         window_s=10.0, min_retry_after_s=0.01,
     )
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
@@ -32,14 +41,23 @@ def _inputs(**kw: object) -> Inputs:
     [
         ({}, None, None),
         ({"wait_s": 0.4}, None, None),  # 0.4 + 0.1 == 0.5: fits exactly
-        ({"wait_s": 0.4, "margin_s": 0.005}, RejectReason.SLO_TTFT, 0.005 * 2),  # floor 0.01
+        ({"wait_s": 0.4, "margin_s": 0.005}, RejectReason.SLO_TTFT, 0.005 * 2),  # + margin
         ({"wait_s": 1.3}, RejectReason.SLO_TTFT, 0.9),
         ({"wait_s": 0.3, "rule": BATCH}, RejectReason.SLO_TTFT, 0.15),  # batch gets 0.25 s
         ({"wait_s": 0.15, "rule": BATCH}, None, None),
         ({"wait_s": 1.3, "wait_budget_s": 1.0}, None, None),  # on_demand may wait
         ({"prefill_s": 0.6}, RejectReason.SLO_TTFT, None),  # waiting cannot help
-        ({"utilization": 0.9, "rule": BATCH}, RejectReason.UTILIZATION, (0.9 - 0.85) * 10),
-        ({"utilization": 0.99}, None, None),  # interactive ignores utilization
+        # The guard sheds only requests that would queue: a free slot now is taken, however
+        # busy the window was; one that would wait retries when its slot frees (the slots
+        # stay busy till then, so utilization cannot fall before).
+        ({"utilization": 0.9, "rule": BATCH}, None, None),
+        ({"utilization": 0.9, "rule": BATCH, "wait_s": 0.004, "margin_s": 0.005}, None, None),
+        ({"utilization": 0.9, "rule": BATCH, "wait_s": 0.1}, RejectReason.UTILIZATION, 0.1),
+        ({"utilization": 0.99, "wait_s": 0.1}, None, None),  # interactive ignores utilization
+        # Retried when the wait fits, a batch request meets the guard: 0.05 s later the
+        # utilization is at most 0.005 higher, under 0.85 from 0.84, maybe not from 0.848.
+        ({"utilization": 0.84, "rule": BATCH, "wait_s": 0.2}, RejectReason.SLO_TTFT, 0.05),
+        ({"utilization": 0.848, "rule": BATCH, "wait_s": 0.2}, RejectReason.SLO_TTFT, 0.2),
         # 0.05 s already spent at the router: 0.35 + 0.1 no longer fits the 0.5 s SLO, and a
         # request sent again (elapsed 0) would fit: the floor.
         ({"wait_s": 0.35, "elapsed_s": 0.05}, None, None),  # exactly the remaining 0.45 s
@@ -47,8 +65,9 @@ def _inputs(**kw: object) -> Inputs:
         ({"wait_s": 0.6, "elapsed_s": 0.05}, RejectReason.SLO_TTFT, 0.2),  # not 0.25
     ],
     ids=["idle", "exact-fit", "margin", "late", "batch-share", "batch-fits", "wait-budget",
-         "hopeless", "utilization-batch", "utilization-interactive", "elapsed-fits",
-         "elapsed-late", "elapsed-retry"],
+         "hopeless", "utilization-free-slot", "utilization-wait-within-margin",
+         "utilization-queues", "utilization-interactive", "ttft-then-guard-clear",
+         "ttft-then-guard-may-shut", "elapsed-fits", "elapsed-late", "elapsed-retry"],
 )
 def test_ttft_and_utilization(kw: dict[str, object], reason: RejectReason | None,
                               retry: float | None) -> None:
@@ -79,11 +98,17 @@ CAPPED = dataclasses.replace(POLICY, max_queue=4, max_concurrency=10)
         ({"in_flight": 9, "queued": 3, "wait_s": 0.1}, None, None),
         ({"in_flight": 10}, RejectReason.CONCURRENCY, 0.2),
         ({"in_flight": 5, "rule": BATCH}, RejectReason.CONCURRENCY, 0.2),  # half of 10
-        ({"queued": 4, "wait_s": 0.1}, RejectReason.QUEUE_FULL, 0.3),
+        ({"in_flight": 7, "rule": BATCH}, RejectReason.CONCURRENCY, 0.3),  # 3 must end
+        ({"in_flight": 10, "wait_s": 1.3}, RejectReason.CONCURRENCY, 0.9),  # then slo_ttft
+        ({"queued": 4, "wait_s": 0.1}, RejectReason.QUEUE_FULL, 0.05),
         ({"queued": 4, "wait_s": 0.0}, None, None),  # it would not queue
-        ({"queued": 2, "wait_s": 0.1, "rule": BATCH}, RejectReason.QUEUE_FULL, 0.3),
+        ({"queued": 2, "wait_s": 0.1, "rule": BATCH}, RejectReason.QUEUE_FULL, 0.05),
+        ({"queued": 4, "wait_s": 0.1, "rule": BATCH}, RejectReason.QUEUE_FULL, 0.09),
+        ({"queued": 4, "wait_s": 0.06, "rule": BATCH}, RejectReason.QUEUE_FULL, 0.06),
     ],
-    ids=["room", "concurrency", "concurrency-batch", "queue", "no-wait", "queue-batch"],
+    ids=["room", "concurrency", "concurrency-batch", "concurrency-batch-3-over",
+         "concurrency-then-ttft", "queue", "no-wait", "queue-batch", "queue-batch-3-over",
+         "queue-until-no-wait"],
 )
 def test_caps(kw: dict[str, object], reason: RejectReason | None, retry: float | None) -> None:
     v = judge(_inputs(policy=CAPPED, **kw))
