@@ -7,9 +7,9 @@ Reading this one function tells what exists and who talks to whom:
 * the backend pool (health), which tells the admitter when a replica goes up or down;
 * the upstream client (one ``ClientSession``, opened and closed by ``cleanup_ctx``, with
   ``TCPConnector(limit=0)`` so the admitter is the only queue, and a keep-alive shorter than
-  the backends'), and the active-check task: with ``timeline`` the ``/load`` poll
-  (:mod:`router.load_poller`, feeding both the timeline and the pool's health), with ``off``
-  the pool's own ``health.path`` probe;
+  the backends'), and the active-check task (:mod:`router.load_poller`: every backend checked
+  on the path :mod:`router.probe` finds for it, feeding the pool's health and, with
+  ``timeline``, the timeline);
 * the routes, behind the edge middleware (request ids, error shapes, body limit).
 """
 
@@ -39,6 +39,7 @@ from router.load_poller import LoadPoller
 from router.metrics import RouterMetrics, make_metrics
 from router.openapi import openapi_handler
 from router.pool import BackendPool
+from router.probe import Prober
 from router.relay import Upstream
 from router.tokens import ESTIMATE_UNDERCOUNT_MARGIN, EstimateCounter, HFTokenizerCounter
 
@@ -70,9 +71,10 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     timeline = admitter if isinstance(admitter, TimelineAdmitter) else None
     pool = BackendPool(config.buckets, config.health, clock=clock, metrics=metrics,
                        on_change=admitter.set_backend_health)
-    poller = None if timeline is None else LoadPoller(
-        pool, timeline, interval_s=config.admission.load_poll_interval_s,
-        timeout_s=config.health.timeout_s, health_path=config.health.path, clock=clock)
+    poller = LoadPoller(
+        pool, timeline, prober=Prober(config.health, clock=clock), clock=clock,
+        interval_s=(config.health.interval_s if timeline is None
+                    else config.admission.load_poll_interval_s))
     upstream = Upstream(config.timeouts)
     auth = Auth(config)
     proxy = Proxy(config, table=table, counter=counter, admitter=admitter, timeline=timeline,
@@ -89,8 +91,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                          cookie_jar=aiohttp.DummyCookieJar()) as session:
             upstream.session = session
-            checks = pool.run(session) if poller is None else poller.run(session)
-            probes = asyncio.create_task(checks, name="lpu-router-health")
+            probes = asyncio.create_task(poller.run(session), name="lpu-router-health")
             yield
             probes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,6 +127,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
         web.get("/v1/models", endpoints.models),
         web.get("/metrics", endpoints.metrics),
         web.get("/healthz", endpoints.healthz),
+        web.get("/health", endpoints.healthz),
         web.get("/readyz", endpoints.readyz),
         web.get("/admin/backends", endpoints.backends),
         web.get("/admin/buckets", admin.buckets),

@@ -93,7 +93,9 @@ class TimeoutConfig:
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
-    path: str = "/readyz"
+    path: str | None = None
+    """The active check's path for backends without an LPU ``/load``; None: the first of
+    ``/readyz``, ``/health``, ``/v1/models`` that is served (router/probe.py)."""
     interval_s: float = 1.0
     timeout_s: float = 1.0
     eject_after_failures: int = 3
@@ -222,15 +224,16 @@ def _timeouts(f: Fields) -> TimeoutConfig:
 
 
 def _health(f: Fields) -> HealthConfig:
-    path = f.string("path", "/readyz")
-    if not path.startswith("/"):
+    d = HealthConfig()
+    path = f.opt_str("path")
+    if path is not None and not path.startswith("/"):
         f.error("path", f"must start with '/', got {path!r}")
     cfg = HealthConfig(
         path=path,
-        interval_s=f.number("interval_s", 1.0, lo=0.01),
-        timeout_s=f.number("timeout_s", 1.0, lo=0.001),
-        eject_after_failures=f.integer("eject_after_failures", 3, lo=1),
-        eject_for_s=f.number("eject_for_s", 5.0, lo=0.0),
+        interval_s=f.number("interval_s", d.interval_s, lo=0.01),
+        timeout_s=f.number("timeout_s", d.timeout_s, lo=0.001),
+        eject_after_failures=f.integer("eject_after_failures", d.eject_after_failures, lo=1),
+        eject_for_s=f.number("eject_for_s", d.eject_for_s, lo=0.0),
     )
     f.finish()
     return cfg

@@ -1,8 +1,10 @@
-"""The small endpoints: ``/v1/models``, ``/metrics``, ``/healthz``, ``/readyz``, ``/admin``.
+"""The small endpoints: ``/v1/models``, ``/metrics``, ``/healthz``, ``/health``, ``/readyz``,
+``/admin``.
 
 * ``GET /v1/models``: the router's public models (OpenAI list shape), with each model's buckets
   (name, ``max_seq_len``, ``max_output_tokens``) as an extension field.
-* ``GET /healthz``: 200 while the process serves.
+* ``GET /healthz`` and ``GET /health`` (the name vLLM uses, which load tools such as guidellm
+  probe): 200 while the process serves, draining included (``/readyz`` says whether to send).
 * ``GET /readyz``: 200 when not shutting down and every bucket has a backend up, else 503; the
   body gives the backends up per bucket.
 * ``GET /admin/backends``: every replica's health state; needs the admin key when any API key

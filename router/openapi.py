@@ -163,6 +163,8 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
             "/metrics": _get("Prometheus metrics", {"type": "string"},
                              content_type="text/plain"),
             "/healthz": _get("Alive", {"type": "object"}),
+            "/health": _get("Alive (the name vLLM and load tools such as guidellm use)",
+                            {"type": "object"}),
             "/readyz": _get("Ready", ready, extra={"503": {
                 "description": "Not ready (draining, or a bucket without a backend up).",
                 "content": {"application/json": {"schema": ready}}}}),

@@ -1,18 +1,18 @@
 """Backend pools: every bucket's replicas and whether each may be used now.
 
-A replica is *up* when its last active probe succeeded and it is not ejected:
+This module owns the state; the checks that feed it run elsewhere. A replica is *up* when its last
+active check succeeded and it is not ejected:
 
-* active checks: every ``health.interval_s`` the router GETs ``health.path`` (``/readyz``) on each
-  replica with a ``health.timeout_s`` budget (:meth:`BackendPool.run`); a non-200 answer or an
-  error marks it down at once, a 200 marks it up again. With admission ``timeline`` the
-  ``/load`` poll (:mod:`router.load_poller`) is the active check instead and reports through
-  :meth:`BackendPool.set_probe_url`: one poll per backend feeds both health and the timeline;
+* active checks (:mod:`router.load_poller`, the same in both admission modes): each backend URL is
+  checked on the path :mod:`router.probe` found for it (``/load``, else ``/readyz``, ``/health``
+  or ``/v1/models``) and the result arrives through :meth:`BackendPool.set_probe_url`, for every
+  bucket the URL serves: a failed check marks it down at once, a good one up again;
 * passive ejection: ``health.eject_after_failures`` consecutive failed requests (connection
   errors, timeouts, 5xx; not a deadline refusal) eject it for ``health.eject_for_s`` seconds,
-  after which it is used again (recovery) unless a probe says otherwise. Any success resets the
+  after which it is used again (recovery) unless a check says otherwise. Any success resets the
   count.
 
-Replicas start up (optimistically) and are probed at once. Every change of state is published to
+Replicas start up (optimistically) and are checked at once. Every change of state is published to
 ``on_change(bucket, url, up)`` (the admitter's ``set_backend_health``) and to the
 ``lpu_router_backend_up`` gauge. Time comes from the injected ``clock``.
 """
@@ -24,8 +24,6 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import aiohttp
 
 from router.bucket_config import BucketConfig
 from router.config import HealthConfig
@@ -49,7 +47,7 @@ class Replica:
 
 
 class BackendPool:
-    """Health of every (bucket, replica) pair; probing runs in :meth:`run`."""
+    """Health of every (bucket, replica) pair."""
 
     def __init__(self, buckets: Sequence[BucketConfig], health: HealthConfig, *,
                  clock: Callable[[], float], metrics: RouterMetrics,
@@ -126,30 +124,3 @@ class BackendPool:
                 self._metrics.backend_up.labels(r.bucket, r.url).set(1 if up else 0)
                 log.info("backend %s in bucket %s is %s", r.url, r.bucket, "up" if up else "down")
                 self._on_change(r.bucket, r.url, up)
-
-    async def probe(self, session: aiohttp.ClientSession, url: str) -> bool:
-        timeout = aiohttp.ClientTimeout(total=self._health.timeout_s)
-        try:
-            async with session.get(url + self._health.path, timeout=timeout) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return False
-
-    async def probe_all(self, session: aiohttp.ClientSession) -> None:
-        """One round of active checks (each URL once, even when in several buckets)."""
-        urls = self.urls()
-        results = await asyncio.gather(*(self.probe(session, u) for u in urls))
-        ok = dict(zip(urls, results, strict=True))
-        for r in self._replicas.values():
-            r.probe_ok = ok[r.url]
-        self.refresh()
-
-    async def run(self, session: aiohttp.ClientSession) -> None:
-        """Probe forever, every ``interval_s``; cancel to stop."""
-        while True:
-            try:
-                await self.probe_all(session)
-            except Exception:  # a bug here must not stop health checking for good
-                log.exception("health probe round failed")
-            await asyncio.sleep(self._health.interval_s)

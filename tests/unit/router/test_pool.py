@@ -1,15 +1,12 @@
-"""Backend health: active probes, passive ejection and recovery on a virtual clock."""
+"""Backend health state: probe results, passive ejection and recovery on a virtual clock."""
 
 from __future__ import annotations
 
-import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from router.config import HealthConfig, parse_config
 from router.metrics import make_metrics
 from router.pool import BackendPool
-from router.server import running
 
 A, B = "http://127.0.0.1:9101", "http://127.0.0.1:9102"
 
@@ -65,26 +62,3 @@ def test_failed_probe_marks_down_until_a_good_one() -> None:
     pool.set_probe("s", B, True)
     assert pool.is_up("s", B)
     assert changes == [("s", B, False), ("s", B, True)]
-
-
-async def test_probes_a_real_loopback_server() -> None:
-    state = {"status": 200}
-
-    async def readyz(request: web.Request) -> web.Response:
-        return web.Response(status=state["status"])
-
-    app = web.Application()
-    app.router.add_get("/readyz", readyz)
-    async with running(app) as url:
-        dead = "http://127.0.0.1:1"  # nothing listens on port 1
-        pool, changes, _ = _pool(Clock(), [url, dead])
-        async with aiohttp.ClientSession() as session:
-            await pool.probe_all(session)
-            assert pool.ready() == {"s": 1}
-            assert changes == [("s", dead, False)]
-            state["status"] = 503
-            await pool.probe_all(session)
-            assert pool.ready() == {"s": 0}
-            state["status"] = 200
-            await pool.probe_all(session)
-            assert pool.is_up("s", url)
