@@ -30,6 +30,9 @@ from benchmarks.workload import PlannedRequest
 
 __all__ = ["LoadConfig", "RunResult", "parse_retry_after", "run_load"]
 
+_TIMER_RESOLUTION_S = 0.001
+"""uvloop's timer resolution: a timer may fire this much before its time."""
+
 Clock = Callable[[], float]
 
 
@@ -213,10 +216,13 @@ async def run_load(
     ticker = asyncio.create_task(progress.tick_every_second()) if progress else None
     try:
         for p, rec in zip(planned, records, strict=True):
-            # uvloop's timers have millisecond resolution and may fire up to 1 ms early:
-            # sleep again until the intended time has really come (never send early).
-            while (delay := runner.t0 + p.at_s - clock()) > 0:
+            delay = runner.t0 + p.at_s - clock()
+            if delay > 0:
                 await asyncio.sleep(delay)
+                # uvloop's timers have millisecond resolution and may fire up to 1 ms early:
+                # never send before the intended time.
+                if (early := runner.t0 + p.at_s - clock()) > 0:
+                    await asyncio.sleep(early + _TIMER_RESOLUTION_S)
             task = asyncio.create_task(runner.one(p, rec))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
