@@ -16,7 +16,8 @@ model from the smallest shape up:
 
 Nothing fits: 400 ``invalid_value`` on ``max_tokens`` when a bucket that refuses over-cap
 allowances would fit the prompt at its cap, else 400 ``context_length_exceeded`` (whose
-message reports the prompt as ``need``, margin included).
+message reports the prompt as ``need``, margin included; "at least" ``need`` when counting
+stopped past the largest shape, see :meth:`BucketTable.count_limit`).
 """
 
 from __future__ import annotations
@@ -59,13 +60,20 @@ class BucketTable:
     def models(self) -> tuple[str, ...]:
         return tuple(self._by_model)
 
+    def count_limit(self, model: str) -> int:
+        """Tokens past which a prompt fits no bucket of ``model`` (0 for an unknown model): the
+        count must be exact up to here, and counting may stop beyond it."""
+        buckets = self._by_model.get(model)
+        return buckets[-1].max_seq_len if buckets else 0
+
     def need(self, prompt_tokens: int) -> int:
         """Tokens of shape the prompt may take, margin included."""
         return math.ceil(prompt_tokens * (1.0 + self.margin)) if self.margin else prompt_tokens
 
     def place(self, model: str, prompt_tokens: int, requested: int | None,
-              param: str | None = None) -> Placement:
-        """Choose the bucket and allowance, or raise :class:`Rejection`."""
+              param: str | None = None, *, at_least: bool = False) -> Placement:
+        """Choose the bucket and allowance, or raise :class:`Rejection`. ``at_least``: the
+        count stopped past :meth:`count_limit` (``prompt_tokens`` is a lower bound)."""
         buckets = self._by_model.get(model)
         if buckets is None:
             raise Rejection(RejectReason.UNKNOWN_MODEL, model_not_found(model))
@@ -101,7 +109,11 @@ class BucketTable:
                         code="invalid_value",
                     ),
                 )
-        raise Rejection(
-            RejectReason.CONTEXT_LENGTH,
-            context_length_error(largest.max_seq_len, need, requested or 0),
-        )
+        error = context_length_error(largest.max_seq_len, need, requested or 0) if not at_least \
+            else APIError(
+                400,
+                f"This model's maximum context length is {largest.max_seq_len} tokens. However,"
+                f" your messages resulted in at least {need} tokens (counting stopped there)."
+                " Please reduce the length of the messages.",
+                param="messages", code="context_length_exceeded")
+        raise Rejection(RejectReason.CONTEXT_LENGTH, error)

@@ -63,7 +63,7 @@ from router.outcomes import Outcome, RejectReason
 from router.pool import BackendPool
 from router.relay import RelayResult, Upstream, relay, request_headers
 from router.series import RequestSeries
-from router.tokens import TokenCounter, prompt_tokens
+from router.tokens import TokenCounter, count_prompt
 
 __all__ = ["Proxy", "error_response"]
 
@@ -121,9 +121,11 @@ class Proxy:
             except APIError as exc:
                 raise Rejection(RejectReason.INVALID_REQUEST, exc) from None
             ex.model = req.model
-            ex.prompt_tokens = prompt_tokens(req, self._counter)
+            # Exact up to the model's largest shape, then "at least": bounded work, paced.
+            counted = await count_prompt(req, self._counter, self._table.count_limit(req.model))
+            ex.prompt_tokens = counted.tokens
             placement = self._table.place(req.model, ex.prompt_tokens, req.max_tokens,
-                                          req.max_tokens_param)
+                                          req.max_tokens_param, at_least=not counted.exact)
             ex.bucket = placement.bucket.name
             try:
                 priority, budget = resolve_priority(
