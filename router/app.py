@@ -71,10 +71,9 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     timeline = admitter if isinstance(admitter, TimelineAdmitter) else None
     pool = BackendPool(config.buckets, config.health, clock=clock, metrics=metrics,
                        on_change=admitter.set_backend_health)
-    poller = LoadPoller(
-        pool, timeline, prober=Prober(config.health, clock=clock), clock=clock,
-        interval_s=(config.health.interval_s if timeline is None
-                    else config.admission.load_poll_interval_s))
+    poller = LoadPoller(pool, timeline, prober=Prober(config.health, clock=clock), clock=clock,
+                        interval_s=config.health.interval_s,
+                        load_interval_s=config.admission.load_poll_interval_s)
     upstream = Upstream(config.timeouts)
     auth = Auth(config)
     proxy = Proxy(config, table=table, counter=counter, admitter=admitter, timeline=timeline,

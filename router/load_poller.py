@@ -1,12 +1,12 @@
 """The active checks: every backend checked on a timer, feeding health and (``timeline``) admission.
 
 One loop per backend URL (once per URL, even when it serves several buckets) runs
-:meth:`~router.probe.Prober.check` every ``interval_s`` seconds --
-``admission.load_poll_interval_s`` with admission ``timeline``, ``health.interval_s`` with
-``off`` -- each with a
-``health.timeout_s`` budget. Both modes check the same way (router/probe.py: ``/load`` when the
-backend has an LPU one, else ``/readyz``, ``/health`` or ``/v1/models``), so one check feeds two
-consumers:
+:meth:`~router.probe.Prober.check`, each with a ``health.timeout_s`` budget: every
+``load_interval_s`` (``admission.load_poll_interval_s``) while there is a timeline to feed and the
+backend's check is ``/load`` (or not found yet), else every ``interval_s`` (``health.interval_s``:
+a health endpoint says nothing worth polling 20 times a second for). Both admission modes check
+the same way (router/probe.py: ``/load`` when the backend has an LPU one, else ``/readyz``,
+``/health`` or ``/v1/models``), and one check feeds two consumers:
 
 * backend health: :meth:`~router.pool.BackendPool.set_probe_url` -- up or down as the check says
   (the pool's own rules, passive ejection after failed requests, still apply on top);
@@ -32,7 +32,7 @@ import aiohttp
 
 from router.admission.load import LoadReport
 from router.pool import BackendPool
-from router.probe import Prober
+from router.probe import LOAD_PATH, Prober
 
 __all__ = ["LoadPoller", "LoadSink"]
 
@@ -53,11 +53,13 @@ class LoadPoller:
     """
 
     def __init__(self, pool: BackendPool, sink: LoadSink | None, *, prober: Prober,
-                 interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 interval_s: float, load_interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
         self._sink = sink
         self._prober = prober
         self._interval = interval_s
+        self._load_interval = load_interval_s
         self._clock = clock
         self._failing: dict[str, str] = {}
         """Why each failing backend's last check failed (logged when it changes)."""
@@ -73,7 +75,13 @@ class LoadPoller:
                 await self.poll(session, url)
             except Exception:  # a bug here must not stop health checking for good
                 log.exception("active check of %s failed", url)
-            await asyncio.sleep(max(0.0, sent + self._interval - self._clock()))
+            await asyncio.sleep(max(0.0, sent + self.interval_of(url) - self._clock()))
+
+    def interval_of(self, url: str) -> float:
+        """Seconds from one check of ``url`` to the next."""
+        if self._sink is not None and self._prober.path_of(url) in (None, LOAD_PATH):
+            return self._load_interval
+        return self._interval
 
     async def poll(self, session: aiohttp.ClientSession, url: str) -> bool:
         """One check of ``url``, published; True when the backend is up."""

@@ -153,7 +153,8 @@ async def test_the_checks_feed_the_pool() -> None:
         pool = BackendPool(cfg.buckets, cfg.health, clock=lambda: 0.0,
                            metrics=make_metrics(CollectorRegistry()),
                            on_change=lambda b, u, up: changes.append((b, u, up)))
-        poller = LoadPoller(pool, None, prober=Prober(cfg.health), interval_s=1.0)
+        poller = LoadPoller(pool, None, prober=Prober(cfg.health), interval_s=1.0,
+                            load_interval_s=0.05)
 
         async def round_() -> None:
             for u in pool.urls():
@@ -169,3 +170,39 @@ async def test_the_checks_feed_the_pool() -> None:
         await round_()
         assert pool.is_up("s", url)
         assert changes == [("s", dead, False), ("s", url, False), ("s", url, True)]
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, str]] = []
+
+    def observe_load(self, bucket: str, backend: str, report: Any, now: float, *,
+                     sent_at: float | None = None) -> None:
+        self.reports.append((bucket, backend))
+
+
+async def test_only_load_is_polled_fast() -> None:
+    """With a timeline to feed, a ``/load`` backend (or one not found yet) is checked every
+    ``load_interval_s``; a backend checked on a health path every ``interval_s``; without a
+    timeline (admission ``off``) every backend every ``interval_s``."""
+    vllm = {"/load": (200, {"server_load": 0}), "/health": (200, None)}
+    async with _backend({"/load": (200, REPORT)}) as lpu, _backend(vllm) as other, \
+            aiohttp.ClientSession() as session:
+        cfg = parse_config({"buckets": [{"name": "s", "model": "m", "artifact": "llama-3.1-8b-2k",
+                                         "backends": [lpu, other]}]})
+        pool = BackendPool(cfg.buckets, cfg.health, clock=lambda: 0.0,
+                           metrics=make_metrics(CollectorRegistry()),
+                           on_change=lambda b, u, up: None)
+        sink = _Sink()
+        fast = LoadPoller(pool, sink, prober=Prober(cfg.health), interval_s=1.0,
+                          load_interval_s=0.05)
+        slow = LoadPoller(pool, None, prober=Prober(cfg.health), interval_s=1.0,
+                          load_interval_s=0.05)
+        assert [fast.interval_of(u) for u in (lpu, other)] == [0.05, 0.05]  # not found yet
+        for poller in (fast, slow):
+            for u in (lpu, other):
+                assert await poller.poll(session, u)
+        assert [fast.interval_of(u) for u in (lpu, other)] == [0.05, 1.0]
+        assert [slow.interval_of(u) for u in (lpu, other)] == [1.0, 1.0]
+        assert sink.reports == [("s", lpu)]  # vLLM's /load is not a report
+
