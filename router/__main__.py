@@ -62,6 +62,11 @@ def _check(path: str) -> RouterConfig | None:
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
+    from router.process import raise_fd_limit, return_freed_memory
+
+    # Before any socket or large buffer: see router/process.py for why.
+    raise_fd_limit()
+    return_freed_memory()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows

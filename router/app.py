@@ -29,17 +29,19 @@ from router.admission.controller import TimelineAdmitter
 from router.admission.off import OffAdmitter
 from router.admission.settings import AdmissionMode, AdmissionSettings
 from router.auth import Auth
+from router.body_memory import BodyBudget
 from router.buckets import BucketTable
 from router.config import RouterConfig
 from router.edge import edge_middleware
 from router.endpoints import Endpoints
 from router.handlers import Proxy
-from router.lifecycle import LIFECYCLE, Lifecycle, lifecycle_middleware
+from router.lifecycle import LIFECYCLE, Lifecycle, close_when_leaving, lifecycle_middleware
 from router.load_poller import LoadPoller
 from router.metrics import RouterMetrics, make_metrics
 from router.openapi import openapi_handler
 from router.pool import BackendPool
 from router.probe import Prober
+from router.process import trim_heap
 from router.relay import Upstream
 from router.tokens import ESTIMATE_UNDERCOUNT_MARGIN, EstimateCounter, HFTokenizerCounter
 
@@ -106,12 +108,18 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     # SIGTERM / reload (router.server): not ready, refuse new completions, and at the drain
     # deadline end the streams still open.
     lifecycle = Lifecycle(on_drain=[not_ready], on_deadline=[upstream.abort_all])
+    # Request bodies held at once (server.max_body_memory_bytes); freed heap pages go back to
+    # the system once none is held.
+    bodies = BodyBudget(config.server.max_body_memory_bytes, metrics.body_memory_bytes,
+                        on_empty=trim_heap)
 
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[edge_middleware(metrics, config.server.max_body_bytes),
                      lifecycle_middleware(lifecycle, metrics,
-                                          body_timeout_s=config.server.body_timeout_s)],
+                                          body_timeout_s=config.server.body_timeout_s,
+                                          budget=bodies,
+                                          max_body_bytes=config.server.max_body_bytes)],
     )
     app[METRICS] = metrics
     app[POOL] = pool
@@ -120,6 +128,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     app[LIFECYCLE] = lifecycle
     app.cleanup_ctx.append(client_session)
     app.on_shutdown.append(mark_not_ready)
+    app.on_response_prepare.append(close_when_leaving(lifecycle))
     app.add_routes([
         web.post("/v1/chat/completions", proxy.chat),
         web.post("/v1/completions", proxy.completions),

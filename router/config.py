@@ -82,6 +82,10 @@ class ServerConfig:
     idle_timeout_s: float = 15.0
     body_timeout_s: float = 30.0
     max_header_bytes: int = 8190
+    max_body_memory_bytes: int = 128 * 1024 * 1024
+    """Bytes of completion request bodies the router holds at once (reserved from
+    ``Content-Length`` before a body is read, counted as a chunked one arrives); past it a
+    request gets 503 ``body_memory_exhausted`` without its body being read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +212,12 @@ def _server(f: Fields, base_dir: Path | None) -> ServerConfig:
         idle_timeout_s=f.number("idle_timeout_s", 15.0, lo=0.1),
         body_timeout_s=f.number("body_timeout_s", 30.0, lo=0.1),
         max_header_bytes=f.integer("max_header_bytes", 8190, lo=1024, hi=1 << 20),
+        max_body_memory_bytes=f.integer("max_body_memory_bytes",
+                                        ServerConfig().max_body_memory_bytes, lo=1024),
     )
+    if cfg.max_body_memory_bytes < cfg.max_body_bytes:
+        f.error("max_body_memory_bytes", f"must be at least server.max_body_bytes"
+                f" ({cfg.max_body_bytes}): a body of that size could never be read")
     f.finish()
     return cfg
 

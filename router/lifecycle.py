@@ -1,22 +1,30 @@
-"""The router's life after SIGTERM: drain, and the guards every completion request passes first.
+"""The router's life after SIGTERM or a reload, and the guards every completion request passes
+first.
 
-:class:`Lifecycle` is one app's state machine, ``serving -> draining -> stopped``:
+:class:`Lifecycle` is one app's state machine, ``serving -> retiring | draining -> stopped``:
 
-* :meth:`Lifecycle.start_drain` (SIGTERM, or a reload retiring this generation): ``/readyz``
-  turns 503 (``on_drain`` callbacks), and a completion request that still arrives on an open
-  keep-alive connection gets 503 ``shutting_down`` with ``Connection: close``.
+* :meth:`Lifecycle.retire` (a reload retiring this generation): requests that still arrive on
+  this generation's open keep-alive connections are *served*, and every response carries
+  ``Connection: close``, so each client's next request opens a connection to the new
+  generation. Nothing is refused: a reload loses no request.
+* :meth:`Lifecycle.start_drain` (SIGTERM): ``/readyz`` turns 503 (``on_drain`` callbacks), and a
+  completion request that still arrives on an open keep-alive connection gets 503
+  ``shutting_down`` with ``Connection: close``.
 * :meth:`Lifecycle.wait_idle` waits until no completion request is in progress, at most
   ``server.drain_s`` seconds.
 * :meth:`Lifecycle.end_in_flight` runs the ``on_deadline`` callbacks: the relay ends every
-  stream still open with an SSE error frame and ``data: [DONE]`` (see
-  :meth:`router.relay.Upstream.abort_all`), non-streaming requests get 503.
+  upstream request still running (:meth:`router.relay.Upstream.abort_all`): a stream with an
+  SSE error frame and ``data: [DONE]``, a non-streaming request (waiting for its status line
+  or its body) with 503 ``shutting_down``.
 
 :func:`lifecycle_middleware` counts completion requests in progress (the drain waits for them)
-and reads their body under ``server.body_timeout_s``: a client that sends its body too slowly
-(byte by byte) gets 408 ``request_timeout`` and the connection is closed. The body is read here
-once; aiohttp caches it, so the handler's ``request.read()`` costs nothing. A body that has
-already arrived whole (the common case: a small JSON body comes with the headers) is read
-without arming the timer.
+and reads their body (:func:`router.body_memory.read_body`) within the app's body-memory budget
+and under ``server.body_timeout_s``: a body that does not fit in the budget is not read (503
+``body_memory_exhausted``); a client that sends its body too slowly (byte by byte) gets 408
+``request_timeout``; the connection is closed after either. The body is read here once and
+cached, so the handler's ``request.read()`` costs nothing. A body that has already arrived
+whole (the common case: a small JSON body comes with the headers) is read without arming the
+timer.
 """
 
 from __future__ import annotations
@@ -25,15 +33,17 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from router.body_memory import BodyBudget, OverBudget, Reservation, read_body
 from router.errors import REJECT_STATUS
 from router.handlers import error_response
 from router.metrics import RouterMetrics
 from router.openai_api import APIError
 from router.outcomes import RejectReason
 
-__all__ = ["COMPLETION_PATHS", "LIFECYCLE", "Lifecycle", "lifecycle_middleware"]
+__all__ = ["COMPLETION_PATHS", "LIFECYCLE", "Lifecycle", "close_when_leaving",
+           "lifecycle_middleware"]
 
 COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -46,6 +56,7 @@ class Lifecycle:
     def __init__(self, *, on_drain: Sequence[Callable[[], None]] = (),
                  on_deadline: Sequence[Callable[[], int]] = ()) -> None:
         self.draining = False
+        self.retiring = False
         self.in_progress = 0
         self.on_drain = tuple(on_drain)
         """Called once when the drain starts (e.g. turn ``/readyz`` 503)."""
@@ -53,6 +64,15 @@ class Lifecycle:
         """Called at the drain deadline; each returns how many requests it ended."""
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def leaving(self) -> bool:
+        """Retiring or draining: every response closes its connection."""
+        return self.retiring or self.draining
+
+    def retire(self) -> None:
+        """Keep serving, but close every connection after its next response (idempotent)."""
+        self.retiring = True
 
     def start_drain(self) -> None:
         """Refuse new completion requests from now on (idempotent)."""
@@ -70,7 +90,7 @@ class Lifecycle:
         return self.in_progress == 0
 
     def end_in_flight(self) -> int:
-        """The drain deadline: end what still runs (clean SSE end); how many were ended."""
+        """The drain deadline: end what still runs (clean SSE end, 503); how many were ended."""
         return sum(callback() for callback in self.on_deadline)
 
     def entered(self) -> None:
@@ -81,6 +101,20 @@ class Lifecycle:
         self.in_progress -= 1
         if self.in_progress == 0:
             self._idle.set()
+
+
+def close_when_leaving(lifecycle: Lifecycle) -> Callable[[web.Request, web.StreamResponse],
+                                                         Awaitable[None]]:
+    """An ``on_response_prepare`` callback: while ``lifecycle`` is leaving, every response
+    (streams too: their headers are decided inside the handler) says ``Connection: close``
+    and its connection closes after it."""
+
+    async def prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if lifecycle.leaving:
+            response.force_close()
+            response.headers[hdrs.CONNECTION] = "close"
+
+    return prepare
 
 
 def _shutting_down() -> APIError:
@@ -95,35 +129,40 @@ def _body_timeout(timeout_s: float) -> APIError:
 
 
 def lifecycle_middleware(lifecycle: Lifecycle, metrics: RouterMetrics, *,
-                         body_timeout_s: float) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Refuse completions while draining; count them in progress; time out slow bodies."""
+                         body_timeout_s: float, budget: BodyBudget, max_body_bytes: int
+                         ) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Refuse completions while draining; count them in progress; read their bodies within
+    ``budget`` and ``body_timeout_s``."""
+
+    def refuse(reason: RejectReason, error: APIError,
+               headers: dict[str, str] | None = None) -> web.Response:
+        metrics.requests_rejected.labels("none", "standard", str(reason)).inc()
+        resp = error_response(error, headers)
+        resp.force_close()
+        return resp
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method != "POST" or request.path not in COMPLETION_PATHS:
             return await handler(request)
         if lifecycle.draining:
-            metrics.requests_rejected.labels("none", "standard",
-                                             str(RejectReason.SHUTTING_DOWN)).inc()
-            resp = error_response(_shutting_down(), {"Retry-After": "1"})
-            resp.force_close()
-            return resp
+            return refuse(RejectReason.SHUTTING_DOWN, _shutting_down(), {"Retry-After": "1"})
+        held = Reservation(budget)
         lifecycle.entered()
         try:
             try:
                 if request.content.is_eof():
-                    await request.read()
+                    await read_body(request, held, max_body_bytes)
                 else:
                     async with asyncio.timeout(body_timeout_s):
-                        await request.read()
+                        await read_body(request, held, max_body_bytes)
+            except OverBudget as exc:
+                return refuse(RejectReason.BODY_MEMORY, exc.error, {"Retry-After": "1"})
             except TimeoutError:
-                metrics.requests_rejected.labels("none", "standard",
-                                                 str(RejectReason.INVALID_REQUEST)).inc()
-                resp = error_response(_body_timeout(body_timeout_s))
-                resp.force_close()
-                return resp
+                return refuse(RejectReason.INVALID_REQUEST, _body_timeout(body_timeout_s))
             return await handler(request)
         finally:
+            held.close()
             lifecycle.left()
 
     return guard

@@ -60,6 +60,9 @@ class RouterMetrics:
     # {bucket, limit}: ttft_slo_seconds | e2e_slo_seconds | max_queue | max_concurrency
     admission_limit: Gauge
     slots: Gauge  # {bucket}: total slots over healthy replicas
+    # The listener and request bodies (router.listener, router.lifecycle).
+    connections_refused: Counter  # connections over server.max_connections, answered 503
+    body_memory_bytes: Gauge  # completion request bodies held now (bytes)
 
 
 def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
@@ -150,4 +153,12 @@ def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
             p + "admission_limit", "Admission limits in force.", ["bucket", "limit"], registry=reg
         ),
         slots=Gauge(p + "slots", "Slots over healthy replicas.", ["bucket"], registry=reg),
+        connections_refused=Counter(
+            p + "connections_refused", "Client connections refused over server.max_connections"
+            " (answered 503 too_many_connections).", registry=reg,
+        ),
+        body_memory_bytes=Gauge(
+            p + "body_memory_bytes", "Bytes of completion request bodies the router holds"
+            " (bounded by server.max_body_memory_bytes).", registry=reg,
+        ),
     )

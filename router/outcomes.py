@@ -33,3 +33,5 @@ class RejectReason(StrEnum):
     NO_BACKEND = "no_backend"
     BACKEND_DEADLINE = "backend_deadline"
     SHUTTING_DOWN = "shutting_down"
+    BODY_MEMORY = "body_memory"
+    """The router already holds ``server.max_body_memory_bytes`` of request bodies."""

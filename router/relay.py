@@ -26,10 +26,12 @@ router reads the usage in the body and relays it to a client that asked for no e
 
 from __future__ import annotations
 
+import asyncio
 import json
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -96,18 +98,29 @@ class Upstream:
         self.session: aiohttp.ClientSession | None = None
         # Responses being relayed, so the drain deadline can end them (weak: no bookkeeping).
         self._open: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
+        # Tasks waiting in open() (for a status line, or an error body), and those of them the
+        # drain deadline cancelled: their cancel is the deadline's, not the client's.
+        self._opening: set[asyncio.Task[Any]] = set()
+        self._ended: set[asyncio.Task[Any]] = set()
         # Parsed once per backend URL and path (a closed set from the config), not per request.
         self._urls: dict[str, URL] = {}
 
     def abort_all(self) -> int:
-        """The drain deadline: make every response still being read fail with
-        :class:`~router.errors.Draining`, so streams end with an SSE error frame and
-        ``[DONE]``; return how many were ended."""
+        """The drain deadline: end every upstream request still running; return how many.
+
+        A response being read fails with :class:`~router.errors.Draining` (a stream ends with
+        an SSE error frame and ``[DONE]``, a non-streamed answer becomes the 503); a request
+        still waiting for its status line is cancelled there (the backend sees the upstream
+        connection close) and :meth:`open` raises the same failure."""
         ended = 0
         for resp in list(self._open):
             if not resp.closed and not resp.content.is_eof():
                 resp.content.set_exception(Draining())
                 ended += 1
+        for task in self._opening - self._ended:
+            self._ended.add(task)
+            task.cancel()
+            ended += 1
         return ended
 
     async def open(self, url: str, body: bytes, headers: Mapping[str, str]
@@ -117,6 +130,25 @@ class Upstream:
         target = self._urls.get(url)
         if target is None:
             target = self._urls[url] = URL(url)
+        task = asyncio.current_task()
+        assert task is not None
+        self._opening.add(task)
+        try:
+            resp = await self._post(target, body, headers)
+        except asyncio.CancelledError:
+            # The drain deadline's cancel (and no other pending): the request ends as drained.
+            if task in self._ended and task.uncancel() == 0:
+                raise map_client_error(Draining(), got_headers=False) from None
+            raise
+        finally:
+            self._opening.discard(task)
+            self._ended.discard(task)
+        self._open.add(resp)
+        return resp
+
+    async def _post(self, target: URL, body: bytes, headers: Mapping[str, str]
+                    ) -> aiohttp.ClientResponse:
+        assert self.session is not None, "the app's cleanup_ctx opens the session"
         try:
             resp = await self.session.post(target, data=body, headers=headers,
                                            timeout=self._timeout)
@@ -128,11 +160,13 @@ class Upstream:
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 resp.close()
                 raise map_client_error(exc, got_headers=True) from exc
+            except asyncio.CancelledError:
+                resp.close()
+                raise
             failure = map_upstream_status(resp.status, raw, resp.headers)
             if failure is not None:
                 resp.release()
                 raise failure
-        self._open.add(resp)
         return resp
 
 

@@ -2,7 +2,9 @@
 
 Every app is served by a :class:`Generation` (an aiohttp runner with
 ``handler_cancellation=True``, set explicitly so a client that goes away cancels its handler and
-with it the upstream request, behind a :class:`~router.listener.GuardedSite`).
+with it the upstream request, behind a :class:`~router.listener.GuardedSite`). The connection
+cap is ``server.max_connections`` lowered to what the process's file-descriptor limit can hold
+(:func:`router.process.connection_cap`; a warning says so).
 
 **SIGTERM / SIGINT** (:meth:`Generation.drain`):
 
@@ -10,18 +12,25 @@ with it the upstream request, behind a :class:`~router.listener.GuardedSite`).
    connections get 503 ``shutting_down`` (``Connection: close``);
 2. the listening socket closes: new connections are refused;
 3. in-flight requests run on for up to ``server.drain_s`` seconds;
-4. then every stream still open ends with an SSE error frame (``code: "upstream_error"``,
-   503, "shutting down") and ``data: [DONE]``, a non-streaming request gets 503; each is
-   counted ``failed`` (``upstream_errors{kind="shutdown"}``);
-5. the runner closes the remaining connections (a request still waiting for its backend's
-   first byte is cancelled) and the app's resources.
+4. then every upstream request still running is ended: a stream with an SSE error frame
+   (``code: "shutting_down"``, 503) and ``data: [DONE]``, a non-streaming request (waiting
+   for its backend's status line or for its body) with 503 ``shutting_down``; each is counted
+   ``failed`` (``upstream_errors{kind="shutdown"}``) and in the report's "ended at the
+   deadline";
+5. the runner closes the remaining connections and the app's resources.
 
 **SIGHUP** (with a config path): the file is read and validated again. Invalid: the errors are
-logged and nothing changes. Valid: a new generation is built from it and starts listening on
-the same address (``SO_REUSEPORT``), then the old one drains as above, in the background. So a
-reload is a rolling restart inside one process: no request is dropped, requests in flight
-finish under the config they were admitted with, new ones see the new config. ``server.host``
-and ``server.port`` cannot change this way (restart the process); everything else applies.
+logged and nothing changes. Valid: a new generation is built from it and starts accepting on
+the *same* listening socket (the process owns it; each generation accepts on a duplicate), then
+the old one retires in the background (:meth:`Generation.retire`): it stops accepting, keeps
+serving the requests that arrive on its open keep-alive connections, each response with
+``Connection: close`` (so the client's next request goes to the new generation), ends what
+still runs at ``drain_s`` as above, and closes once its last connection has (each closes after
+its next response, or idle after ``server.idle_timeout_s``). One socket means one accept
+queue: no connection waiting in it is lost, as it would be with a second ``SO_REUSEPORT``
+socket closing. So a reload loses no request: requests in flight finish under the config they
+were admitted with, new ones see the new config. ``server.host`` and ``server.port`` cannot
+change this way (restart the process); everything else applies.
 """
 
 from __future__ import annotations
@@ -30,18 +39,20 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-from router.app import build_app
+from router.app import METRICS, build_app
 from router.config import ConfigError, RouterConfig, ServerConfig, load_config
 from router.lifecycle import LIFECYCLE, Lifecycle
-from router.listener import GuardedSite, handler_kwargs
+from router.listener import GuardedSite, handler_kwargs, listen_backlog
+from router.process import connection_cap, fd_limit
 
-__all__ = ["DrainReport", "Generation", "running", "serve_forever"]
+__all__ = ["DrainReport", "Generation", "listen_socket", "running", "serve_forever"]
 
 log = logging.getLogger("lpu_router.server")
 
@@ -68,15 +79,24 @@ class Generation:
         self.site = site
         self.url = f"http://{host}:{site.port}"
         self.lifecycle: Lifecycle = app[LIFECYCLE] if LIFECYCLE in app else Lifecycle()
+        self._hurry = asyncio.Event()
 
     @classmethod
     async def start(cls, app: web.Application, server: ServerConfig, host: str, port: int, *,
-                    reuse_port: bool = False, shutdown_timeout: float = _AFTER_DEADLINE_S
-                    ) -> Generation:
+                    sock: socket.socket | None = None,
+                    shutdown_timeout: float = _AFTER_DEADLINE_S) -> Generation:
+        """Serve ``app`` on ``sock`` (shared with other generations) or on ``host:port``."""
         runner = web.AppRunner(app, handler_cancellation=True,
                                shutdown_timeout=shutdown_timeout, **handler_kwargs(server))
         await runner.setup()
-        site = GuardedSite(runner, server, host, port, reuse_port=reuse_port)
+        limit = fd_limit()
+        cap = connection_cap(server.max_connections, limit)
+        if cap < server.max_connections:
+            log.warning("server.max_connections = %d lowered to %d: the process may open %d"
+                        " files (RLIMIT_NOFILE), and each connection may need an upstream one",
+                        server.max_connections, cap, limit)
+        refused = app[METRICS].connections_refused.inc if METRICS in app else None
+        site = GuardedSite(runner, server, host, port, cap=cap, sock=sock, on_refused=refused)
         try:
             await site.start()
         except BaseException:
@@ -85,16 +105,55 @@ class Generation:
         return cls(app, runner, site, host)
 
     async def drain(self, drain_s: float) -> DrainReport:
-        """Stop accepting, let in-flight requests finish for ``drain_s``, end the rest, close."""
-        life = self.lifecycle
-        at_start = life.in_progress
-        life.start_drain()
+        """SIGTERM: refuse, stop accepting, let in-flight requests finish for ``drain_s``,
+        end the rest, close."""
+        self.lifecycle.start_drain()
         await self.site.stop()
-        ended = 0
-        if not await life.wait_idle(drain_s):
-            ended = life.end_in_flight()
-            await life.wait_idle(_AFTER_DEADLINE_S)
-        left = life.in_progress
+        return await self._finish(self.lifecycle.in_progress, drain_s)
+
+    async def retire(self, drain_s: float, idle_s: float) -> DrainReport:
+        """A reload: stop accepting, serve what arrives on open connections (each closes after
+        its response), end what still runs at ``drain_s``, close once no connection is left
+        (each idle one closes by itself within ``idle_s``), or at once when a SIGTERM
+        (:meth:`Lifecycle.start_drain`) comes meanwhile."""
+        life = self.lifecycle
+        life.retire()
+        at_start = life.in_progress
+        await self.site.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        ended = await self._deadline(drain_s)
+        if not life.draining:
+            closed = asyncio.ensure_future(self.site.connections_closed())
+            hurried = asyncio.ensure_future(self._hurry.wait())
+            await asyncio.wait({closed, hurried}, timeout=max(0.0, deadline - loop.time())
+                               + idle_s, return_when=asyncio.FIRST_COMPLETED)
+            closed.cancel()
+            hurried.cancel()
+        return await self._close(at_start, ended)
+
+    def hurry(self) -> None:
+        """SIGTERM while retiring: refuse as a drain does and close without waiting for the
+        last connections."""
+        self.lifecycle.start_drain()
+        self._hurry.set()
+
+    async def _deadline(self, drain_s: float) -> int:
+        """Wait up to ``drain_s`` for in-flight requests, then end the rest; how many ended."""
+        life = self.lifecycle
+        if await life.wait_idle(drain_s):
+            return 0
+        ended = life.end_in_flight()
+        await life.wait_idle(_AFTER_DEADLINE_S)
+        return ended
+
+    async def _finish(self, at_start: int, drain_s: float) -> DrainReport:
+        return await self._close(at_start, await self._deadline(drain_s))
+
+    async def _close(self, at_start: int, ended: int) -> DrainReport:
+        if self.lifecycle.in_progress:
+            await self.lifecycle.wait_idle(_AFTER_DEADLINE_S)
+        left = self.lifecycle.in_progress
         await self.runner.cleanup()
         report = DrainReport(at_start, ended, left)
         log.info("drained %s: %d in progress at start, %d ended at the deadline, %d cancelled",
@@ -124,6 +183,22 @@ async def running(app: web.Application, host: str = "127.0.0.1", port: int = 0,
         await gen.close()
 
 
+def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve_forever(config: RouterConfig, *,
                         on_ready: Callable[[str], None] | None = None,
                         config_path: str | Path | None = None) -> None:
@@ -138,9 +213,17 @@ async def serve_forever(config: RouterConfig, *,
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, reload.set)
     host = config.server.host
-    current = await Generation.start(build_app(config), config.server, host,
-                                     config.server.port, reuse_port=True)
-    retiring: set[asyncio.Task[DrainReport]] = set()
+    # The process owns the listening socket; every generation accepts on it (see above).
+    sock = listen_socket(host, config.server.port,
+                         listen_backlog(connection_cap(config.server.max_connections,
+                                                       fd_limit())))
+    try:
+        current = await Generation.start(build_app(config), config.server, host,
+                                         config.server.port, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    retiring: dict[Generation, asyncio.Task[DrainReport]] = {}
     if on_ready is not None:
         on_ready(current.url)
     try:
@@ -152,22 +235,34 @@ async def serve_forever(config: RouterConfig, *,
             reloaded.cancel()
             if reload.is_set() and not stop.is_set() and config_path is not None:
                 reload.clear()
-                nxt = await _reload(config, config_path, current)
+                nxt = await _reload(config, config_path, current, sock)
                 if nxt is not None:
                     old, old_config = current, config
                     current, config = nxt
-                    task = asyncio.create_task(old.drain(old_config.server.drain_s))
-                    retiring.add(task)
-                    task.add_done_callback(retiring.discard)
+                    task = asyncio.create_task(old.retire(old_config.server.drain_s,
+                                                          old_config.server.idle_timeout_s))
+                    retiring[old] = task
+                    task.add_done_callback(_forget(retiring, old))
     finally:
+        sock.close()  # the listener closes with the current generation's duplicate (drain)
+        for gen in retiring:  # SIGTERM while a generation retires: it drains too
+            gen.hurry()
         await current.drain(config.server.drain_s)
         if retiring:
-            await asyncio.gather(*retiring, return_exceptions=True)
+            await asyncio.gather(*retiring.values(), return_exceptions=True)
 
 
-async def _reload(config: RouterConfig, path: str | Path, current: Generation
-                  ) -> tuple[Generation, RouterConfig] | None:
-    """Validate the file again and start its generation; None (logged) when it cannot."""
+def _forget(retiring: dict[Generation, asyncio.Task[DrainReport]], gen: Generation
+            ) -> Callable[[asyncio.Task[DrainReport]], None]:
+    def done(task: asyncio.Task[DrainReport]) -> None:
+        retiring.pop(gen, None)
+    return done
+
+
+async def _reload(config: RouterConfig, path: str | Path, current: Generation,
+                  sock: socket.socket) -> tuple[Generation, RouterConfig] | None:
+    """Validate the file again and start its generation on ``sock``; None (logged) when it
+    cannot."""
     try:
         new = load_config(path)
     except ConfigError as exc:
@@ -178,7 +273,7 @@ async def _reload(config: RouterConfig, path: str | Path, current: Generation
                     current.url)
     try:
         gen = await Generation.start(build_app(new), new.server, config.server.host,
-                                     current.site.port, reuse_port=True)
+                                     current.site.port, sock=sock)
     except OSError as exc:
         log.error("reload failed to listen, still serving the previous config: %s", exc)
         return None
