@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from benchmarks import planner, run_command, soak
+from benchmarks import hostile_prompts, planner, run_command, soak
 from benchmarks.experiments import sweep
 
 __all__ = ["build_parser", "main"]
@@ -21,6 +21,7 @@ _COMMANDS: dict[str, ModuleType] = {
     "plan": planner,
     "sweep": sweep,
     "soak": soak,
+    "hostile-prompts": hostile_prompts,
 }
 
 

@@ -286,7 +286,7 @@ class HFTokenizerCounter:
     """Exact counts from a Hugging Face ``tokenizer.json``.
 
     ``count_within`` tokenizes text above :data:`HF_INLINE_CHARS` off the loop, one slice at a
-    time, on one worker thread (``encode_batch_fast`` releases the GIL; ``encode`` does not),
+    time, on one worker thread (``encode_batch`` releases the GIL; ``encode`` does not),
     and stops once the budget is passed. Slices are cut before a space that follows a
     non-space, where the counts of the parts add up; that is checked once at load on a probe
     text, and a tokenizer that fails it (one that prepends a word marker to each text, such as
@@ -310,6 +310,8 @@ class HFTokenizerCounter:
             for i in _space_cuts(_SPLIT_PROBE))
         # One worker: counting never takes more than one core from the loop's process.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+        # Both release the GIL; the fast one (tokenizers >= 0.21) skips the offsets.
+        self._encode_batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
 
     def count(self, text: str) -> int:
         if not text:
@@ -317,7 +319,7 @@ class HFTokenizerCounter:
         return len(self._tok.encode(text, add_special_tokens=False).ids)
 
     def _count_off_loop(self, text: str) -> int:
-        return len(self._tok.encode_batch_fast([text], add_special_tokens=False)[0].ids)
+        return len(self._encode_batch([text], add_special_tokens=False)[0].ids)
 
     def slices(self, text: str) -> Iterator[str]:
         """``text`` in parts whose counts add up to its count (see the class docstring)."""
