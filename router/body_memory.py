@@ -14,6 +14,7 @@ and handed to aiohttp's cache, so the handler's ``request.read()`` costs nothing
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from aiohttp import web
@@ -21,11 +22,15 @@ from prometheus_client import Gauge
 
 from router.openai_api import APIError
 
-__all__ = ["TRIM_AFTER_BYTES", "BodyBudget", "OverBudget", "Reservation", "read_body"]
+__all__ = ["TRIM_AFTER_BYTES", "TRIM_DELAY_S", "BodyBudget", "OverBudget", "Reservation",
+           "read_body"]
 
 TRIM_AFTER_BYTES = 16 * 1024 * 1024
 """Once this many body bytes went through since the last trim and none is held any more, the
 heap is trimmed (``on_empty``): freed pages go back to the system."""
+TRIM_DELAY_S = 1.0
+"""How long after the last body is released the trim runs, if none is held then: the request
+objects that point at the bodies are freed after their reservation ends."""
 
 
 class OverBudget(Exception):
@@ -42,8 +47,8 @@ class OverBudget(Exception):
 class BodyBudget:
     """Bytes of request bodies held, at most ``limit`` (``gauge`` shows the count).
 
-    ``on_empty`` runs when the count falls back to zero after at least
-    :data:`TRIM_AFTER_BYTES` were reserved since it last ran.
+    ``on_empty`` runs :data:`TRIM_DELAY_S` after the count fell back to zero, when it still is,
+    once at least :data:`TRIM_AFTER_BYTES` were reserved since it last ran.
     """
 
     def __init__(self, limit: int, gauge: Gauge | None = None,
@@ -53,6 +58,7 @@ class BodyBudget:
         self._gauge = gauge
         self._on_empty = on_empty
         self._since_empty = 0
+        self._trim_due = False
 
     def reserve(self, n: int) -> None:
         """Take ``n`` bytes; raise :class:`OverBudget` (taking nothing) when they do not fit."""
@@ -67,10 +73,15 @@ class BodyBudget:
         self.held -= n
         if self._gauge is not None:
             self._gauge.set(self.held)
-        if self.held == 0 and self._since_empty >= TRIM_AFTER_BYTES:
+        if self.held == 0 and self._since_empty >= TRIM_AFTER_BYTES and not self._trim_due:
+            self._trim_due = True
+            asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._empty)
+
+    def _empty(self) -> None:
+        self._trim_due = False
+        if self.held == 0 and self._on_empty is not None:
             self._since_empty = 0
-            if self._on_empty is not None:
-                self._on_empty()
+            self._on_empty()
 
 
 class Reservation:

@@ -146,6 +146,7 @@ class _Handler(RequestHandler):
         """The last request parsed on this connection: (message, payload)."""
         self._received = 0
         self._answered = 0
+        self._sending = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._open_count.opened()
@@ -182,9 +183,11 @@ class _Handler(RequestHandler):
 
     async def finish_response(self, request: Any, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        self._sending = True  # from here on the answer's own bytes go out: no more probes
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
+            self._sending = False
             self._answered += 1
 
     def _answer_pending(self) -> HttpVersion | None:
@@ -203,7 +206,7 @@ class _Handler(RequestHandler):
         self._probe = None
         transport = self.transport
         request = self._current_request
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._sending:
             return
         if request is not None and request.writer.output_size > 0:
             return  # the answer started: its own writes now tell whether the peer is gone
