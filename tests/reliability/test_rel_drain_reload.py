@@ -14,10 +14,21 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from reliability_harness import MODEL, chat, emulator_options, error_code, fake_backend
+from prometheus_client import CollectorRegistry, generate_latest
+from reliability_harness import (
+    MODEL,
+    assert_invariant,
+    chat,
+    emulator_options,
+    error_code,
+    fake_backend,
+    router_config,
+)
 from router_subprocess import config_toml, http_exchange, post_bytes, served_router
 
 from lpu_emulator.server import start_emulators
+from router.app import build_app
+from router.server import Generation
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -123,3 +134,37 @@ async def test_sigterm_deadline_ends_every_completion_as_documented(tmp_path: Pa
         assert sorted(e["reject_reason"] or "" for e in ended.values()
                       if e["status"] == 503) == ["shutdown", "shutdown"]
         assert all(e["model"] == MODEL for e in ended.values())
+
+
+async def test_drain_deadline_counts_each_ending_once(tmp_path: Path) -> None:
+    """The counters behind the log (in-process, the generation's own drain): each ended
+    request is ``failed`` once, with ``upstream_errors{kind="shutdown"}``, and the books
+    settle."""
+    async with fake_backend(_slow_backend) as backend:
+        config = router_config([backend.url], extra={"server": {"drain_s": 0.5}})
+        registry = CollectorRegistry()
+        app = build_app(config, registry=registry)
+        gen = await Generation.start(app, config.server, "127.0.0.1", 0)
+        port = gen.site.port
+        answers = [asyncio.create_task(http_exchange(port, post_bytes(
+            {**chat(50, stream=how == "stream"), "user": how})))
+            for how in ("status", "body", "stream")]
+        for _ in range(100):  # bounded: the backend has all three
+            if len(backend.headers) == 3:
+                break
+            await asyncio.sleep(0.02)
+        report = await gen.drain(config.server.drain_s)
+        got = [await asyncio.wait_for(task, 10) for task in answers]
+    assert (report.in_progress_at_start, report.ended_at_deadline, report.left_at_close) \
+        == (3, 3, 0)
+    assert [g.split(b" ", 2)[1] for g in got] == [b"503", b"503", b"200"]
+
+    def value(name: str, labels: dict[str, str]) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert value("lpu_router_upstream_errors_total", {"bucket": "short",
+                                                      "backend": backend.url,
+                                                      "kind": "shutdown"}) == 3
+    assert value("lpu_router_requests_finished_total",
+                 {"bucket": "short", "outcome": "failed"}) == 3
+    assert_invariant(generate_latest(registry).decode())
