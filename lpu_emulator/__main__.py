@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most stream writes per second over all streams; the quantum grows"
                    " above --tick-ms to respect it (0: unbounded)")
     p.add_argument("--lenient", action="store_true",
-                   help="accept request fields OpenAI does not define")
+                   help="accept any request field (default: OpenAI's and vLLM's sampling"
+                   " extensions)")
     f = p.add_argument_group("fault injection (all off by default)")
     f.add_argument("--error-rate", type=float, default=0.0, help="P(500 before the first byte)")
     f.add_argument("--stall-rate", type=float, default=0.0, help="P(a pause mid-stream)")

@@ -34,7 +34,15 @@ from lpu_emulator.options import EmulatorOptions
 from lpu_emulator.schedule import LiveSchedule
 from lpu_emulator.text import request_key, token_ids
 from lpu_emulator.tools import ToolCall, tool_call_for
-from router.openai_api import APIError, CompletionRequest, context_length_error, parse_request
+from router.openai_api import (
+    VLLM_SAMPLING_PARAMS,
+    APIError,
+    CompletionRequest,
+    ExtraParams,
+    ParamPolicy,
+    context_length_error,
+    parse_request,
+)
 from router.openai_api import model_not_found as _model_not_found
 from router.tokens import EstimateCounter, HFTokenizerCounter, TokenCounter, prompt_tokens
 
@@ -85,6 +93,24 @@ class Admission:
     series: ModelSeries
     tool_call: ToolCall | None = None
     """The call answered instead of text (then ``token_ids`` are positions into its pieces)."""
+
+
+_STRICT = ParamPolicy(ExtraParams.ALLOW, VLLM_SAMPLING_PARAMS)
+"""``strict_params``: OpenAI's parameters and vLLM's sampling extensions, as a vLLM server."""
+_LENIENT = ParamPolicy(ExtraParams.PASS)
+
+
+def _output_length(options: EmulatorOptions, req: CompletionRequest, allowance: int,
+                   rng: np.random.Generator) -> tuple[int, Literal["length", "stop"]]:
+    """Tokens to produce: the whole allowance with ``ignore_eos`` (as vLLM), else the
+    configured length, raised to ``min_tokens`` (at most the allowance)."""
+    if req.ignore_eos:
+        return allowance, "length"
+    n, finish = draw_length(options.output_length, allowance, rng)
+    floor = min(req.min_tokens, allowance)
+    if n < floor:
+        return floor, "length" if floor == allowance else "stop"
+    return n, finish
 
 
 def _tool_call(req: CompletionRequest) -> ToolCall | None:
@@ -148,7 +174,8 @@ class Backend:
                 Rejection.COMPILING, {"Retry-After": str(retry)},
             )
         try:
-            req = parse_request(body, kind, strict=self.options.strict_params)
+            req = parse_request(body, kind, params=_STRICT if self.options.strict_params
+                                else _LENIENT)
         except APIError as exc:
             raise Refused(exc, Rejection.INVALID_REQUEST) from None
         if req.model not in self.model_names():
@@ -191,7 +218,7 @@ class Backend:
         if call is not None:
             call = call.within(allowance)
         n, finish = ((len(call.fragments), call.finish_reason) if call is not None
-                     else draw_length(self.options.output_length, allowance, rng))
+                     else _output_length(self.options, req, allowance, rng))
         job = self.schedule.submit(n)
         self.series.prompt_tokens.inc(n_prompt)
         return Admission(

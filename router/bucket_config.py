@@ -4,6 +4,11 @@ A bucket's shape comes from its ``artifact`` (built-in name such as ``"llama-3.1
 TOML path; timings multiplied by ``time_scale``); explicit ``max_seq_len``,
 ``max_output_tokens``, ``slots``, ``prefill_ms`` and ``per_token_ms`` override the artifact's.
 Without an artifact all five are required.
+
+``upstream_model`` is the name the bucket's backends know the model by (vLLM's served model
+name); the router splices it into the forwarded body. ``extra_params`` and
+``extra_params_allow`` override the ``[server]`` parameter policy for the bucket
+(:func:`parse_params`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from urllib.parse import urlsplit
 from lpu_emulator.artifact import Artifact, ArtifactError, load_artifact
 from router.admission.settings import BucketPolicy, ReplicaShape
 from router.config_fields import Fields
+from router.openai_api import DEFAULT_PARAMS, PARAM_PRESETS, ExtraParams, ParamPolicy
 
-__all__ = ["BucketConfig", "OverCap", "parse_bucket"]
+__all__ = ["BucketConfig", "OverCap", "parse_bucket", "parse_params"]
 
 
 class OverCap(StrEnum):
@@ -44,6 +50,10 @@ class BucketConfig:
     """Allowance assumed (and forwarded) when the client gives no ``max_tokens``."""
     over_cap: OverCap
     policy: BucketPolicy
+    upstream_model: str | None = None
+    """The model name sent to the backends; None: the public ``model``."""
+    params: ParamPolicy = DEFAULT_PARAMS
+    """Parameters beyond OpenAI's this bucket accepts (the server's unless overridden)."""
 
 
 def _valid_url(url: str) -> bool:
@@ -51,8 +61,32 @@ def _valid_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.path in ("", "/")
 
 
-def parse_bucket(f: Fields, base_dir: Path | None) -> BucketConfig | None:
-    """Read one ``[[buckets]]`` table; return None (errors recorded) when it is unusable."""
+def parse_params(f: Fields, inherit: ParamPolicy) -> ParamPolicy:
+    """``extra_params`` (refuse | pass | allow) and ``extra_params_allow`` (parameter names;
+    ``"@vllm"`` stands for :data:`router.openai_api.VLLM_SAMPLING_PARAMS`) of a table; an
+    absent key keeps ``inherit``'s value."""
+    mode = ExtraParams(f.choice("extra_params", [m.value for m in ExtraParams],
+                                inherit.mode.value))
+    allow = inherit.allow
+    if f.has("extra_params_allow"):
+        names: set[str] = set()
+        for name in f.str_list("extra_params_allow"):
+            preset = PARAM_PRESETS.get(name)
+            if preset is not None:
+                names |= preset
+            elif name.startswith("@"):
+                f.error("extra_params_allow", f"unknown preset {name!r} (known:"
+                        f" {', '.join(sorted(PARAM_PRESETS))})")
+            else:
+                names.add(name)
+        allow = frozenset(names)
+    return ParamPolicy(mode, allow)
+
+
+def parse_bucket(f: Fields, base_dir: Path | None,
+                 params: ParamPolicy = DEFAULT_PARAMS) -> BucketConfig | None:
+    """Read one ``[[buckets]]`` table; return None (errors recorded) when it is unusable.
+    ``params``: the server's parameter policy, which the table may override."""
     ok = True
     name = f.string("name", "")
     model = f.string("model", "")
@@ -116,6 +150,8 @@ def parse_bucket(f: Fields, base_dir: Path | None) -> BucketConfig | None:
     max_queue = f.opt_int("max_queue", lo=0)
     max_concurrency = f.opt_int("max_concurrency", lo=1)
     degraded = f.opt_int("degraded_min_tokens", lo=1)
+    upstream_model = f.opt_str("upstream_model")
+    bucket_params = parse_params(f, params)
     f.finish()
     if not ok or None in shape.values():
         return None
@@ -143,4 +179,6 @@ def parse_bucket(f: Fields, base_dir: Path | None) -> BucketConfig | None:
             max_concurrency=max_concurrency,
             degraded_min_tokens=degraded,
         ),
+        upstream_model=upstream_model,
+        params=bucket_params,
     )

@@ -6,14 +6,16 @@ edge. Every field is documented once, in ``router/example.toml`` and ``docs/rout
 (meaning, unit, default, example). A short map of the schema::
 
     [server]     host, port, max_body_bytes, tokenizer, admin_api_key, max_retries, drain_s,
-                 max_connections, idle_timeout_s, body_timeout_s, max_header_bytes
+                 max_connections, idle_timeout_s, body_timeout_s, max_header_bytes,
+                 max_body_memory_bytes, extra_params, extra_params_allow
     [timeouts]   connect_s, read_s, keepalive_s
     [health]     path, interval_s, timeout_s, eject_after_failures, eject_for_s
     [admission]  mode, margin_s, margin, margin_quantile, margin_window, prediction,
                  learned_quantile, utilization_window_s, load_poll_interval_s, on_demand_max_wait_s
     [[buckets]]  name, model, backends, artifact, time_scale, max_seq_len, max_output_tokens,
                  slots, prefill_ms, per_token_ms, default_max_tokens, over_cap, ttft_slo_s,
-                 e2e_slo_s, target_utilization, max_queue, max_concurrency, degraded_min_tokens
+                 e2e_slo_s, target_utilization, max_queue, max_concurrency, degraded_min_tokens,
+                 upstream_model, extra_params, extra_params_allow
     [[tenants]]  name, api_keys, priority, requests_per_minute, tokens_per_minute
 
 A bucket's shape (``max_seq_len``, ``max_output_tokens``, ``slots``, ``prefill_ms``,
@@ -40,8 +42,9 @@ from router.admission.settings import (
     PriorityRule,
     TenantPolicy,
 )
-from router.bucket_config import BucketConfig, OverCap, parse_bucket
+from router.bucket_config import BucketConfig, OverCap, parse_bucket, parse_params
 from router.config_fields import Fields
+from router.openai_api import DEFAULT_PARAMS, ParamPolicy
 
 __all__ = [
     "BucketConfig",
@@ -82,6 +85,9 @@ class ServerConfig:
     idle_timeout_s: float = 15.0
     body_timeout_s: float = 30.0
     max_header_bytes: int = 8190
+    params: ParamPolicy = DEFAULT_PARAMS
+    """Request parameters beyond OpenAI's the router accepts (``extra_params``,
+    ``extra_params_allow``); a bucket may override it."""
     max_body_memory_bytes: int = 128 * 1024 * 1024
     """Bytes of completion request bodies the router holds at once (reserved from
     ``Content-Length`` before a body is read, counted as a chunked one arrives); past it a
@@ -149,7 +155,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", *, base_dir: 
     timeouts = _timeouts(Fields(raw, "timeouts", errors))
     health = _health(Fields(raw, "health", errors))
     adm = Fields(raw, "admission", errors)
-    buckets = _buckets(raw.get("buckets"), errors, base_dir)
+    buckets = _buckets(raw.get("buckets"), errors, base_dir, server.params)
     tenants = _tenants(raw.get("tenants"), errors)
     admission = AdmissionSettings(
         mode=AdmissionMode(adm.choice("mode", [m.value for m in AdmissionMode], "timeline")),
@@ -214,6 +220,7 @@ def _server(f: Fields, base_dir: Path | None) -> ServerConfig:
         max_header_bytes=f.integer("max_header_bytes", 8190, lo=1024, hi=1 << 20),
         max_body_memory_bytes=f.integer("max_body_memory_bytes",
                                         ServerConfig().max_body_memory_bytes, lo=1024),
+        params=parse_params(f, DEFAULT_PARAMS),
     )
     if cfg.max_body_memory_bytes < cfg.max_body_bytes:
         f.error("max_body_memory_bytes", f"must be at least server.max_body_bytes"
@@ -292,13 +299,14 @@ def _table_list(raw: object, key: str, errors: list[str]) -> list[Mapping[str, A
     return list(raw)
 
 
-def _buckets(raw: object, errors: list[str], base_dir: Path | None) -> list[BucketConfig]:
+def _buckets(raw: object, errors: list[str], base_dir: Path | None,
+             params: ParamPolicy) -> list[BucketConfig]:
     tables = _table_list(raw, "buckets", errors)
     if raw is None or (isinstance(raw, list) and not raw):
         errors.append("buckets: at least one [[buckets]] table is required")
     out: list[BucketConfig] = []
     for i, table in enumerate(tables):
-        b = parse_bucket(Fields.of(table, f"buckets[{i}]", errors), base_dir)
+        b = parse_bucket(Fields.of(table, f"buckets[{i}]", errors), base_dir, params)
         if b is not None:
             out.append(b)
     seen: dict[str, int] = {}

@@ -35,7 +35,6 @@ is enabled.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -58,7 +57,13 @@ from router.buckets import BucketTable, Placement
 from router.config import RouterConfig
 from router.errors import Rejection, UpstreamFailure, refusal_error, retry_after_headers
 from router.metrics import RouterMetrics
-from router.openai_api import APIError, CompletionRequest, parse_request
+from router.openai_api import (
+    APIError,
+    CompletionRequest,
+    check_params,
+    forward_body,
+    parse_request,
+)
 from router.outcomes import Outcome, RejectReason
 from router.pool import BackendPool
 from router.relay import RelayResult, Upstream, relay, request_headers
@@ -101,6 +106,7 @@ class Proxy:
         self._series = RequestSeries(metrics)
         self._clock = clock
         self._tenants = {t.policy.name: t.policy for t in config.tenants}
+        self._upstream_model = {b.name: b.upstream_model for b in config.buckets}
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self.handle(request, "chat", "/v1/chat/completions")
@@ -117,7 +123,7 @@ class Proxy:
             ex.tenant = tenant.policy.name if tenant else None
             raw = await request.read()
             try:
-                req = parse_request(raw, kind)
+                req = parse_request(raw, kind, params=None)  # the bucket's policy, below
             except APIError as exc:
                 raise Rejection(RejectReason.INVALID_REQUEST, exc) from None
             ex.model = req.model
@@ -127,6 +133,10 @@ class Proxy:
             placement = self._table.place(req.model, ex.prompt_tokens, req.max_tokens,
                                           req.max_tokens_param, at_least=not counted.exact)
             ex.bucket = placement.bucket.name
+            try:
+                check_params(req, placement.bucket.params)
+            except APIError as exc:
+                raise Rejection(RejectReason.INVALID_REQUEST, exc) from None
             try:
                 priority, budget = resolve_priority(
                     tenant.policy if tenant else None, request.headers.get("x-priority"),
@@ -300,12 +310,10 @@ class Proxy:
                     deadline_s: float | None, incoming: Mapping[str, str],
                     url: str) -> aiohttp.ClientResponse:
         """Send the request to ``url`` (allowance ``max_tokens``, ``x-lpu-deadline-ms``);
-        return once its status line came. ``raw`` (the client's body) goes as it came unless
-        the allowance changed."""
-        if req.max_tokens != max_tokens:
-            body = dict(req.body)
-            body[req.max_tokens_param or "max_tokens"] = max_tokens
-            raw = json.dumps(body, separators=(",", ":")).encode()
+        return once its status line came. The client's body (``raw``, also ``req.wire``) goes
+        as it came unless the allowance or the bucket's upstream model name differ: those are
+        spliced into its bytes, never re-serialised (:func:`router.openai_api.forward_body`)."""
+        raw = forward_body(req, max_tokens, self._upstream_model.get(ex.bucket or ""))
         headers = request_headers(incoming)
         headers["x-request-id"] = ex.request_id
         headers["Content-Type"] = "application/json"

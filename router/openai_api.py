@@ -8,25 +8,49 @@ honour, raising :class:`APIError` with OpenAI's error shape::
     {"error": {"message": "...", "type": "invalid_request_error",
                "param": "max_tokens", "code": "invalid_value"}}
 
-The parsed body is kept (``CompletionRequest.body``) so that a proxy can forward
-it with at most the allowance rewritten.
+The body is read by :func:`router.json_body.parse_body` (one JSON object, UTF-8, nested at
+most 64 levels, no lone surrogates: the router and the emulator accept exactly the same text)
+and kept with the byte spans of its top-level members (``CompletionRequest.wire``), so that a
+proxy forwards the client's bytes with at most the allowance and the model name spliced in
+(:func:`forward_body`), never re-serialised.
+
+Parameters OpenAI does not define for the endpoint follow a :class:`ParamPolicy`: refused (as
+OpenAI does), passed through, or passed through when on an allow-list; the default allows
+vLLM's sampling extensions (:data:`VLLM_SAMPLING_PARAMS`), which load tools such as guidellm
+and vLLM's ``benchmark_serving`` send. Of those, ``ignore_eos`` and ``min_tokens`` are parsed
+(the emulator honours them) and ``top_k``, ``min_p``, ``repetition_penalty`` type-checked.
+
+A user value quoted in an error message (a model name, a parameter name, a role) is cut to
+:data:`ECHO_CHARS` characters, so an error body stays small whatever the client sent.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
+from router.json_body import MAX_DEPTH, BodyError, JSONBody, parse_body
+
 __all__ = [
+    "ALLOWANCE_PARAMS",
     "CHAT_ROLES",
+    "DEFAULT_PARAMS",
+    "ECHO_CHARS",
+    "PARAM_PRESETS",
+    "VLLM_SAMPLING_PARAMS",
     "APIError",
     "CompletionRequest",
+    "ExtraParams",
     "Message",
+    "ParamPolicy",
+    "check_params",
     "context_length_error",
     "error_body",
+    "forward_body",
     "model_not_found",
     "parse_request",
 ]
@@ -49,6 +73,62 @@ _CHAT_PARAMS = _COMMON_PARAMS | {
 _COMPLETION_PARAMS = _COMMON_PARAMS | {"prompt", "echo", "best_of", "logprobs", "suffix"}
 
 MAX_ALLOWANCE = 1_000_000  # far above any compiled shape; larger values are not an allowance
+ALLOWANCE_PARAMS = ("max_completion_tokens", "max_tokens")
+"""The output allowance's names, in the order of precedence."""
+_SPLICED = frozenset({"model", *ALLOWANCE_PARAMS})
+"""Members a proxy may rewrite: their byte spans are recorded at parse time."""
+
+VLLM_SAMPLING_PARAMS = frozenset(
+    {
+        "best_of", "use_beam_search", "top_k", "min_p", "repetition_penalty", "length_penalty",
+        "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens",
+        "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
+        "prompt_logprobs", "allowed_token_ids", "bad_words",
+    }
+)
+"""vLLM's extra sampling parameters of ``/v1/chat/completions`` and ``/v1/completions``
+(vllm/entrypoints/openai/protocol.py, "sampling params"): what guidellm (``ignore_eos``) and
+vLLM's ``benchmark_serving`` (``ignore_eos``, ``top_k``, ``min_p``, ``repetition_penalty``,
+``min_tokens``, ``best_of``) send besides OpenAI's own."""
+
+PARAM_PRESETS: Mapping[str, frozenset[str]] = {"@vllm": VLLM_SAMPLING_PARAMS}
+"""Names that stand for a set of parameters in an allow-list."""
+
+ECHO_CHARS = 256
+"""Most characters of a user value quoted in an error message."""
+
+
+class ExtraParams(StrEnum):
+    """What to do with a request parameter OpenAI does not define for the endpoint."""
+
+    REFUSE = "refuse"
+    """400 ``unknown_parameter``, as OpenAI does."""
+    PASS = "pass"
+    """Forward it unchecked: the backend decides."""
+    ALLOW = "allow"
+    """Forward it when it is on the allow-list, else refuse it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParamPolicy:
+    """Which parameters beyond OpenAI's a deployment accepts (and forwards as sent)."""
+
+    mode: ExtraParams = ExtraParams.ALLOW
+    allow: frozenset[str] = VLLM_SAMPLING_PARAMS
+    """The allow-list of ``allow`` (ignored by the other modes)."""
+
+    def refused(self, names: Iterable[str]) -> str | None:
+        """The first of ``names`` (parameters OpenAI does not define) this policy refuses."""
+        if self.mode is ExtraParams.PASS:
+            return None
+        for name in names:
+            if self.mode is ExtraParams.REFUSE or name not in self.allow:
+                return name
+        return None
+
+
+DEFAULT_PARAMS = ParamPolicy()
+"""The default policy: OpenAI's parameters and vLLM's sampling extensions."""
 
 
 class APIError(Exception):
@@ -83,10 +163,18 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def _echo(value: object) -> str:
+    """``value`` as text for an error message, cut to :data:`ECHO_CHARS` characters."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= ECHO_CHARS:
+        return text
+    return f"{text[:ECHO_CHARS]}... ({len(text)} characters)"
+
+
 def model_not_found(model: str) -> APIError:
     return APIError(
         404,
-        f"The model `{model}` does not exist or you do not have access to it.",
+        f"The model `{_echo(model)}` does not exist or you do not have access to it.",
         param="model",
         code="model_not_found",
     )
@@ -119,6 +207,8 @@ class CompletionRequest:
     kind: Literal["chat", "completion"]
     model: str
     body: dict[str, Any] = field(repr=False)
+    wire: JSONBody = field(repr=False)
+    """The client's bytes and where ``model`` and the allowance are in them."""
     messages: tuple[Message, ...] = ()
     prompt: str = ""
     prompt_token_ids: int = 0
@@ -132,6 +222,12 @@ class CompletionRequest:
     seed: int | None = None
     service_tier: str | None = None
     user: str | None = None
+    ignore_eos: bool = False
+    """vLLM's ``ignore_eos``: produce the whole allowance."""
+    min_tokens: int = 0
+    """vLLM's ``min_tokens``: produce at least this many tokens (up to the allowance)."""
+    extra_params: tuple[str, ...] = ()
+    """Top-level parameters OpenAI does not define for the endpoint (see :func:`check_params`)."""
 
 
 def _type_name(v: object) -> str:
@@ -181,7 +277,7 @@ def _opt_number(body: Mapping[str, Any], key: str, lo: float, hi: float) -> None
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise _bad_type(key, "a number", v)
     if not (math.isfinite(v) and lo <= v <= hi):
-        raise _bad_value(key, f"Invalid '{key}': {v} is outside the range [{lo}, {hi}].")
+        raise _bad_value(key, f"Invalid '{key}': {_echo(v)} is outside the range [{lo}, {hi}].")
 
 
 def _content_text(content: object, param: str) -> str:
@@ -208,7 +304,7 @@ def _content_text(content: object, param: str) -> str:
         elif isinstance(ptype, str):
             raise _bad_value(
                 f"{ppath}.type",
-                f"Content part type '{ptype}' is not supported: this deployment serves"
+                f"Content part type '{_echo(ptype)}' is not supported: this deployment serves"
                 " text-only compiled artifacts.",
             )
         else:
@@ -248,7 +344,7 @@ def _messages(raw: object) -> tuple[Message, ...]:
             allowed = ", ".join(sorted(CHAT_ROLES))
             raise _bad_value(
                 f"{path}.role",
-                f"Invalid value: '{role}'. Supported values are: {allowed}.",
+                f"Invalid value: '{_echo(role)}'. Supported values are: {allowed}.",
             )
         if "content" not in m and role != "assistant":
             raise APIError(
@@ -290,35 +386,20 @@ def _prompt(raw: object) -> tuple[str, int]:
 
 
 def parse_request(
-    raw_body: bytes, kind: Literal["chat", "completion"], *, strict: bool = True
+    raw_body: bytes, kind: Literal["chat", "completion"], *,
+    params: ParamPolicy | None = DEFAULT_PARAMS,
 ) -> CompletionRequest:
     """Parse and validate a request body.
 
-    ``strict`` refuses parameters OpenAI does not define for the endpoint, as
-    OpenAI does (400 ``unknown_parameter``).
+    ``params`` decides parameters OpenAI does not define for the endpoint (400
+    ``unknown_parameter`` for those it refuses); None leaves the decision to the caller
+    (:func:`check_params`, e.g. once the router knows the bucket and its policy).
     """
-    try:
-        body = json.loads(raw_body)
-    except (ValueError, RecursionError):
-        raise APIError(
-            400,
-            "We could not parse the JSON body of your request. The body must be a JSON object"
-            " encoded as UTF-8.",
-            code="invalid_json",
-        ) from None
-    if not isinstance(body, dict):
-        raise APIError(
-            400, f"The request body must be a JSON object, got {_type_name(body)}.",
-            code="invalid_json",
-        )
+    body, wire = _body(raw_body)
     known = _CHAT_PARAMS if kind == "chat" else _COMPLETION_PARAMS
-    if strict:
-        for key in body:
-            if key not in known:
-                raise APIError(
-                    400, f"Unrecognized request argument supplied: {key}", param=str(key),
-                    code="unknown_parameter",
-                )
+    extra_params = tuple(key for key in body if key not in known)
+    if params is not None:
+        _refuse_params(extra_params, params)
     model = body.get("model")
     if model is None:
         raise APIError(
@@ -352,7 +433,8 @@ def parse_request(
             continue
         if v < 1 or v > MAX_ALLOWANCE:
             raise _bad_value(
-                key, f"Invalid '{key}': integer between 1 and {MAX_ALLOWANCE} expected, got {v}."
+                key, f"Invalid '{key}': integer between 1 and {MAX_ALLOWANCE} expected,"
+                f" got {_echo(v)}."
             )
         if allowance is None:
             allowance, param = v, key
@@ -400,10 +482,12 @@ def parse_request(
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad_type("user", "a string", user)
+    ignore_eos, min_tokens = _vllm_params(body, allowance)
     return CompletionRequest(
         kind=kind,
         model=model,
         body=body,
+        wire=wire,
         messages=messages,
         prompt=prompt,
         prompt_token_ids=token_ids,
@@ -415,4 +499,86 @@ def parse_request(
         seed=seed,
         service_tier=tier,
         user=user,
+        ignore_eos=ignore_eos,
+        min_tokens=min_tokens,
+        extra_params=extra_params,
     )
+
+
+def check_params(req: CompletionRequest, params: ParamPolicy) -> None:
+    """Raise 400 ``unknown_parameter`` when ``params`` refuses one of the request's
+    parameters beyond OpenAI's."""
+    _refuse_params(req.extra_params, params)
+
+
+def forward_body(req: CompletionRequest, max_tokens: int, model: str | None = None) -> bytes:
+    """The body to send upstream: the client's bytes with the allowance ``max_tokens`` and
+    the model name ``model`` (None: as sent) spliced in; the bytes as they came when nothing
+    changes.
+
+    Every allowance member the client gave with another value is rewritten (a backend may
+    read either name); without one, ``max_tokens`` is set. Nothing else changes.
+    """
+    body = req.body
+    updates: dict[str, bytes] = {}
+    value = str(max_tokens).encode()
+    if req.max_tokens is None:
+        updates["max_tokens"] = value
+    else:
+        for key in ALLOWANCE_PARAMS:
+            if body.get(key) is not None and body[key] != max_tokens:
+                updates[key] = value
+    if model is not None and model != req.model:
+        updates["model"] = json.dumps(model).encode()
+    return req.wire.splice(updates) if updates else req.wire.raw
+
+
+def _body(raw: bytes) -> tuple[dict[str, Any], JSONBody]:
+    """The body object, or the 400 that says why it is not one."""
+    try:
+        wire = parse_body(raw, _SPLICED)
+    except BodyError as exc:
+        where = f" (at '{_echo(exc.path)}')" if exc.path else ""
+        if exc.problem == "not_object":
+            message = f"The request body must be a JSON object, got {exc.detail}."
+        elif exc.problem == "depth":
+            message = (f"The request body is nested more than {MAX_DEPTH} levels deep{where};"
+                       " this service accepts at most that.")
+        elif exc.problem == "surrogate":
+            raise APIError(
+                400, f"Invalid text{where}: it holds a lone surrogate escape (\\ud800-\\udfff"
+                " without its pair), which is not valid Unicode.",
+                param=_echo(exc.path) if exc.path else None, code="invalid_value",
+            ) from None
+        else:
+            message = ("We could not parse the JSON body of your request. The body must be a"
+                       " JSON object encoded as UTF-8.")
+        raise APIError(400, message, param=_echo(exc.path) if exc.path else None,
+                       code="invalid_json") from None
+    return wire.value, wire
+
+
+def _refuse_params(names: Iterable[str], params: ParamPolicy) -> None:
+    name = params.refused(names)
+    if name is not None:
+        raise APIError(400, f"Unrecognized request argument supplied: {_echo(name)}",
+                       param=_echo(name), code="unknown_parameter")
+
+
+def _vllm_params(body: Mapping[str, Any], allowance: int | None) -> tuple[bool, int]:
+    """Check vLLM's sampling extensions a backend here acts on or that a client may mistype;
+    return ``ignore_eos`` and ``min_tokens``."""
+    ignore_eos = body.get("ignore_eos")
+    if ignore_eos is None:
+        ignore_eos = False
+    if not isinstance(ignore_eos, bool):
+        raise _bad_type("ignore_eos", "a boolean", ignore_eos)
+    min_tokens = _opt_int(body, "min_tokens") or 0
+    if not 0 <= min_tokens <= (allowance or MAX_ALLOWANCE):
+        bound = f"the allowance ({allowance})" if allowance else str(MAX_ALLOWANCE)
+        raise _bad_value("min_tokens", f"Invalid 'min_tokens': {_echo(min_tokens)} must be"
+                         f" between 0 and {bound}.")
+    _opt_int(body, "top_k")
+    _opt_number(body, "min_p", 0.0, 1.0)
+    _opt_number(body, "repetition_penalty", 0.0, 2.0**31)
+    return ignore_eos, min_tokens

@@ -1,0 +1,326 @@
+"""A JSON request body: its top-level members with their byte spans, and splices into it.
+
+:func:`parse_body` reads a body as one JSON object the way ``json.loads`` would (the same C
+scanner does the work: each top-level value is one ``raw_decode`` call), and also records where
+each top-level value sits in the raw bytes. A proxy that must change a member (the output
+allowance, the model name) then rewrites just those bytes (:meth:`JSONBody.splice`) instead of
+re-serialising the body: nothing else the client sent changes (key order, number spelling,
+escapes), the work is a few slices, and a body that parses can always be forwarded.
+
+It also refuses, as :class:`BodyError`, what parses in Python but must not be forwarded or
+served:
+
+* text that is not UTF-8 (RFC 8259 requires it; UTF-16 bodies are not guessed);
+* ``NaN``, ``Infinity``, ``-Infinity`` (Python extensions, not JSON);
+* values nested deeper than :data:`MAX_DEPTH` containers (the top object counts as 1): deep
+  bodies make any recursive consumer (``json.dumps``, a backend's parser) fail;
+* lone surrogates (``"\\ud800"`` without its pair): such a string cannot be encoded as UTF-8,
+  so a backend that handles the text fails on it.
+
+Both checks are cheap when nothing is wrong: a body with at most :data:`MAX_DEPTH` brackets in
+a member cannot nest deeper, and a lone surrogate can only come from a ``\\uD800``-``\\uDFFF``
+escape (raw surrogate bytes are not UTF-8), so one C-speed search of the raw bytes decides
+whether a precise check is needed at all.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["MAX_DEPTH", "BodyError", "JSONBody", "parse_body"]
+
+MAX_DEPTH = 64
+"""Most containers on any path from the top object to a value (the top object included)."""
+
+_WS = re.compile(r"[ \t\n\r]*")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NUMPY_FROM = 16384
+_CONTAINERS = (dict, list)
+_PATH_SEARCH_LIMIT = 100_000
+"""Nodes searched for the exact path of a problem; past it the message names the member."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+Problem = Literal["json", "not_object", "depth", "surrogate"]
+
+
+class BodyError(ValueError):
+    """The body is not a JSON object this service accepts.
+
+    ``problem``: ``json`` (not UTF-8 JSON), ``not_object`` (valid JSON of another type, named in
+    ``detail``), ``depth`` (nested deeper than :data:`MAX_DEPTH`), ``surrogate`` (a lone
+    surrogate escape). ``path``: where (``messages[0].content``), when known.
+    """
+
+    def __init__(self, problem: Problem, detail: str = "", path: str | None = None) -> None:
+        super().__init__(f"{problem}: {detail}" if detail else problem)
+        self.problem = problem
+        self.detail = detail
+        self.path = path
+
+
+@dataclass(frozen=True, slots=True)
+class JSONBody:
+    """A parsed body object and, for the members asked for at parse time, where their values
+    are in ``raw`` (every occurrence: duplicate keys are legal JSON; the last one wins in
+    ``value``, as with ``json.loads``)."""
+
+    raw: bytes
+    value: dict[str, Any]
+    open_at: int
+    """Byte offset just after the opening ``{``: where an absent member is inserted."""
+    spans: Mapping[str, tuple[tuple[int, int], ...]]
+    """Byte spans ``[start, end)`` of the values of the recorded members."""
+
+    def splice(self, updates: Mapping[str, bytes]) -> bytes:
+        """``raw`` with each key's value set to the given JSON bytes: replaced at every
+        occurrence when present, inserted as the first member when absent (no duplicates).
+
+        Raises ``KeyError`` for a key present in the body whose span was not recorded.
+        """
+        edits: list[tuple[int, int, bytes]] = []
+        inserts: list[bytes] = []
+        for key, new in updates.items():
+            spans = self.spans.get(key)
+            if spans:
+                edits.extend((start, end, new) for start, end in spans)
+            elif key in self.value:
+                raise KeyError(f"the span of {key!r} was not recorded")
+            else:
+                inserts.append(json.dumps(key).encode() + b":" + new)
+        if inserts:
+            glue = b"," if self.value else b""
+            edits.append((self.open_at, self.open_at, b",".join(inserts) + glue))
+        edits.sort(key=lambda e: e[0])
+        out: list[bytes] = []
+        last = 0
+        for start, end, new in edits:
+            out += (self.raw[last:start], new)
+            last = end
+        out.append(self.raw[last:])
+        return b"".join(out)
+
+
+def parse_body(raw: bytes, record: frozenset[str] = frozenset()) -> JSONBody:
+    """Parse ``raw`` as one JSON object, recording the byte spans of the members in
+    ``record``; raise :class:`BodyError` for anything else (see the module docstring)."""
+    skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = raw[skip:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("json", "not UTF-8") from None
+    try:
+        value, open_at, members = _top_level(text)
+    except BodyError:
+        raise
+    except RecursionError:
+        raise BodyError("depth", f"nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, IndexError) as exc:
+        if isinstance(exc, _NotObject):
+            raise BodyError("not_object", exc.args[0]) from None
+        raise BodyError("json", str(exc)) from None
+    spans = _byte_spans(raw, text, skip, members, record)
+    brackets, lone = _scan(raw)
+    if brackets > MAX_DEPTH:  # else nothing can nest deeper
+        _check_depth(value)
+    if lone is not False:
+        _check_text(value, text, members)
+        if lone:  # found by the scan, so in a member _check_text reads: not reached
+            raise BodyError("surrogate", "a lone surrogate escape")
+    return JSONBody(raw=raw, value=value, open_at=open_at + skip, spans=spans)
+
+
+class _NotObject(ValueError):
+    """Valid JSON, but not an object (``args[0]`` names its type)."""
+
+
+Member = tuple[str, int, int]
+"""A top-level member: key, value start and end (character offsets in the text)."""
+
+
+def _top_level(text: str) -> tuple[dict[str, Any], int, list[Member]]:
+    """The object, the offset after its ``{`` and its members (character offsets)."""
+    i = _WS.match(text).end()  # type: ignore[union-attr]
+    if text[i:i + 1] != "{":
+        other = _DECODER.decode(text)  # raises for invalid JSON
+        raise _NotObject(_type_name(other))
+    open_at = i + 1
+    value: dict[str, Any] = {}
+    members: list[Member] = []
+    i = _skip(text, open_at)
+    if text[i] == "}":
+        i += 1
+    else:
+        while True:
+            if text[i] != '"':
+                raise ValueError(f"expecting a property name at {i}")
+            key, i = _DECODER.raw_decode(text, i)  # a JSON string: the key
+            i = _skip(text, i)
+            if text[i] != ":":
+                raise ValueError(f"expecting ':' at {i}")
+            start = _skip(text, i + 1)
+            try:
+                item, end = _DECODER.raw_decode(text, start)
+            except RecursionError:  # deeper than the interpreter's limit, far above ours
+                raise BodyError("depth", f"nested more than {MAX_DEPTH} levels deep",
+                                path=_key_path(key)) from None
+            value[key] = item
+            members.append((key, start, end))
+            i = _skip(text, end)
+            if text[i] == ",":
+                i = _skip(text, i + 1)
+                continue
+            if text[i] != "}":
+                raise ValueError(f"expecting ',' or '}}' at {i}")
+            i += 1
+            break
+    if _skip(text, i) != len(text):
+        raise ValueError(f"extra data at {i}")
+    return value, open_at, members
+
+
+def _skip(text: str, i: int) -> int:
+    return _WS.match(text, i).end()  # type: ignore[union-attr]
+
+
+def _byte_spans(raw: bytes, text: str, skip: int, members: list[Member],
+                record: frozenset[str]) -> dict[str, tuple[tuple[int, int], ...]]:
+    """Byte spans of the recorded members' values. Character offsets are byte offsets in an
+    ASCII body; otherwise the text before each offset is encoded once, in order."""
+    wanted = [(s, e, k) for k, s, e in members if k in record]
+    out: dict[str, tuple[tuple[int, int], ...]] = {}
+    if not wanted:
+        return out
+    ascii_body = raw.isascii()
+    at_char, at_byte = 0, skip
+    for start, end, key in wanted:
+        if ascii_body:
+            b_start, b_end = start, end
+        else:
+            at_byte += len(text[at_char:start].encode())
+            b_start = at_byte
+            b_end = at_byte = b_start + len(text[start:end].encode())
+            at_char = end
+        out[key] = (*out.get(key, ()), (b_start, b_end))
+    return out
+
+
+def _check_depth(value: dict[str, Any]) -> None:
+    """Raise when any member nests deeper than :data:`MAX_DEPTH` (level by level, so the
+    cost is one pass over the containers and their items, never recursive)."""
+    for key, item in value.items():
+        level = [item] if isinstance(item, _CONTAINERS) else []
+        depth = 2
+        while level:
+            if depth > MAX_DEPTH:
+                raise BodyError("depth", f"nested more than {MAX_DEPTH} levels deep",
+                                path=_key_path(key))
+            nxt: list[Any] = []
+            for node in level:
+                items = node.values() if isinstance(node, dict) else node
+                nxt += [v for v in items if isinstance(v, _CONTAINERS)]
+            level = nxt
+            depth += 1
+
+
+def _check_text(value: dict[str, Any], text: str, members: list[Member]) -> None:
+    """Raise at the first lone surrogate in a member that holds a surrogate escape. The
+    precise test is C-speed (``json.dumps`` then UTF-8 encoding, which fails on a lone
+    surrogate): its cost is bounded by the member's size whatever its shape."""
+    for key, start, end in members:
+        if _SURROGATE_ESCAPE_TEXT.search(text, start, end) is None \
+                and _SURROGATE_ESCAPE_TEXT.search(json.dumps(key)) is None:
+            continue
+        item = value[key]
+        try:
+            if isinstance(item, str):
+                item.encode("utf-8")
+            json.dumps(key, ensure_ascii=False).encode("utf-8")
+            json.dumps(item, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BodyError("surrogate", "a lone surrogate escape (\\ud800-\\udfff without"
+                            " its pair) is not valid Unicode text",
+                            path=_surrogate_path(key, item) or _key_path(key)) from None
+
+
+def _scan(raw: bytes) -> tuple[int, bool | None]:
+    """Opening brackets in ``raw`` (an upper bound of its nesting depth) and whether it holds
+    a lone surrogate escape: True, False, or None when only the precise check can tell."""
+    if len(raw) < _NUMPY_FROM:
+        brackets = raw.count(b"[") + raw.count(b"{")
+        return brackets, None if _SURROGATE_ESCAPE.search(raw) else False
+    # bytes.count and re walk byte by byte (~1 ms per 4 MB each); numpy compares 16+ at once.
+    a = np.frombuffer(raw, np.uint8)
+    brackets = int(np.count_nonzero(a == 0x5B)) + int(np.count_nonzero(a == 0x7B))
+    back = np.flatnonzero(a[:-5] == 0x5C)  # a \uXXXX escape takes 6 bytes
+    if back.size == 0:
+        return brackets, False
+    esc = back[(a[back + 1] == 0x75) & ((a[back + 2] | 0x20) == 0x64)]  # \ud / \uD
+    third = a[esc + 3] | 0x20
+    surrogate = ((third >= 0x38) & (third <= 0x39)) | ((third >= 0x61) & (third <= 0x66))
+    esc, third = esc[surrogate], third[surrogate]
+    if esc.size == 0:
+        return brackets, False
+    if np.any(a[esc - 1] == 0x5C):  # an escaped backslash before it? only the parse knows
+        return brackets, None
+    high = esc[third <= 0x62]  # \uD8xx-\uDBxx; the rest are \uDCxx-\uDFxx
+    if high.size and high[-1] + 10 > a.size:
+        return brackets, True  # a high half with no room for its low half
+    nxt = a[high + 9] | 0x20
+    followed = (a[high + 6] == 0x5C) & (a[high + 7] == 0x75) & ((a[high + 8] | 0x20) == 0x64) \
+        & (nxt >= 0x63) & (nxt <= 0x66)
+    # Every high half has its low half right after it, and there are no other low halves.
+    paired = bool(followed.all()) and 2 * high.size == esc.size
+    return brackets, not paired
+
+
+def _surrogate_path(key: str, item: Any) -> str | None:
+    """The path of the first string holding a lone surrogate (bounded search)."""
+    if _SURROGATE.search(key):
+        return None  # the top-level key itself: the member names it
+    stack: list[tuple[Any, str]] = [(item, _key_path(key))]
+    seen = 0
+    while stack and seen < _PATH_SEARCH_LIMIT:
+        node, path = stack.pop()
+        seen += 1
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return path
+        elif isinstance(node, dict):
+            for k, v in reversed(list(node.items())):
+                if _SURROGATE.search(k):
+                    return f"{path}.{k.encode('utf-8', 'backslashreplace').decode()}"
+                stack.append((v, f"{path}.{k}"))
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+def _key_path(key: str) -> str:
+    return key.encode("utf-8", "backslashreplace").decode()
+
+
+def _type_name(v: object) -> str:
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return "a number"
+    return "null" if v is None else type(v).__name__
