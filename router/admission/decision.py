@@ -36,7 +36,7 @@ it is never refused for utilization, however busy the window behind it was
 ``Retry-After`` is the earliest time at which the same request, sent again with
 no new load meanwhile, passes *every* check, plus the margin (the schedule errs
 late by up to the margin -- that is what the margin measures -- so a client that
-obeys it is admitted even when the schedule was that much optimistic). Each
+obeys it is admitted even when a slot frees that much later than predicted). Each
 check, once passing, keeps passing as time goes by without new load, so that
 time is the latest of the checks' own times (the request sent again has spent
 nothing yet, so they are computed without ``elapsed``):
@@ -46,10 +46,12 @@ nothing yet, so they are computed without ``elapsed``):
 3. until the wait shrinks to ``B - margin - prefill``: ``w + prefill + margin - B``;
 4. likewise with ``E`` and the fewest tokens that pass (the reserve, or
    ``degraded_min_tokens`` in degraded mode);
-5. a request retried later than its wait starts at once and passes; one retried
-   earlier meets a window that has had every slot busy meanwhile, and ``u`` grows
-   by at most ``t / window`` in ``t`` seconds (``+ utilization_age`` for a cached
-   figure): if that may reach ``u*``, the retry is the wait (when a slot frees).
+5. a request retried after its wait starts at once and passes; one retried earlier
+   meets the guard again. ``u`` grows by at most ``t / window`` in ``t`` seconds
+   (``+ utilization_age`` for a cached figure): if that stays under ``u*`` the
+   other checks' time stands, else the retry is the wait (when a slot frees). That
+   is the earliest: until then every slot of the replica is busy (in a bucket of
+   like replicas, every slot of the bucket), so ``u`` cannot fall.
 
 None when waiting cannot help (a request whose prefill alone exceeds the bound, or
 that only a lower ``max_tokens`` would fit). Every finite value is at least
