@@ -122,7 +122,7 @@ class Prober:
     def _choose(self, url: str, path: str) -> None:
         self._paths[url] = path
         if path == LOAD_PATH:
-            log.info("backend %s: health and schedule from GET %s", url, LOAD_PATH)
+            log.info("backend %s is checked on GET %s (an LPU load report)", url, LOAD_PATH)
         else:
             log.warning("backend %s has no LPU %s: health is probed on GET %s, and admission"
                         " counts only this router's own reservations on it (docs/backends.md)",
