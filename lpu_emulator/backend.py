@@ -34,16 +34,9 @@ from lpu_emulator.options import EmulatorOptions
 from lpu_emulator.schedule import LiveSchedule
 from lpu_emulator.text import request_key, token_ids
 from lpu_emulator.tools import ToolCall, tool_call_for
-from router.openai_api import (
-    VLLM_SAMPLING_PARAMS,
-    APIError,
-    CompletionRequest,
-    ExtraParams,
-    ParamPolicy,
-    context_length_error,
-    parse_request,
-)
+from router.openai_api import APIError, CompletionRequest, context_length_error, parse_request
 from router.openai_api import model_not_found as _model_not_found
+from router.param_policy import VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
 from router.tokens import EstimateCounter, HFTokenizerCounter, TokenCounter, prompt_tokens
 
 __all__ = ["DEADLINE_HEADER", "PREDICTED_TTFT_HEADER", "Admission", "Backend", "Refused",

@@ -24,7 +24,7 @@ Every field, its unit and default:
 * ``tokenizer`` (default None): a Hugging Face ``tokenizer.json`` to count
   prompt tokens exactly; None uses the shared estimator.
 * ``strict_params`` (default True): refuse request fields neither OpenAI nor vLLM's sampling
-  extensions define (``router.openai_api.VLLM_SAMPLING_PARAMS``); False accepts any.
+  extensions define (``router.param_policy.VLLM_SAMPLING_PARAMS``); False accepts any.
 
 Example: ``EmulatorOptions(builtin_artifact("llama-3.1-8b-2k"), time_scale=0.1,
 max_queue=32)``.

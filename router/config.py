@@ -44,7 +44,7 @@ from router.admission.settings import (
 )
 from router.bucket_config import BucketConfig, OverCap, parse_bucket, parse_params
 from router.config_fields import Fields
-from router.openai_api import DEFAULT_PARAMS, ParamPolicy
+from router.param_policy import DEFAULT_PARAMS, ParamPolicy
 
 __all__ = [
     "BucketConfig",

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["MAX_DEPTH", "BodyError", "JSONBody", "parse_body"]
+__all__ = ["MAX_DEPTH", "BodyError", "JSONBody", "json_type_name", "parse_body"]
 
 MAX_DEPTH = 64
 """Most containers on any path from the top object to a value (the top object included)."""
@@ -157,7 +157,7 @@ def _top_level(text: str) -> tuple[dict[str, Any], int, list[Member]]:
     i = _WS.match(text).end()  # type: ignore[union-attr]
     if text[i:i + 1] != "{":
         other = _DECODER.decode(text)  # raises for invalid JSON
-        raise _NotObject(_type_name(other))
+        raise _NotObject(json_type_name(other))
     open_at = i + 1
     value: dict[str, Any] = {}
     members: list[Member] = []
@@ -314,13 +314,20 @@ def _key_path(key: str) -> str:
     return key.encode("utf-8", "backslashreplace").decode()
 
 
-def _type_name(v: object) -> str:
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, str):
-        return "a string"
+def json_type_name(v: object) -> str:
+    """How an error message names the JSON type of ``v`` ("an array", "null", ...)."""
+    if v is None:
+        return "null"
     if isinstance(v, bool):
         return "a boolean"
-    if isinstance(v, int | float):
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
         return "a number"
-    return "null" if v is None else type(v).__name__
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__

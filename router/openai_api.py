@@ -14,11 +14,11 @@ and kept with the byte spans of its top-level members (``CompletionRequest.wire`
 proxy forwards the client's bytes with at most the allowance and the model name spliced in
 (:func:`forward_body`), never re-serialised.
 
-Parameters OpenAI does not define for the endpoint follow a :class:`ParamPolicy`: refused (as
-OpenAI does), passed through, or passed through when on an allow-list; the default allows
-vLLM's sampling extensions (:data:`VLLM_SAMPLING_PARAMS`), which load tools such as guidellm
-and vLLM's ``benchmark_serving`` send. Of those, ``ignore_eos`` and ``min_tokens`` are parsed
-(the emulator honours them) and ``top_k``, ``min_p``, ``repetition_penalty`` type-checked.
+Parameters OpenAI does not define for the endpoint follow a
+:class:`router.param_policy.ParamPolicy` (refused, passed through, or passed through when on an
+allow-list; by default vLLM's sampling extensions, which load tools send). Of those,
+``ignore_eos`` and ``min_tokens`` are parsed (the emulator honours them) and ``top_k``,
+``min_p``, ``repetition_penalty`` type-checked.
 
 A user value quoted in an error message (a model name, a parameter name, a role) is cut to
 :data:`ECHO_CHARS` characters, so an error body stays small whatever the client sent.
@@ -30,23 +30,18 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Literal
 
-from router.json_body import MAX_DEPTH, BodyError, JSONBody, parse_body
+from router.json_body import MAX_DEPTH, BodyError, JSONBody, json_type_name, parse_body
+from router.param_policy import DEFAULT_PARAMS, ParamPolicy
 
 __all__ = [
     "ALLOWANCE_PARAMS",
     "CHAT_ROLES",
-    "DEFAULT_PARAMS",
     "ECHO_CHARS",
-    "PARAM_PRESETS",
-    "VLLM_SAMPLING_PARAMS",
     "APIError",
     "CompletionRequest",
-    "ExtraParams",
     "Message",
-    "ParamPolicy",
     "check_params",
     "context_length_error",
     "error_body",
@@ -78,57 +73,8 @@ ALLOWANCE_PARAMS = ("max_completion_tokens", "max_tokens")
 _SPLICED = frozenset({"model", *ALLOWANCE_PARAMS})
 """Members a proxy may rewrite: their byte spans are recorded at parse time."""
 
-VLLM_SAMPLING_PARAMS = frozenset(
-    {
-        "best_of", "use_beam_search", "top_k", "min_p", "repetition_penalty", "length_penalty",
-        "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens",
-        "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
-        "prompt_logprobs", "allowed_token_ids", "bad_words",
-    }
-)
-"""vLLM's extra sampling parameters of ``/v1/chat/completions`` and ``/v1/completions``
-(vllm/entrypoints/openai/protocol.py, "sampling params"): what guidellm (``ignore_eos``) and
-vLLM's ``benchmark_serving`` (``ignore_eos``, ``top_k``, ``min_p``, ``repetition_penalty``,
-``min_tokens``, ``best_of``) send besides OpenAI's own."""
-
-PARAM_PRESETS: Mapping[str, frozenset[str]] = {"@vllm": VLLM_SAMPLING_PARAMS}
-"""Names that stand for a set of parameters in an allow-list."""
-
 ECHO_CHARS = 256
 """Most characters of a user value quoted in an error message."""
-
-
-class ExtraParams(StrEnum):
-    """What to do with a request parameter OpenAI does not define for the endpoint."""
-
-    REFUSE = "refuse"
-    """400 ``unknown_parameter``, as OpenAI does."""
-    PASS = "pass"
-    """Forward it unchecked: the backend decides."""
-    ALLOW = "allow"
-    """Forward it when it is on the allow-list, else refuse it."""
-
-
-@dataclass(frozen=True, slots=True)
-class ParamPolicy:
-    """Which parameters beyond OpenAI's a deployment accepts (and forwards as sent)."""
-
-    mode: ExtraParams = ExtraParams.ALLOW
-    allow: frozenset[str] = VLLM_SAMPLING_PARAMS
-    """The allow-list of ``allow`` (ignored by the other modes)."""
-
-    def refused(self, names: Iterable[str]) -> str | None:
-        """The first of ``names`` (parameters OpenAI does not define) this policy refuses."""
-        if self.mode is ExtraParams.PASS:
-            return None
-        for name in names:
-            if self.mode is ExtraParams.REFUSE or name not in self.allow:
-                return name
-        return None
-
-
-DEFAULT_PARAMS = ParamPolicy()
-"""The default policy: OpenAI's parameters and vLLM's sampling extensions."""
 
 
 class APIError(Exception):
@@ -230,28 +176,10 @@ class CompletionRequest:
     """Top-level parameters OpenAI does not define for the endpoint (see :func:`check_params`)."""
 
 
-def _type_name(v: object) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int):
-        return "an integer"
-    if isinstance(v, float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, dict):
-        return "an object"
-    return type(v).__name__
-
-
 def _bad_type(param: str, expected: str, got: object) -> APIError:
     return APIError(
         400,
-        f"Invalid type for '{param}': expected {expected}, but got {_type_name(got)} instead.",
+        f"Invalid type for '{param}': expected {expected}, but got {json_type_name(got)} instead.",
         param=param,
         code="invalid_type",
     )

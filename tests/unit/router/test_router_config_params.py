@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from router.config import ConfigError, parse_config
-from router.openai_api import DEFAULT_PARAMS, VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
+from router.param_policy import DEFAULT_PARAMS, VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
 
 
 def _config(server: dict[str, Any] | None = None, *buckets: dict[str, Any]) -> dict[str, Any]:

@@ -8,14 +8,13 @@ import pytest
 from router.openai_api import (
     ECHO_CHARS,
     APIError,
-    ExtraParams,
-    ParamPolicy,
     check_params,
     context_length_error,
     forward_body,
     model_not_found,
     parse_request,
 )
+from router.param_policy import ExtraParams, ParamPolicy
 from router.tokens import EstimateCounter, prompt_tokens
 
 
