@@ -10,8 +10,9 @@
   ``free``) only above ``M_MMAP_THRESHOLD``, and raises that threshold to the size of every
   mmapped block freed (up to 32 MiB): after the first 4 MiB request body, every later one
   comes from the heap, whose freed pages stay in the process. :func:`return_freed_memory` fixes
-  the threshold (which also stops the raising) so request bodies go back once answered, and
-  :func:`trim_heap` hands free heap pages back (``malloc_trim``) once no body is held.
+  the threshold (which also stops the raising) so read buffers and request bodies go back once
+  answered, and :func:`trim_heap` hands the smaller blocks' free heap pages back
+  (``malloc_trim``) once no body is held (router.body_memory).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger("lpu_router.process")
 FD_RESERVE = 64
 """Descriptors kept for what is not a client connection or its upstream one: listening
 sockets, health and ``/load`` probes, logs, the tokenizer file."""
-MMAP_THRESHOLD = 256 * 1024
+MMAP_THRESHOLD = 128 * 1024
 """Allocations from this size up are mmapped, so they go back to the system when freed."""
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
