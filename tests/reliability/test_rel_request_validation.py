@@ -8,15 +8,19 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from live_processes import emulator_process, router_process
+from prometheus_client.parser import text_string_to_metric_families
 from reliability_harness import (
     ARTIFACT,
     MODEL,
     Stack,
+    assert_invariant,
     assert_settled,
     chat,
     emulator_options,
@@ -46,21 +50,48 @@ async def _emulator_rejections(urls: list[str]) -> float:
     return total
 
 
-async def test_lone_surrogate_is_refused_at_the_router_and_backends_stay_up() -> None:
-    async with emulator_stack(replicas=2) as stack:
-        for _ in range(6):  # three such requests used to eject both replicas
-            status, _, body = await post(stack, SURROGATE)
-            assert status == 400, body
-            assert error_code(body) == "invalid_value"
-            assert json.loads(body)["error"]["param"] == "messages[0].content"
-        assert await _emulator_rejections(stack.backends) == 0  # no backend saw one
-        for _ in range(4):  # both replicas still serve
-            status, _, body = await post(stack, chat(max_tokens=4))
-            assert status == 200, body
-        assert stack.metric("lpu_router_upstream_errors_total",
-                            {"bucket": "short", "backend": stack.backends[0],
-                             "kind": "upstream_5xx"}) == 0
-        await assert_settled(stack)
+async def test_lone_surrogate_is_refused_at_the_router_and_backends_stay_up(
+        tmp_path: Path) -> None:
+    """The router (``lpu-router serve``) in front of two emulator processes: three such requests
+    used to eject both replicas (the emulator answered 500 and each counted against health)."""
+    async with emulator_process(ARTIFACT, replicas=2) as urls:
+        cfg = tmp_path / "router.toml"
+        backends = ", ".join(f'"{u}"' for u in urls)
+        cfg.write_text(f"""
+[server]
+port = 0
+[health]
+interval_s = 0.2
+eject_after_failures = 2
+eject_for_s = 30
+[[buckets]]
+name = "short"
+model = "{MODEL}"
+artifact = "{ARTIFACT}"
+time_scale = 0.05
+backends = [{backends}]
+""")
+        async with router_process(cfg) as (_, port), aiohttp.ClientSession() as s:
+            base = f"http://127.0.0.1:{port}"
+            headers = {"Content-Type": "application/json"}
+            for _ in range(6):
+                async with s.post(base + "/v1/chat/completions", data=SURROGATE,
+                                  headers=headers) as r:
+                    body = await r.read()
+                assert r.status == 400, body
+                assert error_code(body) == "invalid_value"
+                assert json.loads(body)["error"]["param"] == "messages[0].content"
+            assert await _emulator_rejections(urls) == 0  # no backend saw one
+            for _ in range(6):
+                async with s.post(base + "/v1/chat/completions", json=chat(max_tokens=4)) as r:
+                    assert r.status == 200, await r.read()
+            async with s.get(base + "/metrics") as r:
+                text = await r.text()
+            assert_invariant(text)
+            assert "lpu_router_upstream_errors_total{" not in text
+            up = {x.labels["backend"]: x.value for fam in text_string_to_metric_families(text)
+                  for x in fam.samples if x.name == "lpu_router_backend_up"}
+            assert up == {u: 1.0 for u in urls}  # both replicas still in service
 
 
 async def test_emulator_refuses_a_lone_surrogate_with_a_400() -> None:
