@@ -130,6 +130,8 @@ class Generation:
                                + idle_s, return_when=asyncio.FIRST_COMPLETED)
             closed.cancel()
             hurried.cancel()
+        if life.in_progress:  # arrived on an old connection after the deadline: end it too
+            ended += life.end_in_flight()
         return await self._close(at_start, ended)
 
     def hurry(self) -> None:
