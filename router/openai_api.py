@@ -509,4 +509,6 @@ def _vllm_params(body: Mapping[str, Any], allowance: int | None) -> tuple[bool, 
     _opt_int(body, "top_k")
     _opt_number(body, "min_p", 0.0, 1.0)
     _opt_number(body, "repetition_penalty", 0.0, 2.0**31)
+    if body.get("repetition_penalty") == 0:  # vLLM: "must be greater than zero"
+        raise _bad_value("repetition_penalty", "Invalid 'repetition_penalty': must be > 0.")
     return ignore_eos, min_tokens

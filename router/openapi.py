@@ -1,7 +1,8 @@
 """The router's OpenAPI 3.1 description, served at ``GET /openapi.json``.
 
 Request bodies list the fields :func:`router.openai_api.parse_request` accepts (with the
-types and ranges it checks; ``model`` is one of the configured public models), responses list
+types and ranges it checks; ``model`` is one of the configured public models; parameters beyond
+OpenAI's as ``[server] extra_params`` allows them), responses list
 every status the router answers with, the OpenAI error shape, the ``Retry-After`` and
 ``retry-after-ms`` headers of 429/503 refusals and the ``x-lpu-*`` headers of proxied answers.
 The document is built once per app from its config (:func:`openapi_document`).
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from router.config import RouterConfig
 from router.openai_api import CHAT_ROLES, MAX_ALLOWANCE
+from router.param_policy import ExtraParams, ParamPolicy
 
 __all__ = ["openapi_document", "openapi_handler"]
 
@@ -67,6 +69,28 @@ def _common(models: list[str]) -> dict[str, Any]:
         "user": {"type": ["string", "null"]},
         "service_tier": {"type": ["string", "null"]},
     }
+
+
+# vLLM's sampling extensions the parser checks (router.openai_api._vllm_params); the rest of an
+# allow-list is documented as any value.
+_EXTRA_TYPES: dict[str, dict[str, Any]] = {
+    "ignore_eos": {"type": ["boolean", "null"]},
+    "min_tokens": {"type": ["integer", "null"], "minimum": 0},
+    "top_k": {"type": ["integer", "null"]},
+    "min_p": _number(0.0, 1.0),
+    "repetition_penalty": {"type": ["number", "null"], "exclusiveMinimum": 0},
+}
+
+
+def _with_extra(schema: dict[str, Any], params: ParamPolicy) -> dict[str, Any]:
+    """``schema`` with the parameters beyond OpenAI's that ``params`` accepts."""
+    if params.mode is ExtraParams.PASS:
+        schema["additionalProperties"] = True
+    elif params.mode is ExtraParams.ALLOW:
+        props = schema["properties"]
+        for name in sorted(params.allow - set(props)):
+            props[name] = _EXTRA_TYPES.get(name, {})
+    return schema
 
 
 def _chat_request(models: list[str]) -> dict[str, Any]:
@@ -173,8 +197,9 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
         },
         "components": {"schemas": {
             "Error": error,
-            "ChatRequest": _chat_request(models),
-            "CompletionRequest": _completion_request(models),
+            "ChatRequest": _with_extra(_chat_request(models), config.server.params),
+            "CompletionRequest": _with_extra(_completion_request(models),
+                                             config.server.params),
         }},
     }
     if config.auth_enabled or config.server.admin_key_digest is not None:

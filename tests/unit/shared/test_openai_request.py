@@ -231,6 +231,7 @@ VLLM_BAD = [
     (chat(top_k="5"), "invalid_type", "top_k"),
     (chat(min_p=2), "invalid_value", "min_p"),
     (chat(repetition_penalty=-1), "invalid_value", "repetition_penalty"),
+    (chat(repetition_penalty=0), "invalid_value", "repetition_penalty"),
 ]
 
 
