@@ -445,19 +445,23 @@ def forward_body(req: CompletionRequest, max_tokens: int, model: str | None = No
     changes.
 
     Every allowance member the client gave with another value is rewritten (a backend may
-    read either name); without one, ``max_tokens`` is set. Nothing else changes.
+    read either name); without one, ``max_tokens`` is set. A duplicated member is rewritten
+    too, every occurrence: a backend whose parser keeps the first one must see what the
+    router decided on (the last one), not bypass the output cap. Nothing else changes.
     """
-    body = req.body
+    body, spans = req.body, req.wire.spans
     updates: dict[str, bytes] = {}
     value = str(max_tokens).encode()
     if req.max_tokens is None:
         updates["max_tokens"] = value
     else:
         for key in ALLOWANCE_PARAMS:
-            if body.get(key) is not None and body[key] != max_tokens:
+            if body.get(key) is not None and (body[key] != max_tokens
+                                              or len(spans.get(key, ())) > 1):
                 updates[key] = value
-    if model is not None and model != req.model:
-        updates["model"] = json.dumps(model).encode()
+    target = req.model if model is None else model
+    if target != req.model or len(spans.get("model", ())) > 1:
+        updates["model"] = json.dumps(target).encode()
     return req.wire.splice(updates) if updates else req.wire.raw
 
 

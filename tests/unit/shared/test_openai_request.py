@@ -277,3 +277,12 @@ def test_forward_body_of_a_deep_body_never_recurses() -> None:
            + b'{"a":' * 60 + b"1" + b"}" * 60 + b"}")
     out = _forward(raw, 7, "up")
     assert out["max_tokens"] == 7 and out["model"] == "up"
+
+
+def test_forward_body_rewrites_duplicated_members_to_what_the_router_decided() -> None:
+    raw = (b'{"model":"other","max_tokens":100000,"messages":[{"role":"user","content":"x"}],'
+           b'"model":"m","max_tokens":5}')
+    out = forward_body(parse_request(raw, "chat"), 5)
+    pairs = json.loads(out, object_pairs_hook=lambda p: p)
+    assert [(k, v) for k, v in pairs if k in ("model", "max_tokens")] == [
+        ("model", "m"), ("max_tokens", 5), ("model", "m"), ("max_tokens", 5)]
