@@ -8,8 +8,10 @@ not read at all: the request gets 503 ``body_memory_exhausted`` (``Retry-After: 
 ``Connection: close``), so a crowd of large bodies costs the router at most the budget, and
 other clients are served meanwhile.
 
-The body is read into a list of chunks joined once (aiohttp's own ``read()`` copies it twice)
-and handed to aiohttp's cache, so the handler's ``request.read()`` costs nothing.
+A body sent with a ``Content-Encoding`` is decoded here, within the same limits
+(:mod:`router.body_encoding`). The body is read into a list of chunks joined once (aiohttp's
+own ``read()`` copies it twice) and handed to aiohttp's cache, so the handler's
+``request.read()`` costs nothing.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import Gauge
 
+from router.body_encoding import decoded
 from router.openai_api import APIError
 
 __all__ = ["TRIM_AFTER_BYTES", "TRIM_DELAY_S", "BodyBudget", "OverBudget", "Reservation",
@@ -127,6 +130,9 @@ async def read_body(request: web.Request, held: Reservation, max_bytes: int) -> 
         chunks.append(chunk)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     chunks.clear()
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING)
+    if encoding is not None:
+        body = await decoded(body, encoding, max_bytes, held.take)
     # aiohttp's cache of the body: the handler's request.read() returns it as it is.
     request._read_bytes = body
     return body

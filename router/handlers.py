@@ -177,6 +177,8 @@ class Proxy:
         last: UpstreamFailure | None = None
         failures = 0
         """Failures other than deadline refusals: at most ``server.max_retries`` are retried."""
+        suspects: list[str] = []
+        """Replicas whose failure may have been the request's fault, not charged yet."""
         deadline_wait: float | None = None
         """Shortest time after which a backend that refused the deadline could meet it."""
         decision: Decision | None = None
@@ -218,7 +220,7 @@ class Proxy:
                         upstream.close()
                 except UpstreamFailure as f:
                     last = f
-                    self._upstream_failed(bucket, backend, f)
+                    m.upstream_errors.labels(bucket, backend, f.kind).inc()
                     exclude.add(backend)
                     if f.reason is RejectReason.BACKEND_DEADLINE:
                         wait = self._backend_refused(ticket, f, deadline)
@@ -229,11 +231,21 @@ class Proxy:
                         failures += 1
                         ticket.finish(Outcome.FAILED)
                     ticket = None
+                    if f.suspect:
+                        if suspects:  # a second replica failed it too: the request is the cause
+                            m.request_faults.labels(bucket).inc()
+                            break
+                        suspects.append(backend)
+                    elif f.health:
+                        self._pool.report_failure(bucket, backend)
                     if not f.retryable or failures > self._config.server.max_retries:
                         break
                     continue
                 finally:
                     in_flight(bucket, backend).dec()
+                if result.outcome is Outcome.COMPLETED:  # served: the request was not the cause
+                    for suspect in suspects:
+                        self._pool.report_failure(bucket, suspect)
                 self._pool.report_success(bucket, backend) if result.failure is None else \
                     self._upstream_failed(bucket, backend, result.failure)
                 outcome, completion = result.outcome, result.completion_tokens

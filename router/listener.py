@@ -81,6 +81,9 @@ def handler_kwargs(server: ServerConfig) -> dict[str, Any]:
         "max_line_size": server.max_header_bytes,
         "max_field_size": server.max_header_bytes,
         "max_headers": MAX_HEADERS,
+        # Bodies are decoded by the router, within its limits (router.body_encoding): aiohttp
+        # would inflate a whole gzip body in one loop callback.
+        "auto_decompress": False,
         # After an early answer (408, 413) the unread body is drained for this long before
         # the close, so the client reads the answer instead of a reset (aiohttp: 10 s).
         "lingering_time": LINGER_S,

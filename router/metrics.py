@@ -47,6 +47,7 @@ class RouterMetrics:
     clamped: Counter  # {bucket, reason}: max_tokens rewritten (bucket_cap | degraded)
     # Backends.
     upstream_errors: Counter  # {bucket, backend, kind}
+    request_faults: Counter  # {bucket}: requests two replicas failed (blamed on the request)
     backend_up: Gauge  # {bucket, backend}: 1 healthy, 0 ejected
     retries: Counter  # {bucket}: another replica tried before the first byte
     # Admission.
@@ -113,6 +114,11 @@ def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
         upstream_errors=Counter(
             p + "upstream_errors", "Failures talking to backends, by kind.",
             ["bucket", "backend", "kind"], registry=reg,
+        ),
+        request_faults=Counter(
+            p + "request_faults", "Requests that failed on two replicas after each had the whole"
+            " request: blamed on the request, not charged to either backend, not tried again.",
+            ["bucket"], registry=reg,
         ),
         backend_up=Gauge(
             p + "backend_up", "1 if the backend is healthy and used, 0 if ejected.",

@@ -48,11 +48,15 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
-# Never forwarded upstream: credentials, and what aiohttp sets for the new connection.
-_NOT_UPSTREAM = HOP_BY_HOP | {"authorization", "host", "content-length", "accept-encoding",
-                              "cookie", "x-request-id", "x-lpu-deadline-ms"}
-# Never copied back: the router sets its own framing and identity.
-_NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length", "server", "date", "x-request-id"}
+# Never forwarded upstream: credentials (every header the OpenAI and Azure OpenAI clients put a
+# key in), what aiohttp sets for the new connection, and the body's encoding: the router decodes
+# a client's Content-Encoding (router.body_encoding) and forwards the body decoded.
+_NOT_UPSTREAM = HOP_BY_HOP | {"authorization", "x-api-key", "api-key", "host", "content-length",
+                              "content-encoding", "accept-encoding", "cookie", "x-request-id",
+                              "x-lpu-deadline-ms"}
+# Never copied back: the router sets its own framing and identity, and a backend's cookies are
+# not the client's (one upstream session serves every client).
+_NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length", "server", "date", "x-request-id", "set-cookie"}
 _USAGE = b'"usage"'
 _USAGE_MAX = 4096
 """Bytes after a ``"usage"`` key that its object may take (a usage object is ~100-300 bytes)."""

@@ -130,7 +130,7 @@ async def test_credentials_and_cookies_do_not_cross_the_router(tmp_path: Path) -
         assert "x-custom" in sent
 
 
-async def test_surrogates_and_gzip_bodies_leave_the_backends_up(tmp_path: Path) -> None:
+async def test_surrogates_gzip_bodies_and_gzip_bombs_leave_the_backends_up(tmp_path: Path) -> None:
     async with emulator_process(replicas=2) as urls:
         cfg = tmp_path / "router.toml"
         cfg.write_text(_toml(urls, mode="timeline"))
@@ -149,6 +149,18 @@ async def test_surrogates_and_gzip_bodies_leave_the_backends_up(tmp_path: Path) 
                                   headers={"Content-Type": "application/json",
                                            "Content-Encoding": "gzip"}) as r:
                     assert r.status == 200, await r.text()
+            bomb = gzip.compress(b'{"model":"' + MODEL.encode() + b'","messages":[{"role":'
+                                 b'"user","content":"' + b"a" * (64 << 20) + b'"}]}', 9)
+            async with s.post(base + "/v1/chat/completions", data=bomb,
+                              headers={"Content-Type": "application/json",
+                                       "Content-Encoding": "gzip"}) as r:
+                assert r.status == 413, await r.text()
+                assert error_code(await r.read()) == "request_too_large"
+            async with s.post(base + "/v1/chat/completions", data=b"{}",
+                              headers={"Content-Type": "application/json",
+                                       "Content-Encoding": "br"}) as r:
+                assert r.status == 415
+                assert error_code(await r.read()) == "unsupported_content_encoding"
             m = await _metrics(s, base)
             for url in urls:
                 assert _sample(m, "lpu_router_backend_up", bucket="short", backend=url) == 1
