@@ -124,7 +124,8 @@ async def _emulators(replicas: int, time_scale: float, seed: int) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
-async def _router(backends: list[str], time_scale: float) -> AsyncIterator[str]:
+async def _router(backends: list[str], time_scale: float) -> AsyncIterator[tuple[str, int]]:
+    """The router process; yields (base URL, pid)."""
     urls = ", ".join(f'"{u}"' for u in backends)
     config = (f'[server]\nhost = "127.0.0.1"\nport = 0\n[admission]\nmode = "timeline"\n'
               f'[[buckets]]\nname = "short"\nmodel = "{MODEL}"\nartifact = "{ARTIFACT}"\n'
@@ -139,7 +140,7 @@ async def _router(backends: list[str], time_scale: float) -> AsyncIterator[str]:
             (line,) = await _first_lines(proc, 1)
             if not line.startswith("lpu-router serving on "):
                 raise RuntimeError(f"the router did not start: {line!r}")
-            yield line.rsplit(" ", 1)[1]
+            yield line.rsplit(" ", 1)[1], proc.pid
         finally:
             await _stop(proc)
 
@@ -207,6 +208,15 @@ async def _replicas_down(url: str, stop: asyncio.Event) -> int:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
     return down
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(v: float | None) -> float | None:
@@ -284,7 +294,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     pooled: dict[str, list[RequestRecord]] = {"baseline": [], "attacked": []}
     async with _emulators(args.replicas, args.time_scale, args.seed) as backends, \
-            _router(backends, args.time_scale) as url:
+            _router(backends, args.time_scale) as (url, pid):
         await asyncio.sleep(1.0)  # first health probes and load polls
         for round_ in range(args.rounds):
             planned = _plan(args.rate, args.duration, args.prompt_tokens, args.max_tokens,
@@ -292,13 +302,15 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for condition in ("baseline", "attacked"):
                 attack = (args.attackers, args.attack_mb, args.attack_interval) \
                     if condition == "attacked" else None
-                started = time.monotonic()
+                started, cpu = time.monotonic(), _cpu_s(pid)
                 records, down, answers = await _one_run(url, planned, args.seed + round_,
                                                         attack)
                 elapsed = time.monotonic() - started
+                busy = (_cpu_s(pid) - cpu) / elapsed
                 pooled[condition] += records
                 fig = {"round": round_, "condition": condition, **run_figures(records),
-                       "replica_down_polls": down, "attack_answers": answers,
+                       "replica_down_polls": down, "router_cpu_percent": round(busy * 100, 1),
+                       "attack_answers": answers,
                        "attack_requests_per_s": round(sum(answers.values()) / elapsed, 2)}
                 runs.append(fig)
                 print(json.dumps(fig), flush=True)
@@ -334,15 +346,17 @@ def markdown(doc: dict[str, Any]) -> str:
         " same planned load without then with the attackers.",
         "",
         "| run | condition | completed | errors | TTFT p50 ms | TTFT p99 ms | longest gap ms"
-        " | p99 stream's longest gap ms | replica-down polls | attack answers | attacks/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " | p99 stream's longest gap ms | replica-down polls | router CPU % of a core"
+        " | attack answers | attacks/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["runs"]:
         answers = ", ".join(f"{k}: {n}" for k, n in sorted(r["attack_answers"].items())) or "-"
         lines.append(
             f"| {r['round']} | {r['condition']} | {r['completed']}/{r['requests']} |"
             f" {r['errors']} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} | {r['longest_gap_ms']}"
-            f" | {r['stream_longest_gap_p99_ms']} | {r['replica_down_polls']} | {answers} |"
+            f" | {r['stream_longest_gap_p99_ms']} | {r['replica_down_polls']} |"
+            f" {r['router_cpu_percent']} | {answers} |"
             f" {r['attack_requests_per_s']} |")
     lines += ["", "Pooled over the rounds:", "",
               "| condition | TTFT p99 ms | longest gap ms | p99 stream's longest gap ms |",

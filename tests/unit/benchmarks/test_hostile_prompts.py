@@ -34,7 +34,8 @@ def doc(base: dict[str, Any], hit: dict[str, Any]) -> dict[str, Any]:
                 "attack_bytes": 4_000_000, "attack_interval_s": 0.0, "attacker_nice": 19,
                 "artifact": "a"}
     run = {"round": 0, "requests": 1, "completed": 1, "errors": 0, "ttft_p50_ms": 1,
-           "replica_down_polls": 0, "attack_answers": {}, "attack_requests_per_s": 0}
+           "replica_down_polls": 0, "router_cpu_percent": 1.0, "attack_answers": {},
+           "attack_requests_per_s": 0}
     return {"machine": machine, "label": "", "settings": settings,
             "runs": [{**run, **base, "condition": "baseline"},
                      {**run, **hit, "condition": "attacked"}],
