@@ -1,41 +1,89 @@
 """The router and the emulator as real processes, the way production runs them (uvloop, their
 own CLI, their own signals), for tests that make a claim about processes.
 
-``router_process(config_path)`` runs ``python -m router serve CONFIG`` and yields the process and
-its port once it prints its address; ``emulator_process(...)`` runs ``python -m lpu_emulator``
-and yields the replicas' base URLs once each printed its own. Both are killed if still running
-when the block ends, and their stderr can be read afterwards (``proc.stderr``).
+``served_router(config_path)`` runs ``python -m router serve CONFIG`` and yields a
+:class:`Served` (process, port, the lines it logged) once it prints its address
+(``router_process`` yields just process and port); ``emulator_process(...)`` runs
+``python -m lpu_emulator`` and yields the replicas' base URLs once each printed its own. Both are
+killed if still running when the block ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import resource
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["emulator_process", "router_process", "stop"]
+__all__ = ["Served", "emulator_process", "router_process", "served_router", "stop"]
 
 _START_S = 20.0
+
+
+@dataclass
+class Served:
+    """A router process and what it logged so far."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+    log: list[str] = field(default_factory=list)
+    """Lines of the router's stderr so far (read while it runs: a full pipe never blocks it)."""
+
+    def lines(self, needle: str) -> list[str]:
+        return [line for line in self.log if needle in line]
+
+    def access(self) -> list[dict[str, Any]]:
+        """The access log's JSON lines so far."""
+        return [json.loads(line) for line in self.log if line.startswith('{"ts"')]
+
+
+def _limit_files(soft: int, hard: int | None) -> Callable[[], None]:
+    def apply() -> None:
+        _, now = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, now if hard is None else hard))
+    return apply
+
+
+@contextlib.asynccontextmanager
+async def served_router(config: Path, *args: str, log_level: str = "INFO",
+                        files: tuple[int, int | None] | None = None) -> AsyncIterator[Served]:
+    """``python -m router serve config``; ``files``: its (soft, hard) ``RLIMIT_NOFILE`` at
+    exec (hard None: unchanged). Killed at the end if still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router", "--log-level", log_level, "serve", str(config), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=None if files is None else _limit_files(*files))
+    assert proc.stdout is not None and proc.stderr is not None
+    served = Served(proc, 0)
+    stderr = proc.stderr
+
+    async def collect() -> None:
+        while line := await stderr.readline():
+            served.log.append(line.decode(errors="replace").rstrip("\n"))
+
+    reader = asyncio.create_task(collect())
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), _START_S)).decode()
+        assert line.startswith("lpu-router serving on http://"), (line, served.log[-20:])
+        served.port = int(line.strip().rsplit(":", 1)[1])
+        yield served
+    finally:
+        await stop(proc, kill=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(reader, 5)
 
 
 @contextlib.asynccontextmanager
 async def router_process(config: Path, *args: str, log_level: str = "INFO"
                          ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """``lpu-router serve config`` in its own process; yields (process, port)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "router", "--log-level", log_level, "serve", str(config), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), _START_S)).decode()
-        if not line.startswith("lpu-router serving on http://"):
-            err = b"" if proc.stderr is None else await proc.stderr.read()
-            raise AssertionError(f"router did not start: {line!r} {err.decode()[-2000:]}")
-        yield proc, int(line.strip().rsplit(":", 1)[1])
-    finally:
-        await stop(proc, kill=True)
+    """:func:`served_router`, yielding just (process, port)."""
+    async with served_router(config, *args, log_level=log_level) as served:
+        yield served.proc, served.port
 
 
 @contextlib.asynccontextmanager
