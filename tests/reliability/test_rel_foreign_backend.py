@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from live_processes import served_router
 from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 from reliability_harness import MODEL, dead_port, error_code, invariant_problems
@@ -139,28 +138,6 @@ ttft_slo_s = 5.0
 """
 
 
-@contextlib.asynccontextmanager
-async def _router_process(config: Path, log: Path) -> AsyncIterator[str]:
-    """``lpu-router serve config`` in its own process, its log in ``log``; SIGTERM at the end."""
-    with log.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router", "--log-level", "INFO", "serve", str(config),
-            stdout=asyncio.subprocess.PIPE, stderr=err)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert line.startswith(b"lpu-router serving on "), line
-        yield line.decode().rsplit(" ", 1)[1].strip()
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
 async def _until(check: Callable[[], Awaitable[bool]], what: str, within_s: float = 10.0
                  ) -> None:
     deadline = time.monotonic() + within_s
@@ -203,10 +180,11 @@ async def test_a_backend_without_load_serves_and_recovers(
         tmp_path: Path, mode: str, flavour: str, probe: str) -> None:
     port = dead_port()
     backend = f"http://127.0.0.1:{port}"
-    config, log = tmp_path / "router.toml", tmp_path / "router.log"
+    config = tmp_path / "router.toml"
     config.write_text(_config(backend, mode), "utf-8")
     seen: list[dict[str, str]] = []
-    async with _router_process(config, log) as router, aiohttp.ClientSession() as session:
+    async with served_router(config) as served, aiohttp.ClientSession() as session:
+        router = f"http://127.0.0.1:{served.port}"
 
         async def ready_is(want: int) -> bool:
             async with session.get(router + "/readyz") as r:
@@ -237,6 +215,6 @@ async def test_a_backend_without_load_serves_and_recovers(
                     for f in text_string_to_metric_families(await _metrics(session, router))
                     for s in f.samples if s.name == "lpu_router_requests_finished_total"}
         assert finished == {"completed": 8.0}
-    said = [line for line in log.read_text("utf-8").splitlines() if "no LPU /load" in line]
-    assert len(said) == 1, said
-    assert backend in said[0] and f"GET {probe}" in said[0]
+        said = served.lines("no LPU /load")
+        assert len(said) == 1, said
+        assert backend in said[0] and f"GET {probe}" in said[0]
