@@ -13,8 +13,12 @@ sending the next one at once. The normal load is the project's open-loop generat
 (:mod:`benchmarks.loadgen`) here: Poisson arrivals at ``--rate``, streaming chat requests of
 ``--prompt-tokens`` and ``--max-tokens``.
 
-Each round runs the same planned load twice, without and then with the attackers (a busy spell
-of a shared machine hits both alike). Reported per run and pooled per condition: p50/p99 TTFT,
+Each round runs the same planned load three times (a busy spell of a shared machine hits all
+alike): ``baseline`` without attackers; ``control`` with the same attackers sending to a sink in
+its own process (reads the body, answers 400), which shows what the attack traffic costs the
+machine itself (the attackers share its cores); ``attacked`` with the attackers sending to the
+router. ``attacked - control`` is then what the router adds. Reported per run and pooled per
+condition: p50/p99 TTFT,
 the longest inter-token gap of any stream and the p99 of each stream's longest gap, errors, the
 attackers' requests and answers, and whether a replica was ever marked down (``/metrics``
 polled every 0.5 s). The verdict compares the pooled figures: the issue's target is that p99
@@ -30,6 +34,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -40,6 +45,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.arrivals import poisson_times
@@ -55,6 +61,7 @@ __all__ = ["HELP", "configure", "execute", "verdict"]
 HELP = "normal streams while clients send 4 MB prompts in a loop (issue 10, defect 2)"
 MODEL = "llama-3.1-8b-instant"
 ARTIFACT = "llama-3.1-8b-2k"
+CONDITIONS = ("baseline", "control", "attacked")
 TARGET_MS = 10.0
 """The issue's bound on how much the attackers may add to p99 TTFT and the longest gap."""
 ATTACKER_NICE = 19
@@ -239,15 +246,16 @@ def run_figures(records: Sequence[RequestRecord]) -> dict[str, Any]:
             "stream_longest_gap_p99_ms": q(gaps, 0.99)}
 
 
-async def _one_run(url: str, planned: list[PlannedRequest], seed: int,
-                   attack: tuple[int, float, float] | None) -> tuple[list[RequestRecord], int,
+async def _one_run(url: str, planned: list[PlannedRequest], seed: int, target: str | None,
+                   attack: tuple[int, float, float]) -> tuple[list[RequestRecord], int,
                                                               dict[str, int]]:
+    """The planned load against ``url``; the attackers against ``target`` (None: none)."""
     stop = asyncio.Event()
     poller = asyncio.create_task(_replicas_down(url, stop))
     answers: dict[str, int] = {}
     async with contextlib.AsyncExitStack() as stack:
-        if attack is not None:
-            await stack.enter_async_context(_attack_process(url, *attack, answers))
+        if target is not None:
+            await stack.enter_async_context(_attack_process(target, *attack, answers))
         result = await run_load(planned, LoadConfig(url, MODEL),
                                 PromptFactory(np.random.default_rng(seed)))
     stop.set()
@@ -277,34 +285,82 @@ async def _attack_process(url: str, loops: int, mb: float, interval: float,
             answers.update(json.loads(tail.splitlines()[-1]))
 
 
+@contextlib.asynccontextmanager
+async def _sink_process() -> AsyncIterator[str]:
+    """The control's sink in its own process; yields its base URL."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.hostile_prompts", "--sink",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        (line,) = await _first_lines(proc, 1)
+        yield line.rsplit(" ", 1)[1]
+    finally:
+        await _stop(proc)
+
+
+async def _sink() -> None:
+    """Read each body whole and answer 400, as the router does a prompt that fits no shape."""
+    error = {"error": {"message": "sink", "type": "invalid_request_error", "param": None,
+                       "code": "context_length_exceeded"}}
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(error, status=400)
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    print(f"sink serving on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
 # -- the benchmark ---------------------------------------------------------------------------
 
-def verdict(base: dict[str, Any], attacked: dict[str, Any]) -> dict[str, Any]:
-    """How much the attackers added to each figure (ms), and whether the target holds."""
-    out: dict[str, Any] = {"target_ms": TARGET_MS}
-    for key in ("ttft_p99_ms", "longest_gap_ms", "stream_longest_gap_p99_ms"):
-        a, b = attacked.get(key), base.get(key)
-        out[f"{key}_added"] = None if a is None or b is None else round(a - b, 2)
-    added = [out["ttft_p99_ms_added"], out["longest_gap_ms_added"]]
-    out["within_target"] = None if None in added else all(v <= TARGET_MS for v in added)
+_FIGURES = ("ttft_p99_ms", "longest_gap_ms", "stream_longest_gap_p99_ms")
+
+
+def _added(hit: dict[str, Any], ref: dict[str, Any]) -> dict[str, float | None]:
+    return {key: None if hit.get(key) is None or ref.get(key) is None
+            else round(hit[key] - ref[key], 2) for key in _FIGURES}
+
+
+def verdict(base: dict[str, Any], attacked: dict[str, Any],
+            control: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the attackers added to each figure (ms) against the baseline, whether the target
+    holds, and (with a control) what the router added beyond the attack traffic itself."""
+    added = _added(attacked, base)
+    out: dict[str, Any] = {"target_ms": TARGET_MS, "added": added}
+    both = [added["ttft_p99_ms"], added["longest_gap_ms"]]
+    out["within_target"] = None if None in both else all(
+        v is not None and v <= TARGET_MS for v in both)
+    if control is not None:
+        out["machine_added"] = _added(control, base)
+        out["router_added"] = _added(attacked, control)
     return out
 
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
-    pooled: dict[str, list[RequestRecord]] = {"baseline": [], "attacked": []}
+    pooled: dict[str, list[RequestRecord]] = {c: [] for c in CONDITIONS}
+    attack = (args.attackers, args.attack_mb, args.attack_interval)
     async with _emulators(args.replicas, args.time_scale, args.seed) as backends, \
-            _router(backends, args.time_scale) as (url, pid):
+            _router(backends, args.time_scale) as (url, pid), _sink_process() as sink:
         await asyncio.sleep(1.0)  # first health probes and load polls
+        targets = {"baseline": None, "control": sink, "attacked": url}
         for round_ in range(args.rounds):
             planned = _plan(args.rate, args.duration, args.prompt_tokens, args.max_tokens,
                             args.seed + round_)
-            for condition in ("baseline", "attacked"):
-                attack = (args.attackers, args.attack_mb, args.attack_interval) \
-                    if condition == "attacked" else None
+            for condition in CONDITIONS:
                 started, cpu = time.monotonic(), _cpu_s(pid)
                 records, down, answers = await _one_run(url, planned, args.seed + round_,
-                                                        attack)
+                                                        targets[condition], attack)
                 elapsed = time.monotonic() - started
                 busy = (_cpu_s(pid) - cpu) / elapsed
                 pooled[condition] += records
@@ -322,14 +378,13 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "attack_bytes": len(attack_body(args.attack_mb)),
         "attack_interval_s": args.attack_interval, "attacker_nice": ATTACKER_NICE,
         "artifact": ARTIFACT},
-        "runs": runs, "pooled": summary, "verdict": verdict(summary["baseline"],
-                                                            summary["attacked"])}
+        "runs": runs, "pooled": summary,
+        "verdict": verdict(summary["baseline"], summary["attacked"], summary["control"])}
 
 
 def markdown(doc: dict[str, Any]) -> str:
     """The result as a page; every sentence is computed from ``doc``."""
     s, m, v = doc["settings"], doc["machine"], doc["verdict"]
-    base, hit = doc["pooled"]["baseline"], doc["pooled"]["attacked"]
     lines = [
         "# Normal streams while clients send 4 MB prompts in a loop",
         "",
@@ -343,7 +398,9 @@ def markdown(doc: dict[str, Any]) -> str:
         + (" sent back to back" if not s["attack_interval_s"] else
            f", each starting one every {s['attack_interval_s']} s at most")
         + f" (attacker process at nice {s['attacker_nice']}). {s['rounds']} rounds, each the"
-        " same planned load without then with the attackers.",
+        " same planned load three times: without attackers (baseline), with the attackers"
+        " sending to a sink process instead of the router (control: the attack traffic's cost"
+        " to the machine), and with the attackers sending to the router (attacked).",
         "",
         "| run | condition | completed | errors | TTFT p50 ms | TTFT p99 ms | longest gap ms"
         " | p99 stream's longest gap ms | replica-down polls | router CPU % of a core"
@@ -361,7 +418,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += ["", "Pooled over the rounds:", "",
               "| condition | TTFT p99 ms | longest gap ms | p99 stream's longest gap ms |",
               "|---|---|---|---|"]
-    for name, fig in (("baseline", base), ("attacked", hit)):
+    for name, fig in doc["pooled"].items():
         lines.append(f"| {name} | {fig['ttft_p99_ms']} | {fig['longest_gap_ms']} |"
                      f" {fig['stream_longest_gap_p99_ms']} |")
     lines.append("")
@@ -369,11 +426,21 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append("Not shown by this run: a condition completed no stream.")
     else:
         holds = "holds" if v["within_target"] else "does not hold"
+        added = v["added"]
         lines.append(
-            f"The attackers added {v['ttft_p99_ms_added']} ms to p99 TTFT and"
-            f" {v['longest_gap_ms_added']} ms to the longest inter-token gap"
-            f" ({v['stream_longest_gap_p99_ms_added']} ms to the p99 of each stream's longest"
+            f"The attackers added {added['ttft_p99_ms']} ms to p99 TTFT and"
+            f" {added['longest_gap_ms']} ms to the longest inter-token gap"
+            f" ({added['stream_longest_gap_p99_ms']} ms to the p99 of each stream's longest"
             f" gap): the target (at most {v['target_ms']} ms each) {holds} in this run.")
+        if "machine_added" in v:
+            mach, router = v["machine_added"], v["router_added"]
+            lines.append(
+                f"Sent to the sink instead, the same attack traffic added {mach['ttft_p99_ms']}"
+                f" ms to p99 TTFT and {mach['longest_gap_ms']} ms to the longest gap"
+                f" ({mach['stream_longest_gap_p99_ms']} ms to the p99 of each stream's longest"
+                " gap) without touching the router; beyond that, the router's handling of the"
+                f" attacks added {router['ttft_p99_ms']} ms, {router['longest_gap_ms']} ms and"
+                f" {router['stream_longest_gap_p99_ms']} ms.")
     errors = sum(r["errors"] for r in doc["runs"])
     down = sum(r["replica_down_polls"] for r in doc["runs"])
     lines.append(f"Normal requests that failed: {errors}. Polls that found a replica marked"
@@ -392,18 +459,24 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attacker_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(description="the attacker process of lpu-bench hostile-prompts")
-    p.add_argument("--attacker", required=True, help="router base URL")
+def _process_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(description="the attacker and sink processes of"
+                                            " lpu-bench hostile-prompts")
+    role = p.add_mutually_exclusive_group(required=True)
+    role.add_argument("--attacker", help="attack this base URL")
+    role.add_argument("--sink", action="store_true", help="serve the control's sink")
     p.add_argument("--loops", type=int, default=2)
     p.add_argument("--attack-mb", type=float, default=4.0)
     p.add_argument("--interval", type=float, default=0.0)
     p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority")
     args = p.parse_args(argv)
+    if args.sink:
+        run_async(_sink())
+        return 0
     os.nice(args.nice)
     run_async(_attack(args.attacker, args.loops, args.attack_mb, args.interval))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(_attacker_main(sys.argv[1:]))
+    raise SystemExit(_process_main(sys.argv[1:]))

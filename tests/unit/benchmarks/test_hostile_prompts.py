@@ -27,7 +27,8 @@ def test_run_figures_are_the_records_quantiles_in_ms() -> None:
     assert fig["longest_gap_ms"] == 5.0
 
 
-def doc(base: dict[str, Any], hit: dict[str, Any]) -> dict[str, Any]:
+def doc(base: dict[str, Any], hit: dict[str, Any],
+        control: dict[str, Any] | None = None) -> dict[str, Any]:
     machine = {"nproc": 2, "cpu": "cpu", "python": "3.11", "platform": "linux", "date": "d"}
     settings = {"rate_per_s": 20, "duration_s": 20, "rounds": 1, "prompt_tokens": 200,
                 "max_tokens": 64, "replicas": 2, "time_scale": 1.0, "attackers": 2,
@@ -36,10 +37,13 @@ def doc(base: dict[str, Any], hit: dict[str, Any]) -> dict[str, Any]:
     run = {"round": 0, "requests": 1, "completed": 1, "errors": 0, "ttft_p50_ms": 1,
            "replica_down_polls": 0, "router_cpu_percent": 1.0, "attack_answers": {},
            "attack_requests_per_s": 0}
+    control = control or base
     return {"machine": machine, "label": "", "settings": settings,
             "runs": [{**run, **base, "condition": "baseline"},
+                     {**run, **control, "condition": "control"},
                      {**run, **hit, "condition": "attacked"}],
-            "pooled": {"baseline": base, "attacked": hit}, "verdict": verdict(base, hit)}
+            "pooled": {"baseline": base, "control": control, "attacked": hit},
+            "verdict": verdict(base, hit, control)}
 
 
 @pytest.mark.parametrize(
@@ -55,6 +59,20 @@ def test_the_verdict_follows_the_numbers(added_ttft: float, added_gap: float,
     text = markdown(doc(base, hit))
     assert sentence in text
     assert f"added {added_ttft} ms to p99 TTFT and {added_gap} ms" in text
+
+
+def test_the_control_separates_the_machine_from_the_router() -> None:
+    base = {"ttft_p99_ms": 100.0, "longest_gap_ms": 10.0, "stream_longest_gap_p99_ms": 9.0}
+    control = {"ttft_p99_ms": 101.0, "longest_gap_ms": 25.0, "stream_longest_gap_p99_ms": 20.0}
+    hit = {"ttft_p99_ms": 110.0, "longest_gap_ms": 30.0, "stream_longest_gap_p99_ms": 24.0}
+    v = verdict(base, hit, control)
+    assert v["machine_added"] == {"ttft_p99_ms": 1.0, "longest_gap_ms": 15.0,
+                                  "stream_longest_gap_p99_ms": 11.0}
+    assert v["router_added"] == {"ttft_p99_ms": 9.0, "longest_gap_ms": 5.0,
+                                 "stream_longest_gap_p99_ms": 4.0}
+    text = markdown(doc(base, hit, control))
+    assert "added 1.0 ms to p99 TTFT and 15.0 ms to the longest gap" in text
+    assert "the router's handling of the attacks added 9.0 ms, 5.0 ms and 4.0 ms" in text
 
 
 def test_no_completed_stream_is_not_shown() -> None:
