@@ -434,8 +434,12 @@ def markdown(doc: dict[str, Any]) -> str:
             f" gap): the target (at most {v['target_ms']} ms each) {holds} in this run.")
         if "machine_added" in v:
             mach, router = v["machine_added"], v["router_added"]
+            rate = {c: round(float(np.mean([r["attack_requests_per_s"] for r in doc["runs"]
+                                            if r["condition"] == c])), 1)
+                    for c in ("control", "attacked")}
             lines.append(
-                f"Sent to the sink instead, the same attack traffic added {mach['ttft_p99_ms']}"
+                f"Sending to the sink instead ({rate['control']} attacks/s, against"
+                f" {rate['attacked']}/s to the router), the attackers added {mach['ttft_p99_ms']}"
                 f" ms to p99 TTFT and {mach['longest_gap_ms']} ms to the longest gap"
                 f" ({mach['stream_longest_gap_p99_ms']} ms to the p99 of each stream's longest"
                 " gap) without touching the router; beyond that, the router's handling of the"

@@ -71,7 +71,8 @@ def test_the_control_separates_the_machine_from_the_router() -> None:
     assert v["router_added"] == {"ttft_p99_ms": 9.0, "longest_gap_ms": 5.0,
                                  "stream_longest_gap_p99_ms": 4.0}
     text = markdown(doc(base, hit, control))
-    assert "added 1.0 ms to p99 TTFT and 15.0 ms to the longest gap" in text
+    assert "the attackers added 1.0 ms to p99 TTFT and 15.0 ms to the longest gap" in text
+    assert "(0.0 attacks/s, against 0.0/s to the router)" in text
     assert "the router's handling of the attacks added 9.0 ms, 5.0 ms and 4.0 ms" in text
 
 
