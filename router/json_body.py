@@ -266,10 +266,11 @@ def _scan(raw: bytes) -> tuple[int, bool | None]:
     # bytes.count and re walk byte by byte (~1 ms per 4 MB each); numpy compares 16+ at once.
     a = np.frombuffer(raw, np.uint8)
     brackets = int(np.count_nonzero(a == 0x5B)) + int(np.count_nonzero(a == 0x7B))
-    back = np.flatnonzero(a[:-5] == 0x5C)  # a \uXXXX escape takes 6 bytes
-    if back.size == 0:
+    # Where "\ud" / "\uD" starts (a \uXXXX escape takes 6 bytes): one mask, so a body full of
+    # other escapes (\n, \") costs no more than one without any.
+    esc = np.flatnonzero((a[:-5] == 0x5C) & (a[1:-4] == 0x75) & ((a[2:-3] | 0x20) == 0x64))
+    if esc.size == 0:
         return brackets, False
-    esc = back[(a[back + 1] == 0x75) & ((a[back + 2] | 0x20) == 0x64)]  # \ud / \uD
     third = a[esc + 3] | 0x20
     surrogate = ((third >= 0x38) & (third <= 0x39)) | ((third >= 0x61) & (third <= 0x66))
     esc, third = esc[surrogate], third[surrogate]
