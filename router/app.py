@@ -30,6 +30,7 @@ from router.admission.off import OffAdmitter
 from router.admission.settings import AdmissionMode, AdmissionSettings
 from router.auth import Auth
 from router.body_memory import BodyBudget
+from router.body_rate import LargeBodyRate
 from router.buckets import BucketTable
 from router.config import RouterConfig
 from router.edge import edge_middleware
@@ -112,13 +113,16 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     # the system once none is held.
     bodies = BodyBudget(config.server.max_body_memory_bytes, metrics.body_memory_bytes,
                         on_empty=trim_heap)
+    # Large bodies cost CPU by their size: at most server.large_body_bytes_per_s of them.
+    large = LargeBodyRate(config.server.large_body_bytes_per_s, config.server.max_body_bytes,
+                          clock)
 
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[edge_middleware(metrics, config.server.max_body_bytes),
                      lifecycle_middleware(lifecycle, metrics,
                                           body_timeout_s=config.server.body_timeout_s,
-                                          budget=bodies,
+                                          budget=bodies, large=large,
                                           max_body_bytes=config.server.max_body_bytes)],
     )
     app[METRICS] = metrics

@@ -92,6 +92,9 @@ class ServerConfig:
     """Bytes of completion request bodies the router holds at once (reserved from
     ``Content-Length`` before a body is read, counted as a chunked one arrives); past it a
     request gets 503 ``body_memory_exhausted`` without its body being read."""
+    large_body_bytes_per_s: int = 16 * 1024 * 1024
+    """Bytes per second of large bodies (512 KiB or more) the router takes in
+    (:mod:`router.body_rate`); past it 503 ``large_body_rate_exceeded`` with ``Retry-After``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +224,8 @@ def _server(f: Fields, base_dir: Path | None) -> ServerConfig:
         max_body_memory_bytes=f.integer("max_body_memory_bytes",
                                         ServerConfig().max_body_memory_bytes, lo=1024),
         params=parse_params(f, DEFAULT_PARAMS),
+        large_body_bytes_per_s=f.integer("large_body_bytes_per_s",
+                                         ServerConfig().large_body_bytes_per_s, lo=1024),
     )
     if cfg.max_body_memory_bytes < cfg.max_body_bytes:
         f.error("max_body_memory_bytes", f"must be at least server.max_body_bytes"

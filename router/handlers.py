@@ -55,6 +55,7 @@ from router.admission_headers import (
     refusal_headers,
 )
 from router.auth import Auth
+from router.body_rate import LARGE_BODY_BYTES
 from router.buckets import BucketTable, Placement
 from router.config import RouterConfig
 from router.errors import Rejection, UpstreamFailure, refusal_error, retry_after_headers
@@ -76,7 +77,7 @@ __all__ = ["Proxy", "error_response"]
 
 REQUEST_ID = web.RequestKey("request_id", str)
 _NOTHING: frozenset[str] = frozenset()
-PARSE_OFF_LOOP_BYTES = 512 * 1024
+PARSE_OFF_LOOP_BYTES = LARGE_BODY_BYTES
 """Bodies at least this large are parsed on :data:`_parser`'s thread, one at a time: a 4 MB
 body costs ~6 ms to parse, most of it in C calls that hold the GIL, so on the loop it would
 stall every stream for that long; on the thread the loop takes the GIL back every switch

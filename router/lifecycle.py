@@ -36,7 +36,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import hdrs, web
 
 from router.body_memory import BodyBudget, OverBudget, Reservation, read_body
-from router.errors import REJECT_STATUS
+from router.body_rate import LARGE_BODY_BYTES, LargeBodyRate
+from router.errors import REJECT_STATUS, retry_after_headers
 from router.handlers import error_response
 from router.metrics import RouterMetrics
 from router.openai_api import APIError
@@ -129,10 +130,11 @@ def _body_timeout(timeout_s: float) -> APIError:
 
 
 def lifecycle_middleware(lifecycle: Lifecycle, metrics: RouterMetrics, *,
-                         body_timeout_s: float, budget: BodyBudget, max_body_bytes: int
+                         body_timeout_s: float, budget: BodyBudget, max_body_bytes: int,
+                         large: LargeBodyRate | None = None
                          ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Refuse completions while draining; count them in progress; read their bodies within
-    ``budget`` and ``body_timeout_s``."""
+    ``budget``, ``body_timeout_s`` and the ``large`` bodies' rate."""
 
     def refuse(reason: RejectReason, error: APIError,
                headers: dict[str, str] | None = None) -> web.Response:
@@ -147,6 +149,11 @@ def lifecycle_middleware(lifecycle: Lifecycle, metrics: RouterMetrics, *,
             return await handler(request)
         if lifecycle.draining:
             return refuse(RejectReason.SHUTTING_DOWN, _shutting_down(), {"Retry-After": "1"})
+        length = request.content_length
+        if large is not None and length is not None and length >= LARGE_BODY_BYTES:
+            wait = large.take(length)
+            if wait is not None:
+                return refuse(RejectReason.BODY_RATE, large.error(), retry_after_headers(wait))
         held = Reservation(budget)
         lifecycle.entered()
         try:
@@ -160,6 +167,8 @@ def lifecycle_middleware(lifecycle: Lifecycle, metrics: RouterMetrics, *,
                 return refuse(RejectReason.BODY_MEMORY, exc.error, {"Retry-After": "1"})
             except TimeoutError:
                 return refuse(RejectReason.INVALID_REQUEST, _body_timeout(body_timeout_s))
+            if large is not None and length is None and held.taken >= LARGE_BODY_BYTES:
+                large.charge(held.taken)  # chunked: known only now
             return await handler(request)
         finally:
             held.close()

@@ -35,3 +35,5 @@ class RejectReason(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     BODY_MEMORY = "body_memory"
     """The router already holds ``server.max_body_memory_bytes`` of request bodies."""
+    BODY_RATE = "body_rate"
+    """Large bodies arrive faster than ``server.large_body_bytes_per_s``."""
