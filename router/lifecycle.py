@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import hdrs, web
 
 from router.body_memory import BodyBudget, OverBudget, Reservation, read_body
-from router.body_rate import LARGE_BODY_BYTES, LargeBodyRate
+from router.body_rate import LARGE_BODY_BYTES, MAX_WAIT_S, LargeBodyRate
 from router.errors import REJECT_STATUS, retry_after_headers
 from router.handlers import error_response
 from router.metrics import RouterMetrics
@@ -150,13 +150,17 @@ def lifecycle_middleware(lifecycle: Lifecycle, metrics: RouterMetrics, *,
         if lifecycle.draining:
             return refuse(RejectReason.SHUTTING_DOWN, _shutting_down(), {"Retry-After": "1"})
         length = request.content_length
+        wait = 0.0
         if large is not None and length is not None and length >= LARGE_BODY_BYTES:
-            wait = large.take(length)
-            if wait is not None:
-                return refuse(RejectReason.BODY_RATE, large.error(), retry_after_headers(wait))
+            wait = large.reserve(length)
+            if wait > MAX_WAIT_S:  # sent again after this, it waits at most MAX_WAIT_S
+                return refuse(RejectReason.BODY_RATE, large.error(),
+                              retry_after_headers(wait - MAX_WAIT_S))
         held = Reservation(budget)
         lifecycle.entered()
         try:
+            if wait:  # the body waits in the kernel: TCP holds the sender back meanwhile
+                await asyncio.sleep(wait)
             try:
                 if request.content.is_eof():
                     await read_body(request, held, max_body_bytes)

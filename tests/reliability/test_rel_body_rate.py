@@ -1,6 +1,6 @@
-"""Large bodies draw on ``server.large_body_bytes_per_s`` (a router process, real emulators):
-past it they get 503 + Retry-After unread, small requests are served meanwhile, and a large body
-sent again at its Retry-After is taken."""
+"""Large bodies draw on ``server.large_body_bytes_per_s`` (a router process, a real emulator):
+within the rate's wait they are read once it allows, past it they get 503 + Retry-After unread,
+small requests are served meanwhile, and a large body sent again at its Retry-After is taken."""
 
 from __future__ import annotations
 
@@ -47,24 +47,30 @@ backends = ["{urls[0]}"]
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             body = _large(MB)
             hdrs = {"Content-Type": "application/json"}
-            statuses = []
-            retry_ms = 0
-            for _ in range(3):  # the bucket holds 2 MB: two pass, the third waits
+
+            async def large() -> tuple[int, bytes, dict[str, str]]:
                 async with s.post(url, data=body, headers=hdrs) as r:
-                    statuses.append(r.status)
-                    if r.status == 503:
-                        assert error_code(await r.read()) == "large_body_rate_exceeded"
-                        retry_ms = int(r.headers["retry-after-ms"])
-                        assert int(r.headers["Retry-After"]) >= 1
-            assert statuses == [400, 400, 503]
-            assert 0 < retry_ms <= 1000
+                    return r.status, await r.read(), dict(r.headers)
+
+            # The bucket holds 2 MB and refills 1 MiB/s: two are read at once, the third
+            # waits ~0.95 s (under MAX_WAIT_S) and is read then, two more would wait longer.
+            sent = [asyncio.create_task(large()) for _ in range(5)]
             async with s.post(url, json=chat(4)) as r:  # small bodies never wait
                 assert r.status == 200
+            answers = await asyncio.gather(*sent)
+            statuses = sorted(status for status, _, _ in answers)
+            assert statuses == [400, 400, 400, 503, 503], statuses
+            for status, raw, headers in answers:
+                if status == 400:  # read and parsed: too long for the 2k shape
+                    assert error_code(raw) == "context_length_exceeded"
+                else:
+                    assert error_code(raw) == "large_body_rate_exceeded"
+                    assert int(headers["Retry-After"]) >= 1
+            retry_ms = max(int(h["retry-after-ms"]) for st, _, h in answers if st == 503)
             await asyncio.sleep(retry_ms / 1e3)
-            async with s.post(url, data=body, headers=hdrs) as r:
-                assert r.status == 400  # taken, parsed, refused for its length
-                assert error_code(await r.read()) == "context_length_exceeded"
+            status, raw, _ = await large()  # sent again at its Retry-After: taken
+            assert status == 400 and error_code(raw) == "context_length_exceeded"
             async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
                 text = await r.text()
             assert_invariant(text)
-            assert 'reason="body_rate"} 1.0' in text
+            assert 'reason="body_rate"} 2.0' in text
