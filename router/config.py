@@ -145,6 +145,11 @@ def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+# The defaults are the dataclasses' fields: the parser reads them from these, never again.
+_SERVER = ServerConfig()
+_TIMEOUTS = TimeoutConfig()
+_ADM = AdmissionSettings()
+
 _SECTIONS = frozenset({"server", "timeouts", "health", "admission", "buckets", "tenants"})
 
 
@@ -161,23 +166,26 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", *, base_dir: 
     buckets = _buckets(raw.get("buckets"), errors, base_dir, server.params)
     tenants = _tenants(raw.get("tenants"), errors)
     admission = AdmissionSettings(
-        mode=AdmissionMode(adm.choice("mode", [m.value for m in AdmissionMode], "timeline")),
-        margin_s=adm.number("margin_s", 0.005, lo=0.0),
-        margin=MarginPolicy(adm.choice("margin", [m.value for m in MarginPolicy], "adaptive")),
-        margin_quantile=adm.number("margin_quantile", 0.99, lo=0.5, hi=1.0),
-        margin_window=adm.integer("margin_window", 256, lo=16),
+        mode=AdmissionMode(adm.choice("mode", [m.value for m in AdmissionMode], _ADM.mode.value)),
+        margin_s=adm.number("margin_s", _ADM.margin_s, lo=0.0),
+        margin=MarginPolicy(adm.choice("margin", [m.value for m in MarginPolicy],
+                                       _ADM.margin.value)),
+        margin_quantile=adm.number("margin_quantile", _ADM.margin_quantile, lo=0.5, hi=1.0),
+        margin_window=adm.integer("margin_window", _ADM.margin_window, lo=16),
         prediction=PredictionPolicy(
-            adm.choice("prediction", [p.value for p in PredictionPolicy], "worst_case")
+            adm.choice("prediction", [p.value for p in PredictionPolicy],
+                       _ADM.prediction.value)
         ),
-        learned_quantile=adm.number("learned_quantile", 0.95, lo=0.5, hi=1.0),
-        utilization_window_s=adm.number("utilization_window_s", 10.0, lo=0.1),
-        load_poll_interval_s=adm.number("load_poll_interval_s", 0.05, lo=0.001),
-        on_demand_max_wait_s=adm.number("on_demand_max_wait_s", 2.0, lo=0.0),
+        learned_quantile=adm.number("learned_quantile", _ADM.learned_quantile, lo=0.5, hi=1.0),
+        utilization_window_s=adm.number("utilization_window_s", _ADM.utilization_window_s, lo=0.1),
+        load_poll_interval_s=adm.number("load_poll_interval_s", _ADM.load_poll_interval_s,
+                                         lo=0.001),
+        on_demand_max_wait_s=adm.number("on_demand_max_wait_s", _ADM.on_demand_max_wait_s, lo=0.0),
         buckets=tuple(b.policy for b in buckets),
         tenants=tuple(t.policy for t in tenants),
         priorities=_priorities(adm, errors),
-        min_retry_after_s=adm.number("min_retry_after_s", 0.05, lo=0.0),
-        learned_min_samples=adm.integer("learned_min_samples", 32, lo=1),
+        min_retry_after_s=adm.number("min_retry_after_s", _ADM.min_retry_after_s, lo=0.0),
+        learned_min_samples=adm.integer("learned_min_samples", _ADM.learned_min_samples, lo=1),
     )
     adm.finish()
     if errors:
@@ -210,22 +218,23 @@ def _server(f: Fields, base_dir: Path | None) -> ServerConfig:
             f.error("tokenizer", f"no such file: {tokenizer}")
     admin = f.opt_str("admin_api_key")
     cfg = ServerConfig(
-        host=f.string("host", "127.0.0.1"),
-        port=f.integer("port", 8080, lo=0, hi=65535),
-        max_body_bytes=f.integer("max_body_bytes", 4 * 1024 * 1024, lo=1024),
+        host=f.string("host", _SERVER.host),
+        port=f.integer("port", _SERVER.port, lo=0, hi=65535),
+        max_body_bytes=f.integer("max_body_bytes", _SERVER.max_body_bytes, lo=1024),
         tokenizer=tokenizer,
         admin_key_digest=key_digest(admin) if admin else None,
-        max_retries=f.integer("max_retries", 2, lo=0, hi=10),
-        drain_s=f.number("drain_s", 30.0, lo=0.0),
-        max_connections=f.integer("max_connections", 1024, lo=1),
-        idle_timeout_s=f.number("idle_timeout_s", 15.0, lo=0.1),
-        body_timeout_s=f.number("body_timeout_s", 30.0, lo=0.1),
-        max_header_bytes=f.integer("max_header_bytes", 8190, lo=1024, hi=1 << 20),
+        max_retries=f.integer("max_retries", _SERVER.max_retries, lo=0, hi=10),
+        drain_s=f.number("drain_s", _SERVER.drain_s, lo=0.0),
+        max_connections=f.integer("max_connections", _SERVER.max_connections, lo=1),
+        idle_timeout_s=f.number("idle_timeout_s", _SERVER.idle_timeout_s, lo=0.1),
+        body_timeout_s=f.number("body_timeout_s", _SERVER.body_timeout_s, lo=0.1),
+        max_header_bytes=f.integer("max_header_bytes", _SERVER.max_header_bytes, lo=1024,
+                                   hi=1 << 20),
         max_body_memory_bytes=f.integer("max_body_memory_bytes",
-                                        ServerConfig().max_body_memory_bytes, lo=1024),
+                                        _SERVER.max_body_memory_bytes, lo=1024),
         params=parse_params(f, DEFAULT_PARAMS),
         large_body_bytes_per_s=f.integer("large_body_bytes_per_s",
-                                         ServerConfig().large_body_bytes_per_s, lo=1024),
+                                         _SERVER.large_body_bytes_per_s, lo=1024),
     )
     if cfg.max_body_memory_bytes < cfg.max_body_bytes:
         f.error("max_body_memory_bytes", f"must be at least server.max_body_bytes"
@@ -236,9 +245,9 @@ def _server(f: Fields, base_dir: Path | None) -> ServerConfig:
 
 def _timeouts(f: Fields) -> TimeoutConfig:
     cfg = TimeoutConfig(
-        connect_s=f.number("connect_s", 2.0, lo=0.001),
-        read_s=f.number("read_s", 60.0, lo=0.001),
-        keepalive_s=f.number("keepalive_s", 4.0, lo=0.0),
+        connect_s=f.number("connect_s", _TIMEOUTS.connect_s, lo=0.001),
+        read_s=f.number("read_s", _TIMEOUTS.read_s, lo=0.001),
+        keepalive_s=f.number("keepalive_s", _TIMEOUTS.keepalive_s, lo=0.0),
     )
     f.finish()
     return cfg
