@@ -156,3 +156,18 @@ def test_check_runs_as_a_module(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "server.port:" in proc.stderr and "buckets: at least one" in proc.stderr
+
+
+def test_omitted_keys_take_the_dataclass_defaults() -> None:
+    """The dataclass field is the one place a default is written: a config that gives no
+    [server], [timeouts] or [admission] key gets exactly those."""
+    import dataclasses
+
+    from router.admission.settings import AdmissionSettings
+    from router.config import ServerConfig, TimeoutConfig
+
+    cfg = parse_config({"buckets": [{"name": "s", "model": "m", "artifact": "llama-3.1-8b-2k",
+                                     "backends": ["http://127.0.0.1:1"]}]})
+    assert cfg.server == ServerConfig()
+    assert cfg.timeouts == TimeoutConfig()
+    assert dataclasses.replace(cfg.admission, buckets=(), tenants=()) == AdmissionSettings()
