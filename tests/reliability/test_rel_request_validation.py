@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from reliability_harness import (
     ARTIFACT,
     MODEL,
+    FakeBackend,
     Stack,
     assert_invariant,
     assert_settled,
@@ -26,6 +27,7 @@ from reliability_harness import (
     emulator_options,
     emulator_stack,
     error_code,
+    fake_backend,
     post,
     router_config,
     serve_router,
@@ -180,40 +182,21 @@ async def test_load_tool_bodies_are_served_with_ignore_eos_honoured(path: str,
 
 # -- the parameter policy per bucket and the upstream model name ------------------------------
 
-@dataclasses.dataclass
-class Recorder:
-    url: str = ""
-    bodies: list[bytes] = dataclasses.field(default_factory=list)
-
-
 @contextlib.asynccontextmanager
-async def _recording_backend() -> AsyncIterator[Recorder]:
-    """An OpenAI-style backend on loopback that records each completion body it gets."""
-    rec = Recorder()
+async def _recording_backend() -> AsyncIterator[tuple[FakeBackend, list[bytes]]]:
+    """The harness's fake backend, answering one chat completion and recording each body."""
+    bodies: list[bytes] = []
 
-    async def completion(request: web.Request) -> web.Response:
-        rec.bodies.append(await request.read())
+    async def completion(request: web.Request) -> web.StreamResponse:
+        bodies.append(await request.read())
         return web.json_response({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "served",
             "choices": [{"index": 0, "finish_reason": "length",
                          "message": {"role": "assistant", "content": "ok"}}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
 
-    async def ready(request: web.Request) -> web.Response:
-        return web.json_response({"ready": True})
-
-    app = web.Application()
-    app.router.add_get("/readyz", ready)
-    app.router.add_post("/v1/chat/completions", completion)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield rec
-    finally:
-        await runner.cleanup()
+    async with fake_backend(completion) as fake:
+        yield fake, bodies
 
 
 def _unique_keys(raw: bytes) -> dict[str, Any]:
@@ -226,7 +209,7 @@ def _unique_keys(raw: bytes) -> dict[str, Any]:
 
 
 async def test_bucket_policy_after_placement_and_upstream_model_splice() -> None:
-    async with _recording_backend() as backend:
+    async with _recording_backend() as (backend, bodies):
         shape = {"artifact": ARTIFACT, "time_scale": 0.05, "backends": [backend.url]}
         config = router_config([backend.url], extra={
             "server": {"extra_params": "pass"},
@@ -240,7 +223,7 @@ async def test_bucket_policy_after_placement_and_upstream_model_splice() -> None
             status, _, raw = await post(stack, refused)
             assert (status, error_code(raw)) == (400, "unknown_parameter")
             assert json.loads(raw)["error"]["param"] == "top_k"
-            assert backend.bodies == []
+            assert bodies == []
 
             # no allowance, a parameter nobody defines, odd spacing and non-ASCII text
             sent = (b'{ "model" : "' + MODEL.encode() + b'",\n  "chat_template_kwargs": {"x": 1},'
@@ -248,7 +231,7 @@ async def test_bucket_policy_after_placement_and_upstream_model_splice() -> None
                     + ' ü"}] }'.encode())
             status, _, raw = await post(stack, sent)
             assert status == 200, raw
-            got = backend.bodies[-1]
+            got = bodies[-1]
             doc = _unique_keys(got)
             assert doc == {**json.loads(sent), "model": "meta-llama/Llama-3.1-8B",
                            "max_tokens": 64}
@@ -260,7 +243,7 @@ async def test_bucket_policy_after_placement_and_upstream_model_splice() -> None
             both = {**chat(max_tokens=5000), "max_completion_tokens": 4000}
             status, _, raw = await post(stack, both)
             assert status == 200, raw
-            doc = _unique_keys(backend.bodies[-1])
+            doc = _unique_keys(bodies[-1])
             assert doc["max_tokens"] == doc["max_completion_tokens"] == 1024
             assert doc["model"] == "meta-llama/Llama-3.1-8B"
             await assert_settled(stack)
