@@ -1,5 +1,5 @@
 """What reading a request body costs: ``json.loads`` (before issue 10) against
-:func:`router.json_body.parse_body` (top-level spans, depth bound, lone-surrogate check), and
+:func:`lpu_protocol.json_body.parse_body` (top-level spans, depth bound, lone-surrogate check), and
 forwarding it with a new allowance: ``json.dumps`` of the whole body against a splice.
 
     python -m benchmarks.body_parse            # prints a markdown table (milliseconds)
@@ -14,7 +14,7 @@ import json
 import timeit
 from collections.abc import Callable
 
-from router.json_body import parse_body
+from lpu_protocol.json_body import parse_body
 
 __all__ = ["bodies", "main", "measure"]
 

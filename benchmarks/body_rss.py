@@ -21,8 +21,8 @@ from pathlib import Path
 
 import aiohttp
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import builtin_artifact
 
 MODEL = "llama-3.1-8b-instant"
 

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 
 from benchmarks import theory
-from lpu_emulator.artifact import Artifact, ArtifactError, load_artifact
+from lpu_protocol.artifact import Artifact, ArtifactError, load_artifact
 
 __all__ = ["HELP", "Plan", "configure", "execute", "max_utilization", "plan", "safe_utilization"]
 

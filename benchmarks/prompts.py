@@ -1,7 +1,7 @@
 """Synthetic prompts that the shared token counter reads as a target length.
 
 Each prompt is made of short lowercase words with a leading space; the shared
-:class:`router.tokens.EstimateCounter` charges each such word one token, and the
+:class:`lpu_protocol.tokens.EstimateCounter` charges each such word one token, and the
 Llama-3-style template adds a fixed overhead per request, so a prompt built here
 counts as ``target`` tokens (exactly under the estimate, approximately under a
 real tokenizer). A per-request prefix keeps prompts distinct, so nothing
@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from router.tokens import TEMPLATE_BOS, TEMPLATE_PER_MESSAGE, TEMPLATE_REPLY_PRIMER
+from lpu_protocol.tokens import TEMPLATE_BOS, TEMPLATE_PER_MESSAGE, TEMPLATE_REPLY_PRIMER
 
 __all__ = ["PromptFactory", "template_overhead"]
 

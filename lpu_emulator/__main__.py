@@ -18,11 +18,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from lpu_emulator.artifact import ArtifactError, builtin_artifact_names, load_artifact
 from lpu_emulator.faults import FaultSettings
 from lpu_emulator.lengths import OutputLength
 from lpu_emulator.options import EmulatorOptions
 from lpu_emulator.server import start_emulators
+from lpu_protocol.artifact import ArtifactError, builtin_artifact_names, load_artifact
 
 __all__ = ["build_parser", "main", "options_from_args"]
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from lpu_emulator.artifact import Artifact, ArtifactError, load_artifact, parse_artifact
 from lpu_emulator.keys import BACKEND
-from router.openai_api import APIError
+from lpu_protocol.artifact import Artifact, ArtifactError, load_artifact, parse_artifact
+from lpu_protocol.openai_api import APIError
 
 __all__ = ["add_routes"]
 

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lpu_emulator.artifact import Artifact
 from lpu_emulator.engine import Job
 from lpu_emulator.faults import FaultKind, FaultPlan, FaultSettings, plan_faults
 from lpu_emulator.lengths import draw_length
@@ -34,10 +33,11 @@ from lpu_emulator.options import EmulatorOptions
 from lpu_emulator.schedule import LiveSchedule
 from lpu_emulator.text import request_key, token_ids
 from lpu_emulator.tools import ToolCall, tool_call_for
-from router.openai_api import APIError, CompletionRequest, context_length_error, parse_request
-from router.openai_api import model_not_found as _model_not_found
-from router.param_policy import VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
-from router.tokens import EstimateCounter, HFTokenizerCounter, TokenCounter, prompt_tokens
+from lpu_protocol.artifact import Artifact
+from lpu_protocol.openai_api import APIError, CompletionRequest, context_length_error, parse_request
+from lpu_protocol.openai_api import model_not_found as _model_not_found
+from lpu_protocol.param_policy import VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
+from lpu_protocol.tokens import EstimateCounter, HFTokenizerCounter, TokenCounter, prompt_tokens
 
 __all__ = ["DEADLINE_HEADER", "PREDICTED_TTFT_HEADER", "Admission", "Backend", "Refused",
            "Rejection"]

@@ -31,7 +31,7 @@ from lpu_emulator.faults import FaultKind
 from lpu_emulator.frames import ResponseIdentity, StreamFrames, Timing, completion_body, usage
 from lpu_emulator.metrics import EmulatorMetrics
 from lpu_emulator.text import TokenText
-from router.openai_api import APIError
+from lpu_protocol.openai_api import APIError
 
 __all__ = ["Delivered", "Deliverer", "sleep_until"]
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lpu_emulator.artifact import Artifact
+from lpu_protocol.artifact import Artifact
 
 __all__ = ["Engine", "Job", "JobState", "LoadSnapshot"]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lpu_emulator.tools import ToolCall
-from router.openai_api import APIError
+from lpu_protocol.openai_api import APIError
 
 __all__ = ["DONE", "ResponseIdentity", "StreamFrames", "Timing", "completion_body", "usage"]
 

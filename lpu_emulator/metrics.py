@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from router.metrics import LATENCY_BUCKETS
+from lpu_protocol.histograms import LATENCY_BUCKETS
 
 __all__ = ["LATENESS_BUCKETS", "EmulatorMetrics", "ModelSeries", "make_metrics"]
 

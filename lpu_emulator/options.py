@@ -24,7 +24,7 @@ Every field, its unit and default:
 * ``tokenizer`` (default None): a Hugging Face ``tokenizer.json`` to count
   prompt tokens exactly; None uses the shared estimator.
 * ``strict_params`` (default True): refuse request fields neither OpenAI nor vLLM's sampling
-  extensions define (``router.param_policy.VLLM_SAMPLING_PARAMS``); False accepts any.
+  extensions define (``lpu_protocol.param_policy.VLLM_SAMPLING_PARAMS``); False accepts any.
 
 Example: ``EmulatorOptions(builtin_artifact("llama-3.1-8b-2k"), time_scale=0.1,
 max_queue=32)``.
@@ -35,9 +35,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lpu_emulator.artifact import Artifact
 from lpu_emulator.faults import FaultSettings
 from lpu_emulator.lengths import OutputLength
+from lpu_protocol.artifact import Artifact
 
 __all__ = ["EmulatorOptions"]
 

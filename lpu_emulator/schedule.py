@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from lpu_emulator.artifact import Artifact
 from lpu_emulator.engine import Engine, Job, JobState, LoadSnapshot
+from lpu_protocol.artifact import Artifact
 
 __all__ = ["LiveSchedule"]
 

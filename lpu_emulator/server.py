@@ -38,7 +38,7 @@ from lpu_emulator.keys import BACKEND, DELIVERER, STARTED, WALL_CLOCK
 from lpu_emulator.metrics import make_metrics
 from lpu_emulator.options import EmulatorOptions
 from lpu_emulator.text import TokenText
-from router.openai_api import APIError, model_not_found
+from lpu_protocol.openai_api import APIError, model_not_found
 
 __all__ = ["EmulatorOptions", "create_app", "error_response", "start_emulators"]
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from router.openai_api import CompletionRequest
+from lpu_protocol.openai_api import CompletionRequest
 
 __all__ = ["VOCABULARY", "TokenText", "request_key", "token_ids"]
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lpu_emulator.text import VOCABULARY, request_key
-from router.openai_api import APIError, CompletionRequest
+from lpu_protocol.openai_api import APIError, CompletionRequest
 
 __all__ = ["FRAGMENT_CHARS", "ToolCall", "tool_call_for"]
 

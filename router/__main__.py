@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run(serve_forever(config, on_ready=ready, config_path=args.config))
         return 0
     if args.command == "demo":
-        from router.demo import demo_length, run_demo
+        from lpu_demo.stack import demo_length, run_demo
 
         def echo(text: str) -> None:
             print(text, flush=True)

@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from lpu_protocol.tokens import ESTIMATE_UNDERCOUNT_MARGIN, EstimateCounter, HFTokenizerCounter
 from router.admin import AdminBuckets
 from router.admission.controller import TimelineAdmitter
 from router.admission.off import OffAdmitter
@@ -44,7 +45,6 @@ from router.pool import BackendPool
 from router.probe import Prober
 from router.process import trim_heap
 from router.relay import Upstream
-from router.tokens import ESTIMATE_UNDERCOUNT_MARGIN, EstimateCounter, HFTokenizerCounter
 
 __all__ = ["ADMITTER", "METRICS", "POOL", "UPSTREAM", "build_app", "make_admitter"]
 

@@ -13,9 +13,9 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
+from lpu_protocol.openai_api import APIError
 from router.config import RouterConfig, TenantConfig
 from router.errors import Rejection
-from router.openai_api import APIError
 from router.outcomes import RejectReason
 
 __all__ = ["Auth", "bearer_token"]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from router.openai_api import APIError
+from lpu_protocol.openai_api import APIError
 
 __all__ = ["SLICE_BYTES", "decoded"]
 

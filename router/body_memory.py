@@ -22,8 +22,8 @@ from collections.abc import Callable
 from aiohttp import hdrs, web
 from prometheus_client import Gauge
 
+from lpu_protocol.openai_api import APIError
 from router.body_encoding import decoded
-from router.openai_api import APIError
 
 __all__ = ["TRIM_AFTER_BYTES", "TRIM_DELAY_S", "BodyBudget", "OverBudget", "Reservation",
            "read_body"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from router.openai_api import APIError
+from lpu_protocol.openai_api import APIError
 
 __all__ = ["LARGE_BODY_BYTES", "MAX_WAIT_S", "LargeBodyRate"]
 

@@ -18,10 +18,10 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lpu_emulator.artifact import Artifact, ArtifactError, load_artifact
+from lpu_protocol.artifact import Artifact, ArtifactError, load_artifact
+from lpu_protocol.param_policy import DEFAULT_PARAMS, PARAM_PRESETS, ExtraParams, ParamPolicy
 from router.admission.settings import BucketPolicy, ReplicaShape
 from router.config_fields import Fields
-from router.param_policy import DEFAULT_PARAMS, PARAM_PRESETS, ExtraParams, ParamPolicy
 
 __all__ = ["BucketConfig", "OverCap", "parse_bucket", "parse_params"]
 
@@ -63,7 +63,7 @@ def _valid_url(url: str) -> bool:
 
 def parse_params(f: Fields, inherit: ParamPolicy) -> ParamPolicy:
     """``extra_params`` (refuse | pass | allow) and ``extra_params_allow`` (parameter names;
-    ``"@vllm"`` stands for :data:`router.param_policy.VLLM_SAMPLING_PARAMS`) of a table; an
+    ``"@vllm"`` stands for :data:`lpu_protocol.param_policy.VLLM_SAMPLING_PARAMS`) of a table; an
     absent key keeps ``inherit``'s value."""
     mode = ExtraParams(f.choice("extra_params", [m.value for m in ExtraParams],
                                 inherit.mode.value))

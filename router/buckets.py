@@ -1,7 +1,7 @@
 """Bucketing: the smallest compiled shape that fits a request, and its output allowance.
 
 A bucket *fits* a request when ``need(prompt) + allowance <= max_seq_len`` where ``need`` is the
-counted prompt, grown by :data:`router.tokens.ESTIMATE_UNDERCOUNT_MARGIN` (rounded up) when the
+counted prompt, grown by ``ESTIMATE_UNDERCOUNT_MARGIN`` (rounded up) when the
 count is an estimate, so an estimate that reads low still fits the compiled shape.
 
 The allowance is the client's ``max_tokens`` / ``max_completion_tokens``, or the bucket's
@@ -26,9 +26,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lpu_protocol.openai_api import APIError, context_length_error, model_not_found
 from router.bucket_config import BucketConfig, OverCap
 from router.errors import Rejection
-from router.openai_api import APIError, context_length_error, model_not_found
 from router.outcomes import RejectReason
 
 __all__ = ["BucketTable", "Placement"]

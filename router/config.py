@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lpu_protocol.param_policy import DEFAULT_PARAMS, ParamPolicy
 from router.admission import Priority
 from router.admission.settings import (
     DEFAULT_PRIORITY_RULES,
@@ -44,7 +45,6 @@ from router.admission.settings import (
 )
 from router.bucket_config import BucketConfig, OverCap, parse_bucket, parse_params
 from router.config_fields import Fields
-from router.param_policy import DEFAULT_PARAMS, ParamPolicy
 
 __all__ = [
     "BucketConfig",

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from lpu_protocol.openai_api import APIError
 from router.errors import Rejection
 from router.handlers import REQUEST_ID, error_response
 from router.metrics import RouterMetrics
-from router.openai_api import APIError
 from router.series import Children
 
 __all__ = ["edge_middleware"]

@@ -44,7 +44,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from router.openai_api import APIError
+from lpu_protocol.openai_api import APIError
 from router.outcomes import RejectReason
 
 __all__ = [

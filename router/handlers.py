@@ -45,6 +45,14 @@ from typing import Literal
 import aiohttp
 from aiohttp import web
 
+from lpu_protocol.openai_api import (
+    APIError,
+    CompletionRequest,
+    check_params,
+    forward_body,
+    parse_request,
+)
+from lpu_protocol.tokens import TokenCounter, count_prompt
 from router.access_log import Exchange
 from router.admission import AdmissionRequest, Admitter, Decision, Ticket
 from router.admission.controller import TimelineAdmitter
@@ -60,18 +68,10 @@ from router.buckets import BucketTable, Placement
 from router.config import RouterConfig
 from router.errors import Rejection, UpstreamFailure, refusal_error, retry_after_headers
 from router.metrics import RouterMetrics
-from router.openai_api import (
-    APIError,
-    CompletionRequest,
-    check_params,
-    forward_body,
-    parse_request,
-)
 from router.outcomes import Outcome, RejectReason
 from router.pool import BackendPool
 from router.relay import RelayResult, Upstream, relay, request_headers
 from router.series import RequestSeries
-from router.tokens import TokenCounter, count_prompt
 
 __all__ = ["Proxy", "error_response"]
 
@@ -343,7 +343,7 @@ class Proxy:
         """Send the request to ``url`` (allowance ``max_tokens``, ``x-lpu-deadline-ms``);
         return once its status line came. The client's body (``raw``, also ``req.wire``) goes
         as it came unless the allowance or the bucket's upstream model name differ: those are
-        spliced into its bytes, never re-serialised (:func:`router.openai_api.forward_body`)."""
+        spliced into its bytes, never re-serialised (``forward_body``)."""
         raw = forward_body(req, max_tokens, self._upstream_model.get(ex.bucket or ""))
         headers = request_headers(incoming)
         headers["x-request-id"] = ex.request_id

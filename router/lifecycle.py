@@ -35,12 +35,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import hdrs, web
 
+from lpu_protocol.openai_api import APIError
 from router.body_memory import BodyBudget, OverBudget, Reservation, read_body
 from router.body_rate import LARGE_BODY_BYTES, MAX_WAIT_S, LargeBodyRate
 from router.errors import REJECT_STATUS, retry_after_headers
 from router.handlers import error_response
 from router.metrics import RouterMetrics
-from router.openai_api import APIError
 from router.outcomes import RejectReason
 
 __all__ = ["COMPLETION_PATHS", "LIFECYCLE", "Lifecycle", "close_when_leaving",

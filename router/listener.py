@@ -45,8 +45,8 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from lpu_protocol.openai_api import APIError
 from router.config import ServerConfig
-from router.openai_api import APIError
 
 __all__ = [
     "LINGER_S",

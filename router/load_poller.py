@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from router.admission.load import LoadReport
+from lpu_protocol.load_report import LoadReport
 from router.pool import BackendPool
 from router.probe import LOAD_PATH, Prober
 

@@ -17,13 +17,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from lpu_protocol.histograms import LATENCY_BUCKETS
+
 __all__ = ["LATENCY_BUCKETS", "PREDICTION_ERROR_BUCKETS", "RouterMetrics"]
 
-# From 100 us (LPU per-token scale) to 2 minutes (long generations).
-LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
-    0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0,
-)
 # Actual minus predicted TTFT: symmetric around zero, fine near it.
 PREDICTION_ERROR_BUCKETS = (
     -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, -0.0025, -0.001, 0.0, 0.001, 0.0025,

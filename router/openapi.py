@@ -1,6 +1,6 @@
 """The router's OpenAPI 3.1 description, served at ``GET /openapi.json``.
 
-Request bodies list the fields :func:`router.openai_api.parse_request` accepts (with the
+Request bodies list the fields :func:`lpu_protocol.openai_api.parse_request` accepts (with the
 types and ranges it checks; ``model`` is one of the configured public models; parameters beyond
 OpenAI's as ``[server] extra_params`` allows them), responses list
 every status the router answers with, the OpenAI error shape, the ``Retry-After`` and
@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
+from lpu_protocol.openai_api import CHAT_ROLES, MAX_ALLOWANCE
+from lpu_protocol.param_policy import ExtraParams, ParamPolicy
 from router.config import RouterConfig
-from router.openai_api import CHAT_ROLES, MAX_ALLOWANCE
-from router.param_policy import ExtraParams, ParamPolicy
 
 __all__ = ["openapi_document", "openapi_handler"]
 
@@ -71,7 +71,7 @@ def _common(models: list[str]) -> dict[str, Any]:
     }
 
 
-# vLLM's sampling extensions the parser checks (router.openai_api._vllm_params); the rest of an
+# vLLM's sampling extensions the parser checks (openai_api._vllm_params); the rest of an
 # allow-list is documented as any value.
 _EXTRA_TYPES: dict[str, dict[str, Any]] = {
     "ignore_eos": {"type": ["boolean", "null"]},

@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from router.admission.load import LoadReport
+from lpu_protocol.load_report import LoadReport
 from router.config import HealthConfig
 
 __all__ = ["FALLBACK_PATHS", "LOAD_PATH", "Check", "Prober"]

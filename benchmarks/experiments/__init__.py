@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lpu_emulator.artifact import Artifact
+from lpu_protocol.artifact import Artifact
 
 __all__ = ["ExperimentResult", "SweepConfig"]
 

@@ -33,9 +33,9 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from benchmarks.experiments import SweepConfig
-from lpu_emulator.artifact import Artifact
 from lpu_emulator.lengths import OutputLength
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import Artifact
 from router.app import build_app
 from router.config import parse_config
 from router.server import running

@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lpu_protocol.load_report import LoadReport
 from router.admission import AdmissionRequest, Decision, RateLimitState, Ticket
 from router.admission.bucket_state import BucketState
 from router.admission.decision import Inputs, judge
-from router.admission.load import LoadReport
 from router.admission.priority import rule_table
 from router.admission.ratelimit import TenantLimiter
 from router.admission.settings import AdmissionSettings

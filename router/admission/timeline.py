@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from router.admission.load import LoadReport
+from lpu_protocol.load_report import LoadReport
 from router.admission.settings import ReplicaShape
 
 __all__ = ["ReplicaTimeline", "Reservation"]

@@ -42,9 +42,9 @@ from deploy_support import (
 )
 from prometheus_client import CollectorRegistry
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.options import EmulatorOptions
 from lpu_emulator.server import start_emulators
+from lpu_protocol.artifact import builtin_artifact
 from router.app import build_app
 from router.config import parse_config
 from router.server import running

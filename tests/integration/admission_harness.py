@@ -22,9 +22,9 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.lengths import OutputLength
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import builtin_artifact
 from router.app import build_app
 from router.config import parse_config
 from router.server import running

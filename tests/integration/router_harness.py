@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import builtin_artifact
 from router.app import build_app
 from router.config import parse_config
 from router.server import running

@@ -52,7 +52,7 @@ PROBE_KEY = {"Authorization": "Bearer sk-silver"}
 
 def _artifact(path: Path) -> Path:
     """The built-in artifact with two slots, as a TOML file for ``lpu-emulator --artifact``."""
-    text = (files("lpu_emulator") / "artifacts" / f"{ARTIFACT}.toml").read_text()
+    text = (files("lpu_protocol") / "artifacts" / f"{ARTIFACT}.toml").read_text()
     assert "\nslots = 8\n" in text
     path.write_text(text.replace("\nslots = 8\n", f"\nslots = {SLOTS}\n"))
     return path

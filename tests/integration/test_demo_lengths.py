@@ -9,9 +9,9 @@ import sys
 import aiohttp
 import pytest
 
+from lpu_demo.stack import DEMO_LENGTH, DEMO_MODEL, demo_length
 from lpu_emulator.lengths import OutputLength
 from router.__main__ import build_parser
-from router.demo import DEMO_LENGTH, DEMO_MODEL, demo_length
 
 
 @pytest.mark.parametrize(("argv", "expected"), [

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import builtin_artifact
 
 # 1 slot; a request of n tokens holds it 50 ms + (n - 1) * 10 ms.
 ART = replace(

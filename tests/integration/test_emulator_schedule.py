@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lpu_emulator.artifact import Artifact, builtin_artifact
 from lpu_emulator.lengths import OutputLength
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import Artifact, builtin_artifact
 
 BASE = builtin_artifact("llama-3.1-8b-2k")
 

@@ -14,8 +14,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import builtin_artifact
 
 ART = replace(builtin_artifact("llama-3.1-8b-2k"), slots=4, prefill_s=0.02, per_token_s=0.001)
 MODEL = ART.model

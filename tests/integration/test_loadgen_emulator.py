@@ -14,8 +14,8 @@ from benchmarks.metrics import Slo, summarize, timeseries
 from benchmarks.prompts import PromptFactory
 from benchmarks.records import ClientOutcome
 from benchmarks.workload import PlannedRequest
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import builtin_artifact
 
 MODEL = "llama-3.1-8b-instant"
 

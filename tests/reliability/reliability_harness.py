@@ -23,9 +23,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.faults import FaultSettings
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import builtin_artifact
 from router.admission.off import OffAdmitter
 from router.app import ADMITTER, build_app
 from router.config import RouterConfig, parse_config

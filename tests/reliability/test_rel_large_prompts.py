@@ -30,8 +30,8 @@ from reliability_harness import (
     serve_router,
 )
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import builtin_artifact
 
 PER_TOKEN_S = 0.1
 """A token's time: a stall shorter than this cannot merge two tokens into one write. It is far

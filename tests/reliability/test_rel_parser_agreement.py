@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lpu_emulator.artifact import builtin_artifact
-from router.openai_api import APIError, parse_request
+from lpu_protocol.artifact import builtin_artifact
+from lpu_protocol.openai_api import APIError, parse_request
 
 ARTIFACT = "llama-3.1-8b-2k"
 

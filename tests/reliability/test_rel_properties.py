@@ -9,13 +9,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lpu_protocol.openai_api import APIError, parse_request
 from router.admission import Priority
 from router.admission.decision import Inputs, judge
 from router.admission.settings import DEFAULT_PRIORITY_RULES, BucketPolicy, ReplicaShape
 from router.bucket_config import BucketConfig, OverCap
 from router.buckets import BucketTable
 from router.errors import Rejection
-from router.openai_api import APIError, parse_request
 from router.outcomes import RejectReason
 
 FAST = settings(max_examples=300, deadline=None,

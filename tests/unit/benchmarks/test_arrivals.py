@@ -12,8 +12,8 @@ from benchmarks import arrivals
 from benchmarks.lengths import parse_lengths
 from benchmarks.prompts import PromptFactory
 from benchmarks.workload import WorkloadSpec, load_trace, plan_requests
-from router.openai_api import parse_request
-from router.tokens import EstimateCounter, prompt_tokens
+from lpu_protocol.openai_api import parse_request
+from lpu_protocol.tokens import EstimateCounter, prompt_tokens
 
 
 def _gaps(t: np.ndarray) -> np.ndarray:

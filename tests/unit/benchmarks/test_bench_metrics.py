@@ -12,7 +12,7 @@ from benchmarks.metrics import LogHistogram, Slo, max_rate_meeting_slo, summariz
 from benchmarks.records import ClientOutcome, RequestRecord, read_jsonl, write_jsonl
 from benchmarks.report import write_results
 from benchmarks.sse import SSEParser, interpret
-from lpu_emulator.artifact import builtin_artifact
+from lpu_protocol.artifact import builtin_artifact
 
 
 def _rec(i: int, at: float, outcome: ClientOutcome, ttft: float | None = None,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lpu_emulator.__main__ import build_parser, main, options_from_args
-from lpu_emulator.artifact import builtin_artifact, builtin_artifact_names
 from lpu_emulator.options import EmulatorOptions
+from lpu_protocol.artifact import builtin_artifact, builtin_artifact_names
 
 
 def test_flags_build_the_options() -> None:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lpu_emulator.artifact import Artifact, builtin_artifact
 from lpu_emulator.engine import Engine, JobState
+from lpu_protocol.artifact import Artifact, builtin_artifact
 
 BASE = builtin_artifact("llama-3.1-8b-2k")
 

@@ -10,7 +10,7 @@ import pytest
 from lpu_emulator.faults import FaultKind, FaultSettings, plan_faults
 from lpu_emulator.frames import ResponseIdentity, StreamFrames, Timing, completion_body, usage
 from lpu_emulator.text import TokenText
-from router.openai_api import APIError
+from lpu_protocol.openai_api import APIError
 
 
 def test_no_faults_by_default_and_no_draws() -> None:

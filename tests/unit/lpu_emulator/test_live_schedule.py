@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.engine import JobState
 from lpu_emulator.schedule import LiveSchedule
+from lpu_protocol.artifact import builtin_artifact
 
 # service_time(11) = 50 + 10 * 5 = 100 virtual seconds: the real timer never fires in a test.
 ART = replace(builtin_artifact("llama-3.1-8b-2k"), slots=1, prefill_s=50.0, per_token_s=5.0)

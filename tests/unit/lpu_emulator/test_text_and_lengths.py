@@ -10,7 +10,7 @@ import pytest
 
 from lpu_emulator.lengths import OutputLength, draw_length
 from lpu_emulator.text import VOCABULARY, TokenText, request_key, token_ids
-from router.openai_api import parse_request
+from lpu_protocol.openai_api import parse_request
 
 
 def _chat(content: str, seed: int | None = None) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lpu_emulator.tools import FRAGMENT_CHARS, tool_call_for
-from router.openai_api import APIError, parse_request
+from lpu_protocol.openai_api import APIError, parse_request
 
 
 def _req(params: Any, choice: Any = "required", seed: int | None = 1) -> Any:

@@ -9,8 +9,8 @@ import zlib
 import pytest
 from aiohttp import web
 
+from lpu_protocol.openai_api import APIError
 from router.body_encoding import SLICE_BYTES, decoded
-from router.openai_api import APIError
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"' + b"hello " * 5000 + b'"}]}'
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from lpu_protocol.param_policy import DEFAULT_PARAMS, VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
 from router.config import ConfigError, parse_config
-from router.param_policy import DEFAULT_PARAMS, VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
 
 
 def _config(server: dict[str, Any] | None = None, *buckets: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from lpu_protocol.load_report import LoadReport
 from router.admission import Priority
-from router.admission.load import LoadReport
 from router.admission.prediction import OutputLengthModel
 from router.admission.priority import resolve_priority, rule_errors
 from router.admission.ratelimit import TenantLimiter

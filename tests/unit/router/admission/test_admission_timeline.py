@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.admission.load import LoadReport
+from lpu_protocol.load_report import LoadReport
 from router.admission.settings import ReplicaShape
 from router.admission.timeline import ReplicaTimeline
 

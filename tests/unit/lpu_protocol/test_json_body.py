@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.json_body import MAX_DEPTH, BodyError, parse_body
+from lpu_protocol.json_body import MAX_DEPTH, BodyError, parse_body
 
 REC = frozenset({"model", "max_tokens", "max_completion_tokens"})
 

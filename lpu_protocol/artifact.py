@@ -181,15 +181,15 @@ def parse_artifact(raw: Mapping[str, Any], source: str = "<artifact>") -> Artifa
 
 
 def builtin_artifact_names() -> list[str]:
-    """Names of the artifacts shipped in the package (``lpu_emulator/artifacts``)."""
-    folder = resources.files("lpu_emulator") / "artifacts"
+    """Names of the artifacts shipped in the package (``lpu_protocol/artifacts``)."""
+    folder = resources.files("lpu_protocol") / "artifacts"
     names = (p.name for p in folder.iterdir())
     return sorted(n.removesuffix(".toml") for n in names if n.endswith(".toml"))
 
 
 def builtin_artifact(name: str) -> Artifact:
     """Load a shipped artifact by name, e.g. ``llama-3.1-8b-2k``."""
-    path = resources.files("lpu_emulator") / "artifacts" / f"{name}.toml"
+    path = resources.files("lpu_protocol") / "artifacts" / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(builtin_artifact_names())
         raise ArtifactError(name, [f"no built-in artifact named {name!r} (known: {known})"])

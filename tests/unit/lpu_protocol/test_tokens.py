@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from token_corpus import COUNTS_FILE, SAMPLES
 
-from router.openai_api import parse_request
-from router.tokens import (
+from lpu_protocol.openai_api import parse_request
+from lpu_protocol.tokens import (
     ESTIMATE_UNDERCOUNT_MARGIN,
     TEMPLATE_BOS,
     TEMPLATE_PER_MESSAGE,

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from token_corpus import SAMPLES
 
-from router.tokens import _PIECE, EstimateCounter, _piece_cost, _word_cost
+from lpu_protocol.tokens import _PIECE, EstimateCounter, _piece_cost, _word_cost
 
 EST = EstimateCounter()
 ASCII = st.text(st.characters(max_codepoint=127), max_size=200)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lpu_emulator.artifact import (
+from lpu_protocol.artifact import (
     Artifact,
     ArtifactError,
     builtin_artifact,
@@ -80,7 +80,7 @@ def test_output_cap_must_leave_room_for_prompt() -> None:
 
 def test_load_from_file_and_by_name(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[3]
-    src = root / "lpu_emulator" / "artifacts" / "llama-3.1-8b-2k.toml"
+    src = root / "lpu_protocol" / "artifacts" / "llama-3.1-8b-2k.toml"
     copy = tmp_path / "a.toml"
     copy.write_text(src.read_text())
     assert load_artifact(copy) == builtin_artifact("llama-3.1-8b-2k")

@@ -13,7 +13,7 @@ Two counters share the :class:`TokenCounter` protocol:
   It is tuned to over-count rather than under-count. Calibrated against the
   Llama 3 tokenizer (128k vocabulary) on a 24-sample corpus of prose, code,
   numbers, JSON, URLs, hashes, base64, whitespace, markdown and eleven non-Latin
-  scripts (``tests/unit/router/token_corpus.py``): the worst under-count was
+  scripts (``tests/unit/lpu_protocol/token_corpus.py``): the worst under-count was
   2.2 % (a hex digest); prose and code read 20-50 % high, CJK and Indic scripts
   50-150 % high. ``ESTIMATE_UNDERCOUNT_MARGIN`` (3 %) is that figure rounded
   up, and buckets keep that margin of their compiled shape free when counting
@@ -54,7 +54,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Protocol
 
-from router.openai_api import CompletionRequest
+from lpu_protocol.openai_api import CompletionRequest
 
 __all__ = [
     "ESTIMATE_UNDERCOUNT_MARGIN",

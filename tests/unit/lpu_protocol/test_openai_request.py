@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from router.openai_api import (
+from lpu_protocol.openai_api import (
     ECHO_CHARS,
     APIError,
     check_params,
@@ -14,8 +14,8 @@ from router.openai_api import (
     model_not_found,
     parse_request,
 )
-from router.param_policy import ExtraParams, ParamPolicy
-from router.tokens import EstimateCounter, prompt_tokens
+from lpu_protocol.param_policy import ExtraParams, ParamPolicy
+from lpu_protocol.tokens import EstimateCounter, prompt_tokens
 
 
 def chat(**kw: Any) -> bytes:

@@ -16,9 +16,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from lpu_emulator.artifact import builtin_artifact
 from lpu_emulator.lengths import OutputLength
 from lpu_emulator.server import EmulatorOptions, start_emulators
+from lpu_protocol.artifact import builtin_artifact
 from router.config import RouterConfig, parse_config
 from router.server import serve_forever
 

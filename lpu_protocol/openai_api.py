@@ -8,14 +8,14 @@ honour, raising :class:`APIError` with OpenAI's error shape::
     {"error": {"message": "...", "type": "invalid_request_error",
                "param": "max_tokens", "code": "invalid_value"}}
 
-The body is read by :func:`router.json_body.parse_body` (one JSON object, UTF-8, nested at
+The body is read by :func:`lpu_protocol.json_body.parse_body` (one JSON object, UTF-8, nested at
 most 64 levels, no lone surrogates: the router and the emulator accept exactly the same text)
 and kept with the byte spans of its top-level members (``CompletionRequest.wire``), so that a
 proxy forwards the client's bytes with at most the allowance and the model name spliced in
 (:func:`forward_body`), never re-serialised.
 
 Parameters OpenAI does not define for the endpoint follow a
-:class:`router.param_policy.ParamPolicy` (refused, passed through, or passed through when on an
+``ParamPolicy`` (refused, passed through, or passed through when on an
 allow-list; by default vLLM's sampling extensions, which load tools send). Of those,
 ``ignore_eos`` and ``min_tokens`` are parsed (the emulator honours them) and ``top_k``,
 ``min_p``, ``repetition_penalty`` type-checked.
@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from router.json_body import MAX_DEPTH, BodyError, JSONBody, json_type_name, parse_body
-from router.param_policy import DEFAULT_PARAMS, ParamPolicy
+from lpu_protocol.json_body import MAX_DEPTH, BodyError, JSONBody, json_type_name, parse_body
+from lpu_protocol.param_policy import DEFAULT_PARAMS, ParamPolicy
 
 __all__ = [
     "ALLOWANCE_PARAMS",
