@@ -63,8 +63,8 @@ def _timing(adm: Admission) -> Timing:
     job = adm.job
     return Timing(
         queue_s=job.queue_s,
-        prompt_s=job.prefill_s,
-        completion_s=(job.output_tokens - 1) * job.per_token_s,
+        prompt_s=job.timings.prefill_s,
+        completion_s=job.timings.decode_s(job.output_tokens),
     )
 
 

@@ -7,7 +7,7 @@ when the head of the queue is due and sleeps until the token times this module
 computes.
 
 Model. The artifact has ``c`` slots. A request that will produce ``n`` tokens
-holds one slot for exactly ``artifact.service_time(n)`` seconds. Requests are
+holds one slot for exactly ``artifact.timings.service_s(n)`` seconds. Requests are
 served first come, first served: a request arriving at ``a`` starts at
 ``max(a, earliest virtual free time of a slot)`` once everything ahead of it is
 placed. Its token ``k`` (0-based) is due at ``start + prefill + k * per_token``.
@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lpu_protocol.artifact import Artifact
+from lpu_protocol.artifact import Artifact, Timings
 
 __all__ = ["Engine", "Job", "JobState", "LoadSnapshot"]
 
@@ -61,22 +61,18 @@ class Job:
     arrival: float
     output_tokens: int
     service_s: float
-    prefill_s: float
-    per_token_s: float
+    timings: Timings
     start: float
     end: float
     state: JobState = JobState.WAITING
 
     def token_time(self, k: int) -> float:
         """When token ``k`` (0-based) is due."""
-        return self.start + self.prefill_s + k * self.per_token_s
+        return self.timings.token_at(k, self.start)
 
     def tokens_due(self, now: float) -> int:
         """How many tokens are due at ``now`` (0 before the first token, at most n)."""
-        first = self.start + self.prefill_s
-        if now < first:
-            return 0
-        return min(self.output_tokens, int((now - first) / self.per_token_s) + 1)
+        return self.timings.tokens_due(self.output_tokens, self.start, now)
 
     @property
     def queue_s(self) -> float:
@@ -128,8 +124,8 @@ class Engine:
     def submit(self, now: float, output_tokens: int) -> Job:
         """Place a request producing ``output_tokens`` (>= 1) that arrives at ``now``."""
         self.advance(now)
-        art = self.artifact
-        service = art.service_time(output_tokens)
+        timings = self.artifact.timings
+        service = timings.service_s(output_tokens)
         start = max(now, heapq.heappop(self._free))
         heapq.heappush(self._free, start + service)
         job = Job(
@@ -137,8 +133,7 @@ class Engine:
             arrival=now,
             output_tokens=output_tokens,
             service_s=service,
-            prefill_s=art.prefill_s,
-            per_token_s=art.per_token_s,
+            timings=timings,
             start=start,
             end=start + service,
         )

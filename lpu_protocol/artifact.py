@@ -12,7 +12,9 @@ schedule, never of the data:
 
 So a request that produces ``n >= 1`` tokens occupies one slot for exactly
 ``service_time(n) = prefill + (n - 1) * per_token`` seconds, its token ``k``
-(0-based) leaves at ``start + prefill + k * per_token``.
+(0-based) leaves at ``start + prefill + k * per_token``. These two formulas are
+written once, in :class:`Timings`; the artifact, the router's replica shape and
+the emulator's engine all hold one and ask it.
 
 Example::
 
@@ -36,7 +38,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from typing import Any
 __all__ = [
     "Artifact",
     "ArtifactError",
+    "Timings",
     "builtin_artifact",
     "builtin_artifact_names",
     "load_artifact",
@@ -61,8 +64,45 @@ class ArtifactError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Timings:
+    """The two durations of a compiled schedule, and the only place they are combined.
+
+    ``prefill_s`` (> 0): slot start to the first token, whatever the prompt length.
+    ``per_token_s`` (> 0): each further token. Every time here is in seconds.
+    """
+
+    prefill_s: float
+    per_token_s: float
+
+    def decode_s(self, output_tokens: int) -> float:
+        """Seconds after the first token until the last of ``output_tokens`` (0 for n <= 1)."""
+        return (max(output_tokens, 1) - 1) * self.per_token_s
+
+    def service_s(self, output_tokens: int) -> float:
+        """Seconds a request producing ``output_tokens`` holds its slot (n < 1 counts as 1)."""
+        return self.prefill_s + self.decode_s(output_tokens)
+
+    def token_at(self, k: int, start: float = 0.0) -> float:
+        """When token ``k`` (0-based) is ready for a slot that started at ``start``.
+
+        With the default ``start`` it is the offset from the slot start. Summed
+        left to right (``start + prefill + k * per_token``) so that every caller
+        gets the same float for the same token.
+        """
+        return start + self.prefill_s + k * self.per_token_s
+
+    def tokens_due(self, output_tokens: int, start: float, now: float) -> int:
+        """Tokens ready at ``now`` for a slot started at ``start``: 0 before the first,
+        at most ``output_tokens``; the inverse of :meth:`token_at`."""
+        first = start + self.prefill_s
+        if now < first:
+            return 0
+        return min(output_tokens, int((now - first) / self.per_token_s) + 1)
+
+
+@dataclass(frozen=True, slots=True)
 class Artifact:
-    """One compiled schedule. Times are in seconds."""
+    """One compiled schedule. Times are in seconds; ``timings`` follows the two durations."""
 
     name: str
     model: str
@@ -76,14 +116,19 @@ class Artifact:
     prefill_s: float
     per_token_s: float
     compile_time_s: float
+    timings: Timings = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Derived, never passed: ``replace(scaled durations)`` recomputes it.
+        object.__setattr__(self, "timings", Timings(self.prefill_s, self.per_token_s))
 
     def service_time(self, output_tokens: int) -> float:
         """Seconds a request producing ``output_tokens`` (>= 1) holds its slot."""
-        return self.prefill_s + (max(output_tokens, 1) - 1) * self.per_token_s
+        return self.timings.service_s(output_tokens)
 
     def token_offset(self, k: int) -> float:
         """Seconds from slot start until token ``k`` (0-based) is ready."""
-        return self.prefill_s + k * self.per_token_s
+        return self.timings.token_at(k)
 
     @property
     def tokens_per_second(self) -> float:

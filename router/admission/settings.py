@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from lpu_protocol.artifact import Timings
 from router.admission import Priority
 
 __all__ = [
@@ -57,15 +58,21 @@ of the SLO are still admitted."""
 
 @dataclass(frozen=True, slots=True)
 class ReplicaShape:
-    """The compiled schedule of one backend replica (seconds)."""
+    """The compiled schedule of one backend replica (seconds); ``timings`` follows the
+    two durations and holds the service-time formula."""
 
     url: str
     slots: int
     prefill_s: float
     per_token_s: float
+    timings: Timings = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timings", Timings(self.prefill_s, self.per_token_s))
 
     def service_time(self, output_tokens: int) -> float:
-        return self.prefill_s + (max(output_tokens, 1) - 1) * self.per_token_s
+        """Seconds a request producing ``output_tokens`` (>= 1) holds its slot."""
+        return self.timings.service_s(output_tokens)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import pytest
 from lpu_protocol.artifact import (
     Artifact,
     ArtifactError,
+    Timings,
     builtin_artifact,
     builtin_artifact_names,
     load_artifact,
@@ -57,6 +58,33 @@ def test_schedule_formulas() -> None:
     assert s.prefill_s == pytest.approx(0.05)
     assert s.per_token_s == pytest.approx(0.001)
     assert s.compile_time_s == pytest.approx(5)
+    assert s.timings == Timings(s.prefill_s, s.per_token_s)  # derived again, not copied
+
+
+T = Timings(prefill_s=0.1, per_token_s=0.002)
+
+
+@pytest.mark.parametrize(
+    ("n", "decode", "service"),
+    [(0, 0.0, 0.1), (1, 0.0, 0.1), (2, 0.002, 0.102), (11, 0.02, 0.12)],
+    ids=["none-counts-as-one", "one", "two", "eleven"],
+)
+def test_timings_service_is_prefill_plus_decode(n: int, decode: float, service: float) -> None:
+    assert T.decode_s(n) == pytest.approx(decode)
+    assert T.service_s(n) == pytest.approx(service)
+    assert T.service_s(n) == T.prefill_s + T.decode_s(n)
+
+
+@pytest.mark.parametrize(
+    ("now", "due"),
+    [(0.0, 0), (5.0999, 0), (5.1, 1), (5.1019, 1), (5.1021, 2), (9.0, 11)],
+    ids=["before-start", "before-first", "first", "before-second", "second", "capped-at-n"],
+)
+def test_tokens_due_inverts_token_at(now: float, due: int) -> None:
+    assert T.tokens_due(11, 5.0, now) == due
+    assert T.token_at(3, 5.0) == 5.0 + 0.1 + 3 * 0.002
+    for k in range(11):  # a hair past token k's time (the exact instant may round below it)
+        assert T.tokens_due(11, 5.0, T.token_at(k, 5.0) + 1e-9) == k + 1
 
 
 def test_all_errors_reported_with_key_paths() -> None:
