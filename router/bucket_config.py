@@ -48,12 +48,22 @@ class BucketConfig:
     """Output cap: the largest allowance forwarded to this bucket."""
     default_max_tokens: int
     """Allowance assumed (and forwarded) when the client gives no ``max_tokens``."""
-    over_cap: OverCap
     policy: BucketPolicy
+    over_cap: OverCap = OverCap.CLAMP
+    """What a ``max_tokens`` above ``max_output_tokens`` gets."""
     upstream_model: str | None = None
     """The model name sent to the backends; None: the public ``model``."""
     params: ParamPolicy = DEFAULT_PARAMS
     """Parameters beyond OpenAI's this bucket accepts (the server's unless overridden)."""
+
+
+# The defaults are the dataclasses' fields: the parser reads them from these prototypes (every
+# required field empty), never again.
+_POLICY = BucketPolicy(name="", replicas=())
+_BUCKET = BucketConfig("", "", (), 0, 0, 0, _POLICY)
+_TIME_SCALE = 1.0
+"""``time_scale`` when omitted: the artifact's own timings. No dataclass holds it (it is applied
+to the artifact while parsing), so this is its one place."""
 
 
 def _valid_url(url: str) -> bool:
@@ -108,7 +118,7 @@ def parse_bucket(f: Fields, base_dir: Path | None,
 
     artifact: Artifact | None = None
     spec = f.opt_str("artifact")
-    time_scale = f.number("time_scale", 1.0, lo=0.0, lo_open=True)
+    time_scale = f.number("time_scale", _TIME_SCALE, lo=0.0, lo_open=True)
     if spec is not None:
         is_path = spec.endswith(".toml") or "/" in spec
         resolved = str(base_dir / spec) if is_path and base_dir and not Path(spec).is_absolute() \
@@ -143,10 +153,11 @@ def parse_bucket(f: Fields, base_dir: Path | None,
         f.error("default_max_tokens", f"must not exceed max_output_tokens ({cap}),"
                 f" got {default_max}")
         ok = False
-    over_cap = OverCap(f.choice("over_cap", [o.value for o in OverCap], "clamp"))
-    ttft_slo_s = f.number("ttft_slo_s", 1.0, lo=0.0, lo_open=True)
+    over_cap = OverCap(f.choice("over_cap", [o.value for o in OverCap], _BUCKET.over_cap.value))
+    ttft_slo_s = f.number("ttft_slo_s", _POLICY.ttft_slo_s, lo=0.0, lo_open=True)
     e2e_slo_s = f.opt_number("e2e_slo_s", lo=0.0, lo_open=True)
-    target = f.number("target_utilization", 0.85, lo=0.0, hi=1.0, lo_open=True)
+    target = f.number("target_utilization", _POLICY.target_utilization, lo=0.0, hi=1.0,
+                      lo_open=True)
     max_queue = f.opt_int("max_queue", lo=0)
     max_concurrency = f.opt_int("max_concurrency", lo=1)
     degraded = f.opt_int("degraded_min_tokens", lo=1)

@@ -149,6 +149,8 @@ def key_digest(key: str) -> bytes:
 _SERVER = ServerConfig()
 _TIMEOUTS = TimeoutConfig()
 _ADM = AdmissionSettings()
+_HEALTH = HealthConfig()
+_TENANT = TenantPolicy(name="")
 
 _SECTIONS = frozenset({"server", "timeouts", "health", "admission", "buckets", "tenants"})
 
@@ -232,7 +234,7 @@ def _server(f: Fields, base_dir: Path | None) -> ServerConfig:
                                    hi=1 << 20),
         max_body_memory_bytes=f.integer("max_body_memory_bytes",
                                         _SERVER.max_body_memory_bytes, lo=1024),
-        params=parse_params(f, DEFAULT_PARAMS),
+        params=parse_params(f, _SERVER.params),
         large_body_bytes_per_s=f.integer("large_body_bytes_per_s",
                                          _SERVER.large_body_bytes_per_s, lo=1024),
     )
@@ -254,16 +256,15 @@ def _timeouts(f: Fields) -> TimeoutConfig:
 
 
 def _health(f: Fields) -> HealthConfig:
-    d = HealthConfig()
     path = f.opt_str("path")
     if path is not None and not path.startswith("/"):
         f.error("path", f"must start with '/', got {path!r}")
     cfg = HealthConfig(
         path=path,
-        interval_s=f.number("interval_s", d.interval_s, lo=0.01),
-        timeout_s=f.number("timeout_s", d.timeout_s, lo=0.001),
-        eject_after_failures=f.integer("eject_after_failures", d.eject_after_failures, lo=1),
-        eject_for_s=f.number("eject_for_s", d.eject_for_s, lo=0.0),
+        interval_s=f.number("interval_s", _HEALTH.interval_s, lo=0.01),
+        timeout_s=f.number("timeout_s", _HEALTH.timeout_s, lo=0.001),
+        eject_after_failures=f.integer("eject_after_failures", _HEALTH.eject_after_failures, lo=1),
+        eject_for_s=f.number("eject_for_s", _HEALTH.eject_for_s, lo=0.0),
     )
     f.finish()
     return cfg
@@ -292,7 +293,7 @@ def _priorities(adm: Fields, errors: list[str]) -> tuple[PriorityRule, ...]:
         if f.has("utilization_factor") and table["utilization_factor"] == "never":
             factor = None
         elif f.has("utilization_factor"):
-            factor = f.number("utilization_factor", 1.0, lo=0.0, lo_open=True)
+            factor = f.opt_number("utilization_factor", lo=0.0, lo_open=True)
         rules.append(PriorityRule(default.priority,
                                   share=f.number("share", default.share, lo=0.0, hi=1.0,
                                                  lo_open=True),
@@ -346,7 +347,7 @@ def _tenants(raw: object, errors: list[str]) -> list[TenantConfig]:
         if digests & set(own):
             f.error("api_keys", "a key is already given to another tenant")
         digests |= set(own)
-        priority = f.choice("priority", [p.value for p in Priority], "standard")
+        priority = f.choice("priority", [p.value for p in Priority], _TENANT.priority.value)
         policy = TenantPolicy(
             name=name,
             priority=Priority(priority),

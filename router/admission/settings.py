@@ -79,7 +79,7 @@ class ReplicaShape:
 class BucketPolicy:
     name: str
     replicas: tuple[ReplicaShape, ...]
-    ttft_slo_s: float
+    ttft_slo_s: float = 1.0
     e2e_slo_s: float | None = None
     target_utilization: float = 0.85
     max_queue: int | None = None

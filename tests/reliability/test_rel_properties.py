@@ -67,7 +67,7 @@ def test_parser_only_raises_api_errors_on_bytes(raw: bytes, kind: str) -> None:
 
 def _bucket(name: str, seq: int, cap: int, over: OverCap) -> BucketConfig:
     policy = BucketPolicy(name, (ReplicaShape("http://b", 8, 0.1, 0.001),), ttft_slo_s=1.0)
-    return BucketConfig(name, "m", ("http://b",), seq, cap, cap, over, policy)
+    return BucketConfig(name, "m", ("http://b",), seq, cap, cap, policy, over)
 
 
 shapes = st.lists(

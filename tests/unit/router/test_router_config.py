@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lpu_protocol.artifact import load_artifact
 from router.__main__ import main
 from router.admission import Priority
-from router.admission.settings import AdmissionMode
-from router.config import ConfigError, key_digest, load_config, parse_config
+from router.admission.settings import (
+    DEFAULT_PRIORITY_RULES,
+    AdmissionMode,
+    AdmissionSettings,
+    BucketPolicy,
+    TenantPolicy,
+)
+from router.config import (
+    BucketConfig,
+    ConfigError,
+    HealthConfig,
+    ServerConfig,
+    TimeoutConfig,
+    key_digest,
+    load_config,
+    parse_config,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -158,16 +176,48 @@ def test_check_runs_as_a_module(tmp_path: Path) -> None:
     assert "server.port:" in proc.stderr and "buckets: at least one" in proc.stderr
 
 
+def _defaults(cls: type[Any]) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` that have a default, with it."""
+    return {f.name: f.default for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING}
+
+
+def _values(obj: Any, names: Iterable[str]) -> dict[str, Any]:
+    return {n: getattr(obj, n) for n in names}
+
+
 def test_omitted_keys_take_the_dataclass_defaults() -> None:
     """The dataclass field is the one place a default is written: a config that gives no
-    [server], [timeouts] or [admission] key gets exactly those."""
-    import dataclasses
-
-    from router.admission.settings import AdmissionSettings
-    from router.config import ServerConfig, TimeoutConfig
-
-    cfg = parse_config({"buckets": [{"name": "s", "model": "m", "artifact": "llama-3.1-8b-2k",
-                                     "backends": ["http://127.0.0.1:1"]}]})
+    [server], [timeouts], [health] or [admission] key, a [[buckets]] table with only its
+    required keys and a [[tenants]] table with only its own, gets exactly those."""
+    raw = _minimal()
+    raw["tenants"] = [{"name": "acme", "api_keys": ["sk-1"]}]
+    cfg = parse_config(raw)
     assert cfg.server == ServerConfig()
     assert cfg.timeouts == TimeoutConfig()
+    assert cfg.health == HealthConfig()
     assert dataclasses.replace(cfg.admission, buckets=(), tenants=()) == AdmissionSettings()
+    bucket = cfg.buckets[0]
+    assert _values(bucket, _defaults(BucketConfig)) == _defaults(BucketConfig)
+    policy = _defaults(BucketPolicy)
+    assert _values(bucket.policy, policy) == policy
+    tenant = _defaults(TenantPolicy)
+    assert _values(cfg.tenants[0].policy, tenant) == tenant
+    # time_scale omitted: the artifact's own timings, unscaled.
+    art = load_artifact("llama-3.1-8b-2k")
+    replica = bucket.policy.replicas[0]
+    assert (replica.prefill_s, replica.per_token_s) == (art.prefill_s, art.per_token_s)
+    # The allowance a request without max_tokens gets: the output cap.
+    assert bucket.default_max_tokens == bucket.max_output_tokens
+
+
+def test_omitted_priority_keys_keep_the_default_rule() -> None:
+    """An [admission.priorities.<class>] table that gives one key keeps the class's default
+    rule for the others."""
+    raw = _minimal()
+    raw["admission"] = {"priorities": {"batch": {"share": 0.25}, "standard": {}}}
+    rules = {r.priority: r for r in parse_config(raw).admission.priorities}
+    defaults = {r.priority: r for r in DEFAULT_PRIORITY_RULES}
+    assert rules[Priority.BATCH] == dataclasses.replace(defaults[Priority.BATCH], share=0.25)
+    assert rules[Priority.STANDARD] == defaults[Priority.STANDARD]
+    assert rules[Priority.INTERACTIVE] == defaults[Priority.INTERACTIVE]
