@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from lpu_emulator.schedule import LiveSchedule
 from lpu_emulator.text import request_key, token_ids
 from lpu_emulator.tools import ToolCall, tool_call_for
 from lpu_protocol.artifact import Artifact
+from lpu_protocol.load_report import LoadReport
 from lpu_protocol.openai_api import APIError, CompletionRequest, context_length_error, parse_request
 from lpu_protocol.openai_api import model_not_found as _model_not_found
 from lpu_protocol.param_policy import VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
@@ -299,28 +300,28 @@ class Backend:
                 await self._swap_task
         self.schedule.close()
 
-    def load(self) -> dict[str, Any]:
-        """The ``GET /load`` document (see the server module)."""
+    def load(self) -> LoadReport:
+        """The ``GET /load`` report (see :mod:`lpu_protocol.load_report`)."""
         art = self.artifact
         snap = self.schedule.snapshot()
-        return {
-            "artifact": art.name,
-            "version": art.version,
-            "model": art.model,
-            "ready": self.ready,
-            "pending_artifact": self.pending.name if self.pending else None,
-            "ready_in_s": max(0.0, self.ready_at - self._clock()) if self.pending else 0.0,
-            "slots": snap.slots,
-            "running": snap.running,
-            "waiting": snap.waiting,
-            "queue_limit": self.options.max_queue,
-            "time_scale": self.options.time_scale,
-            "prefill_s": art.prefill_s,
-            "per_token_s": art.per_token_s,
-            "max_seq_len": art.max_seq_len,
-            "max_output_tokens": art.max_output_tokens,
-            "slot_free_in_s": list(snap.slot_free_in_s),
-        }
+        return LoadReport(
+            slots=snap.slots,
+            running=snap.running,
+            waiting=snap.waiting,
+            slot_free_in_s=snap.slot_free_in_s,
+            prefill_s=art.prefill_s,
+            per_token_s=art.per_token_s,
+            ready=self.ready,
+            artifact=art.name,
+            version=art.version,
+            model=art.model,
+            pending_artifact=self.pending.name if self.pending else None,
+            ready_in_s=max(0.0, self.ready_at - self._clock()) if self.pending else 0.0,
+            queue_limit=self.options.max_queue,
+            time_scale=self.options.time_scale,
+            max_seq_len=art.max_seq_len,
+            max_output_tokens=art.max_output_tokens,
+        )
 
     def refresh_metrics(self) -> None:
         art = self.artifact

@@ -136,7 +136,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
-    return web.json_response(request.app[BACKEND].load())
+    return web.json_response(request.app[BACKEND].load().to_mapping())
 
 
 async def metrics(request: web.Request) -> web.Response:

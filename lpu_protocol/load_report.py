@@ -1,22 +1,31 @@
-"""A backend's own account of its schedule: the ``GET /load`` body.
+"""A backend's own account of its schedule: the ``GET /load`` body, in both directions.
 
 Every backend replica is shared by all router replicas and worker processes,
 so only the backend knows the whole schedule. It reports it as JSON::
 
-    {"slots": 8, "running": 8, "waiting": 3,
-     "slot_free_in_s": [0.12, 0.12, 0.31, 0.9, 1.1, 1.1, 1.4, 1.9],
-     "prefill_s": 0.19, "per_token_s": 0.001786, "ready": true}
+    {"artifact": "llama-3.1-8b-2k", "version": "2026.11.1", "model": "llama-3.1-8b-instant",
+     "ready": true, "pending_artifact": null, "ready_in_s": 0.0,
+     "slots": 8, "running": 8, "waiting": 3, "queue_limit": 64, "time_scale": 1.0,
+     "prefill_s": 0.19, "per_token_s": 0.001786,
+     "max_seq_len": 2048, "max_output_tokens": 1024,
+     "slot_free_in_s": [0.12, 0.12, 0.31, 0.9, 1.1, 1.1, 1.4, 1.9]}
 
 ``slot_free_in_s`` holds, ascending, the seconds from the report's instant until
 each slot is free once all running and queued work is scheduled FIFO; a new
 request would start after ``slot_free_in_s[0]``.
+
+The emulator writes the body with :meth:`LoadReport.to_mapping`, the router reads
+it with :meth:`LoadReport.from_mapping`. The schedule fields (``slots`` through
+``per_token_s``) are required; ``ready`` defaults to true; the descriptive fields
+(which artifact, the queue bound, the time scale, the shape's limits, a pending
+swap) are optional, so a backend that knows only its schedule can still answer.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 __all__ = ["LoadReport"]
@@ -34,10 +43,50 @@ class LoadReport:
     prefill_s: float
     per_token_s: float
     ready: bool = True
+    _: KW_ONLY
+    artifact: str | None = None
+    """Name of the artifact serving now."""
+    version: str | None = None
+    model: str | None = None
+    pending_artifact: str | None = None
+    """Name of the artifact being compiled for a swap (None: no swap under way)."""
+    ready_in_s: float = 0.0
+    """Seconds until a pending swap is done (0 without one)."""
+    queue_limit: int | None = None
+    """Requests the backend queues at most (None: unbounded or not said)."""
+    time_scale: float | None = None
+    """Factor the backend multiplies every compiled duration by (emulators only)."""
+    max_seq_len: int | None = None
+    max_output_tokens: int | None = None
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The JSON-ready body; :meth:`from_mapping` of it gives back an equal report."""
+        return {
+            "artifact": self.artifact,
+            "version": self.version,
+            "model": self.model,
+            "ready": self.ready,
+            "pending_artifact": self.pending_artifact,
+            "ready_in_s": self.ready_in_s,
+            "slots": self.slots,
+            "running": self.running,
+            "waiting": self.waiting,
+            "queue_limit": self.queue_limit,
+            "time_scale": self.time_scale,
+            "prefill_s": self.prefill_s,
+            "per_token_s": self.per_token_s,
+            "max_seq_len": self.max_seq_len,
+            "max_output_tokens": self.max_output_tokens,
+            "slot_free_in_s": list(self.slot_free_in_s),
+        }
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> LoadReport:
-        """Validate a decoded ``/load`` body; raise ValueError naming every bad field."""
+        """Validate a decoded ``/load`` body; raise ValueError naming every bad field.
+
+        Optional fields absent or null take their defaults; present, they are
+        checked like the required ones. Unknown keys are ignored.
+        """
         errors: list[str] = []
 
         def count(key: str) -> int:
@@ -56,6 +105,20 @@ class LoadReport:
                 return 0.0
             return float(v)
 
+        def text(key: str) -> str | None:
+            v = raw.get(key)
+            if v is None or isinstance(v, str):
+                return v
+            errors.append(f"{key}: expected a string or null, got {v!r}")
+            return None
+
+        def maybe_count(key: str) -> int | None:
+            return None if raw.get(key) is None else count(key)
+
+        def maybe_seconds(key: str) -> float | None:
+            v = raw.get(key)
+            return None if v is None else seconds(key, v)
+
         slots = count("slots")
         running = count("running")
         waiting = count("waiting")
@@ -71,8 +134,16 @@ class LoadReport:
         if not isinstance(ready, bool):
             errors.append(f"ready: expected a boolean, got {ready!r}")
             ready = False
+        artifact, version, model = text("artifact"), text("version"), text("model")
+        pending = text("pending_artifact")
+        ready_in = maybe_seconds("ready_in_s")
+        queue_limit, time_scale = maybe_count("queue_limit"), maybe_seconds("time_scale")
+        max_seq_len, max_output = maybe_count("max_seq_len"), maybe_count("max_output_tokens")
         if errors:
             raise ValueError("invalid /load report: " + "; ".join(errors))
         # The backend promises ascending order; sorting costs nothing at c <= 16
         # and keeps the merge sound if one does not.
-        return cls(slots, running, waiting, tuple(sorted(free)), prefill, per_token, ready)
+        return cls(slots, running, waiting, tuple(sorted(free)), prefill, per_token, ready,
+                   artifact=artifact, version=version, model=model, pending_artifact=pending,
+                   ready_in_s=0.0 if ready_in is None else ready_in, queue_limit=queue_limit,
+                   time_scale=time_scale, max_seq_len=max_seq_len, max_output_tokens=max_output)
