@@ -6,6 +6,7 @@
   (others keep their value), answer the new settings. ``{}`` changes nothing;
   ``{"error_rate": 0, "stall_rate": 0, "crash_rate": 0, "garbage_rate": 0,
   "stream_error_rate": 0}`` turns everything off.
+* ``GET /admin/schedule``: what was scheduled per request (:mod:`lpu_emulator.recording`).
 * ``GET /admin/artifact``: the served artifact (durations scaled) and any pending one.
 * ``POST /admin/artifact`` with ``{"artifact": "<built-in name or TOML path>"}``
   or ``{"toml": "<artifact TOML text>"}``: 202 and the swap starts (not ready for
@@ -25,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from lpu_emulator.keys import BACKEND
+from lpu_emulator.recording import get_schedule
 from lpu_protocol.artifact import Artifact, ArtifactError, load_artifact, parse_artifact
 from lpu_protocol.openai_api import APIError
 
@@ -106,3 +108,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/faults", post_faults)
     app.router.add_get("/admin/artifact", get_artifact)
     app.router.add_post("/admin/artifact", post_artifact)
+    app.router.add_get("/admin/schedule", get_schedule)

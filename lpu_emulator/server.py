@@ -12,7 +12,8 @@ Routes (one backend per app):
 * ``GET /load``: JSON a router predicts the wait from (see :meth:`Backend.load`).
 * ``GET /metrics``: Prometheus text, vLLM names (:mod:`lpu_emulator.metrics`).
 * ``GET /healthz`` (alive), ``GET /readyz`` (503 while compiling an artifact).
-* ``GET|POST /admin/faults``, ``GET|POST /admin/artifact``: see :mod:`lpu_emulator.admin`.
+* ``GET|POST /admin/faults``, ``GET|POST /admin/artifact``, ``GET /admin/schedule``: see
+  :mod:`lpu_emulator.admin`.
 
 :func:`start_emulators` serves several independent backends from one process.
 """
@@ -37,6 +38,7 @@ from lpu_emulator.frames import ResponseIdentity
 from lpu_emulator.keys import BACKEND, DELIVERER, STARTED, WALL_CLOCK
 from lpu_emulator.metrics import make_metrics
 from lpu_emulator.options import EmulatorOptions
+from lpu_emulator.recording import RECORDING, ScheduleRecording
 from lpu_emulator.text import TokenText
 from lpu_protocol.openai_api import APIError, model_not_found
 
@@ -64,6 +66,8 @@ async def _completions(
     except Refused as r:
         backend.metrics.rejected.labels(r.reason).inc()
         return error_response(r.error, headers | r.headers)
+    request.app[RECORDING].add(rid, adm.job, adm.schedule.artifact.slots,
+                               request.headers.get("x-lpu-deadline-ms"))
     art = backend.artifact
     headers |= {
         PREDICTED_TTFT_HEADER: f"{adm.predicted_ttft_s * 1e3:.3f}",
@@ -180,6 +184,7 @@ def create_app(
         text=TokenText(), metrics=m,
     )
     app[WALL_CLOCK] = wall_clock
+    app[RECORDING] = ScheduleRecording(clock)
     app[STARTED] = int(wall_clock())
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
