@@ -34,17 +34,14 @@ from lpu_emulator.schedule import LiveSchedule
 from lpu_emulator.text import request_key, token_ids
 from lpu_emulator.tools import ToolCall, tool_call_for
 from lpu_protocol.artifact import Artifact
+from lpu_protocol.headers import X_LPU_DEADLINE_MS, X_LPU_PREDICTED_TTFT_MS
 from lpu_protocol.load_report import LoadReport
 from lpu_protocol.openai_api import APIError, CompletionRequest, context_length_error, parse_request
 from lpu_protocol.openai_api import model_not_found as _model_not_found
 from lpu_protocol.param_policy import VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
 from lpu_protocol.tokens import EstimateCounter, HFTokenizerCounter, TokenCounter, prompt_tokens
 
-__all__ = ["DEADLINE_HEADER", "PREDICTED_TTFT_HEADER", "Admission", "Backend", "Refused",
-           "Rejection"]
-
-DEADLINE_HEADER = "x-lpu-deadline-ms"
-PREDICTED_TTFT_HEADER = "x-lpu-predicted-ttft-ms"
+__all__ = ["Admission", "Backend", "Refused", "Rejection"]
 
 
 class Rejection(StrEnum):
@@ -182,7 +179,7 @@ class Backend:
         self.schedule.advance()
         engine = self.schedule.engine
         predicted = engine.projected_ttft(received)
-        ttft_header = {PREDICTED_TTFT_HEADER: f"{predicted * 1e3:.3f}"}
+        ttft_header = {X_LPU_PREDICTED_TTFT_MS: f"{predicted * 1e3:.3f}"}
         if deadline_s is not None and predicted > deadline_s:
             raise Refused(
                 APIError(429, f"The first token cannot come within the deadline: predicted"
@@ -251,8 +248,8 @@ class Backend:
             ms = math.nan
         if not (math.isfinite(ms) and ms >= 0):
             raise Refused(
-                APIError(400, f"Invalid '{DEADLINE_HEADER}' header: expected milliseconds >= 0,"
-                         f" got {raw!r}.", param=DEADLINE_HEADER, code="invalid_value"),
+                APIError(400, f"Invalid '{X_LPU_DEADLINE_MS}' header: expected milliseconds >= 0,"
+                         f" got {raw!r}.", param=X_LPU_DEADLINE_MS, code="invalid_value"),
                 Rejection.INVALID_REQUEST,
             )
         return ms / 1e3

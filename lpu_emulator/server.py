@@ -32,7 +32,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from lpu_emulator import admin
-from lpu_emulator.backend import PREDICTED_TTFT_HEADER, Backend, Refused
+from lpu_emulator.backend import Backend, Refused
 from lpu_emulator.delivery import Delivered, Deliverer
 from lpu_emulator.frames import ResponseIdentity
 from lpu_emulator.keys import BACKEND, DELIVERER, STARTED, WALL_CLOCK
@@ -40,6 +40,12 @@ from lpu_emulator.metrics import make_metrics
 from lpu_emulator.options import EmulatorOptions
 from lpu_emulator.recording import RECORDING, ScheduleRecording
 from lpu_emulator.text import TokenText
+from lpu_protocol.headers import (
+    X_LPU_ARTIFACT,
+    X_LPU_ARTIFACT_VERSION,
+    X_LPU_DEADLINE_MS,
+    X_LPU_PREDICTED_TTFT_MS,
+)
 from lpu_protocol.openai_api import APIError, model_not_found
 
 __all__ = ["EmulatorOptions", "create_app", "error_response", "start_emulators"]
@@ -62,17 +68,17 @@ async def _completions(
     headers = {"x-request-id": rid}
     body = await request.read()
     try:
-        adm = backend.admit(body, kind, request.headers.get("x-lpu-deadline-ms"))
+        adm = backend.admit(body, kind, request.headers.get(X_LPU_DEADLINE_MS))
     except Refused as r:
         backend.metrics.rejected.labels(r.reason).inc()
         return error_response(r.error, headers | r.headers)
     request.app[RECORDING].add(rid, adm.job, adm.schedule.artifact.slots,
-                               request.headers.get("x-lpu-deadline-ms"))
+                               request.headers.get(X_LPU_DEADLINE_MS))
     art = backend.artifact
     headers |= {
-        PREDICTED_TTFT_HEADER: f"{adm.predicted_ttft_s * 1e3:.3f}",
-        "x-lpu-artifact": art.name,
-        "x-lpu-artifact-version": art.version,
+        X_LPU_PREDICTED_TTFT_MS: f"{adm.predicted_ttft_s * 1e3:.3f}",
+        X_LPU_ARTIFACT: art.name,
+        X_LPU_ARTIFACT_VERSION: art.version,
     }
     ident = ResponseIdentity(
         kind=kind,

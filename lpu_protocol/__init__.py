@@ -7,5 +7,6 @@
 * :mod:`lpu_protocol.tokens`: prompt token counting;
 * :mod:`lpu_protocol.artifact`: the compiled-artifact description and its service times;
 * :mod:`lpu_protocol.load_report`: the ``GET /load`` report, in both directions;
+* :mod:`lpu_protocol.headers`: the ``x-lpu-*`` header names, who sets each and its unit;
 * :mod:`lpu_protocol.histograms`: shared histogram bounds.
 """
