@@ -8,9 +8,17 @@ load with :mod:`benchmarks.loadgen`, and writes ``<NAME>.md``, ``<NAME>.png`` an
 ``<NAME>.json`` into ``out_dir``. :mod:`benchmarks.experiments.sweep` runs them in order and
 writes the index (``README.md``).
 
+No experiment imports another (experiment 2 is two modules, ``exp2_admission`` and its
+second part ``exp2_lengths``). What several share lives in a module named for what it
+holds: ``rig`` (the processes under test), ``drive`` (load and records as arrays),
+``policies`` (the admission policies compared), ``schedule`` (the exact FIFO schedule of a
+run), ``stats`` (intervals), ``claims`` (prose from the numbers), ``output`` (the files),
+``batching_proxy`` (the batching front end).
+
 The backend model shared by all of them (:class:`SweepConfig`): a small custom artifact
-whose service time ``D = prefill + (n - 1) * per_token`` is a few tens of milliseconds, so a
-run of seconds holds hundreds of requests and timer jitter (~1 ms) stays small against D.
+whose service time (:meth:`lpu_protocol.artifact.Artifact.service_time`) is a few tens of
+milliseconds, so a run of seconds holds hundreds of requests and timer jitter (~1 ms) stays
+small against it.
 """
 
 from __future__ import annotations
@@ -44,8 +52,8 @@ class SweepConfig:
 
     @property
     def service_s(self) -> float:
-        """D: how long one request holds a slot."""
-        return self.prefill_s + (self.output_tokens - 1) * self.per_token_s
+        """D: how long one request of ``output_tokens`` holds a slot of :meth:`artifact`."""
+        return self.artifact(1).service_time(self.output_tokens)
 
     def artifact(self, slots: int, *, name: str = "bench", prefill_s: float | None = None,
                  max_seq_len: int = 2048) -> Artifact:

@@ -79,6 +79,12 @@ class Measured:
         )
 
     @property
+    def arrivals(self) -> FloatArray:
+        """When each request reached the stack, nearly: its send offset, or its intended one
+        when it was never sent (what an exact schedule of the run is computed from)."""
+        return np.where(np.isnan(self.sent), self.intended, self.sent)
+
+    @property
     def failed(self) -> int:
         """Requests neither completed nor rejected (errors, timeouts)."""
         return int((~self.completed & ~self.rejected).sum())

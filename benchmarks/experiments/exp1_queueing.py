@@ -9,8 +9,16 @@ sent but not counted. Per replication we take p50 and p99 of TTFT; the interval 
 Student-t interval over the R replications. Two predictions sit next to each measurement:
 
 * the stationary M/D/c percentile (``benchmarks.theory``), defined for rho < 1;
-* the exact FIFO schedule of the *same* realized send times (``benchmarks.simulate``), which
-  also holds the start-up transient and the overload growth of a finite run.
+* the exact FIFO schedule of the *same* realized send times
+  (:mod:`benchmarks.experiments.schedule`), which also holds the start-up transient and the
+  overload growth of a finite run.
+
+Below capacity each point also carries the range M/D/c gives the mean wait of a point of
+this shape (:func:`~benchmarks.experiments.schedule.mean_wait_band`), and every replication
+the per-request difference between the measured TTFT and the exact schedule's. With
+``lpu-bench sweep --only 1 --check`` these claims are the check that queueing through the
+router is M/D/c (a wall-clock comparison that a busy machine can miss, so a benchmark and
+not a test).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import simulate, theory
+from benchmarks import theory
 from benchmarks.experiments import ExperimentResult, SweepConfig
 from benchmarks.experiments.claims import (
     Claim,
@@ -39,22 +47,13 @@ from benchmarks.experiments.claims import (
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.output import fmt_ms, md_table, plt, write_experiment
 from benchmarks.experiments.rig import Pool, serve
+from benchmarks.experiments.schedule import exact_ttft, mean_wait_band
 from benchmarks.experiments.stats import mean_ci
 
 __all__ = ["NAME", "TITLE", "claims", "run", "summarize"]
 
 NAME = "exp1_queueing"
 TITLE = "1. TTFT against utilization (admission off): measured vs exact M/D/c"
-
-
-def exact_ttft(m: Measured, slots: int, service_s: float, prefill_s: float) -> np.ndarray:
-    """TTFT of every request under the exact FIFO schedule of its actual send times
-    (measured from its intended time, like the client's figure)."""
-    arrive = np.where(np.isnan(m.sent), m.intended, m.sent)
-    order = np.argsort(arrive, kind="stable")
-    start = np.empty_like(arrive)
-    start[order] = simulate.fifo_starts_deterministic(arrive[order], slots, service_s)
-    return np.asarray(start - m.intended + prefill_s)
 
 
 async def _replication(cfg: SweepConfig, url: str, slots: int, rho: float, rep: int,
@@ -64,13 +63,17 @@ async def _replication(cfg: SweepConfig, url: str, slots: int, rho: float, rep: 
     planned = plan(cfg, rng, rate=lam, duration_s=warmup_s + duration_s)
     m = Measured.of(await drive(url, planned, cfg, seed=cfg.seed + rep))
     keep = m.after(warmup_s)
-    ttft = m.ttft[keep & m.completed]
-    exact = exact_ttft(m, slots, cfg.service_s, cfg.prefill_s)[keep]
+    done = keep & m.completed
+    ttft = m.ttft[done]
+    exact_all = exact_ttft(m, slots, cfg.service_s, cfg.prefill_s)
+    exact = exact_all[keep]
+    err = np.abs(ttft - exact_all[done])
     return {
         "n": float(ttft.size), "failed": float(m.failed),
         "p50": float(np.percentile(ttft, 50)), "p99": float(np.percentile(ttft, 99)),
         "mean": float(ttft.mean()),
         "exact_p50": float(np.percentile(exact, 50)), "exact_p99": float(np.percentile(exact, 99)),
+        "err_p50": float(np.percentile(err, 50)), "err_p90": float(np.percentile(err, 90)),
     }
 
 
@@ -83,6 +86,18 @@ def _theory(cfg: SweepConfig, slots: int, rho: float) -> dict[str, float]:
         "mdc_p99": theory.mdc_ttft_percentile(0.99, lam, slots, d, pre),
         "mmc_p99": theory.mmc_wait_percentile(0.99, lam, slots, d) + pre,
     }
+
+
+def _band(cfg: SweepConfig, slots: int, rho: float, reps: int, duration_s: float,
+          warmup_s: float) -> dict[str, list[float]]:
+    """M/D/c's range for this point's mean wait (below capacity only: above it the mean
+    grows with the run and is compared with the exact schedule instead)."""
+    if rho >= 1.0:
+        return {}
+    band = mean_wait_band(rho * cfg.capacity_rps(slots), slots, cfg.service_s,
+                          duration_s=duration_s, warmup_s=warmup_s, runs=reps,
+                          rng=np.random.default_rng([cfg.seed, slots, round(rho * 1000), 99]))
+    return {"mdc_mean_wait_band": list(band)}
 
 
 FEW_MS = 0.010
@@ -146,7 +161,40 @@ def claims(data: Mapping[str, Any]) -> list[Claim]:
                         + (f", against p99 {ms(floor, 0)} ms below capacity" if under else ""))
     out.append(Claim(text, all(grows), "; ".join(evidence)) if grows
                else missing(text, "point beyond rho = 1"))
-    return out
+    return [*out, _per_request(points), _mean_wait(points)]
+
+
+def _per_request(points: list[dict[str, Any]]) -> Claim:
+    """Each request's measured TTFT against the exact schedule's: the median difference
+    within a few ms, nine in ten within three times that, in every point."""
+    text = ("request by request, the TTFT measured through the router is the exact FIFO"
+            " schedule's of the same arrivals within a few ms")
+    mine = [p for p in points if finite(p.get("err_p50")) and finite(p.get("err_p90"))]
+    if not mine:
+        return missing(text, "per-request comparison")
+    p50, p90 = max(p["err_p50"] for p in mine), max(p["err_p90"] for p in mine)
+    return Claim(text, p50 <= FEW_MS and p90 <= 3 * FEW_MS,
+                 f"median difference at most {ms(p50)} ms, 90th percentile at most"
+                 f" {ms(p90)} ms, over {len(mine)} points")
+
+
+def _mean_wait(points: list[dict[str, Any]]) -> Claim:
+    """Below capacity the mean wait in the range M/D/c gives a point of this shape, widened
+    by the few ms of measurement overhead."""
+    text = ("below capacity the mean wait falls in the range M/D/c gives runs of this length"
+            " (the central 99% of simulated ones, widened by a few ms)")
+    mine = [p for p in points if finite(p.get("mean_wait"))
+            and len(p.get("mdc_mean_wait_band") or []) == 2
+            and all(finite(x) for x in p["mdc_mean_wait_band"])]
+    if not mine:
+        return missing(text, "point with a simulated range")
+    outside = [p for p in mine if not (p["mdc_mean_wait_band"][0] - FEW_MS <= p["mean_wait"]
+                                       <= p["mdc_mean_wait_band"][1] + FEW_MS)]
+    shown = outside or mine[-1:]
+    return Claim(text, not outside, f"{len(mine) - len(outside)} of {len(mine)} points; "
+                 + "; ".join(f"c = {p['slots']}, rho = {p['rho']:g}: {ms(p['mean_wait'])} ms"
+                             f" against {ms(p['mdc_mean_wait_band'][0])} to"
+                             f" {ms(p['mdc_mean_wait_band'][1])} ms" for p in shown))
 
 
 def _s(seconds: Any) -> str:
@@ -223,7 +271,11 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
                     "p99": mean_ci([r["p99"] for r in runs]).as_list(),
                     "exact_p50": float(np.mean([r["exact_p50"] for r in runs])),
                     "exact_p99": float(np.mean([r["exact_p99"] for r in runs])),
+                    "err_p50": max(r["err_p50"] for r in runs),
+                    "err_p90": max(r["err_p90"] for r in runs),
+                    "mean_wait": float(np.mean([r["mean"] for r in runs])) - cfg.prefill_s,
                     **_theory(cfg, slots, rho),
+                    **_band(cfg, slots, rho, reps, duration_s, warmup_s),
                 })
     rows = [
         [p["slots"], f"{p['rho']:.2f}", f"{p['rate_rps']:.1f}", int(p["n"]),

@@ -2,18 +2,9 @@
 requests, the timeline rule against no control, a static concurrency cap and a token bucket.
 
 One emulator replica with 4 slots behind the router; Poisson arrivals at 0.5 to 1.5 of
-capacity; TTFT SLO ``cfg.ttft_slo_s``. The four policies:
-
-* ``none``: router mode ``off``, no caps - everything is admitted and queues at the backend;
-* ``cap``: mode ``off`` with the bucket's ``max_concurrency = c * (1 + floor((SLO - prefill)
-  / D))``, the in-flight count at which a newcomer's FIFO wait would reach the SLO;
-* ``token_bucket``: a rate limiter at the capacity rate (burst ``c``). The router's own
-  per-tenant limiter holds a whole minute's allowance as its burst, so it cannot express
-  this; the bucket is emulated in the load generator as a pre-filter (a refused request is
-  recorded as rejected and never sent), in front of mode ``off``;
-* ``timeline``: mode ``timeline`` with the SLO, the utilization guard disabled (target 1.0,
-  the standard class never shed on utilization) so that only the predicted TTFT decides, and
-  the default adaptive margin (recorded per point from ``/admin/buckets``).
+capacity; TTFT SLO ``cfg.ttft_slo_s``. The four policies (``none``, ``cap``, ``token_bucket``,
+``timeline``) are those of :mod:`benchmarks.experiments.policies`; for ``timeline`` the
+adaptive margin is recorded per point from ``/admin/buckets``.
 
 A second part (:mod:`benchmarks.experiments.exp2_lengths`) repeats the comparison with
 variable output lengths, where a static cap must be tuned to a length it cannot know.
@@ -24,14 +15,11 @@ violations: admitted requests that completed late, as a share of the admitted.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from benchmarks.experiments import ExperimentResult, SweepConfig, exp2_lengths
 from benchmarks.experiments.claims import (
@@ -45,77 +33,15 @@ from benchmarks.experiments.claims import (
     pct,
     sentences,
 )
-from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table, plt, write_experiment
-from benchmarks.experiments.rig import Pool, bucket_snapshot, serve
-from benchmarks.records import ClientOutcome, RequestRecord
-from benchmarks.workload import PlannedRequest
+from benchmarks.experiments.policies import POLICIES, load_point, policy_stack, static_cap
+from benchmarks.experiments.rig import bucket_snapshot
 
-__all__ = ["NAME", "POLICIES", "SLOTS", "TITLE", "claims", "load_point", "policy_stack", "run",
-           "summarize", "token_bucket_passes"]
+__all__ = ["NAME", "TITLE", "claims", "run", "summarize"]
 
 NAME = "exp2_admission"
 TITLE = "2. Admission control under load: goodput and p99 of admitted requests"
-POLICIES = ("none", "cap", "token_bucket", "timeline")
 SLOTS = 4
-
-
-def static_cap(cfg: SweepConfig, slots: int) -> int:
-    """In-flight cap at which a newcomer's FIFO wait reaches the TTFT SLO."""
-    return slots * (1 + math.floor((cfg.ttft_slo_s - cfg.prefill_s) / cfg.service_s))
-
-
-def token_bucket_passes(times: np.ndarray, rate: float, burst: float) -> np.ndarray:
-    """Which arrivals a token bucket (``rate`` per s, ``burst`` deep, full at 0) lets through."""
-    passes = np.zeros(times.size, dtype=np.bool_)
-    level, last = burst, 0.0
-    for i, t in enumerate(times.tolist()):
-        level = min(burst, level + (t - last) * rate)
-        last = t
-        if level >= 1.0:
-            level -= 1.0
-            passes[i] = True
-    return passes
-
-
-@contextlib.asynccontextmanager
-async def policy_stack(cfg: SweepConfig, policy: str, slots: int) -> AsyncIterator[str]:
-    """The router (and its emulator) configured for ``policy``; yields the router URL."""
-    options: dict[str, Any] = {"ttft_slo_s": cfg.ttft_slo_s, "target_utilization": 1.0}
-    admission: dict[str, Any] = {"mode": "off"}
-    if policy == "cap":
-        options["max_concurrency"] = static_cap(cfg, slots)
-    elif policy == "timeline":
-        admission = {"mode": "timeline",
-                     "priorities": {"standard": {"utilization_factor": "never"}}}
-    elif policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}")
-    async with serve(cfg, [Pool("main", cfg.artifact(slots), 1, options)], admission) as stack:
-        yield stack.url
-
-
-async def load_point(cfg: SweepConfig, url: str, policy: str, slots: int, load: float,
-                     duration_s: float, seed: int) -> Measured:
-    """One open-loop run at ``load`` x capacity through ``url`` under ``policy``."""
-    rate = load * cfg.capacity_rps(slots)
-    planned = plan(cfg, np.random.default_rng([seed, round(load * 1000)]), rate=rate,
-                   duration_s=duration_s)
-    if policy != "token_bucket":
-        return Measured.of(await drive(url, planned, cfg, seed=seed))
-    times = np.array([p.at_s for p in planned])
-    passes = token_bucket_passes(times, cfg.capacity_rps(slots), float(slots))
-    sent: list[PlannedRequest] = [p for p, ok in zip(planned, passes, strict=True) if ok]
-    records = iter(await drive(url, sent, cfg, seed=seed))
-    merged: list[RequestRecord] = []
-    for p, ok in zip(planned, passes, strict=True):
-        if ok:
-            merged.append(next(records))
-        else:
-            merged.append(RequestRecord(p.index, p.at_s, p.prompt_tokens, p.max_tokens,
-                                        outcome=ClientOutcome.REJECTED.value,
-                                        error="token bucket (client-side)"))
-    return Measured.of(merged)
-
 
 NEAR_CAPACITY = 0.9
 """Goodput "near capacity" means at least this share of it."""

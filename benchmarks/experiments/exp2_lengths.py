@@ -1,5 +1,6 @@
 """Experiment 2, second part: variable output lengths, where a static cap must be tuned to a
-length it cannot know.
+length it cannot know. (Experiment 2 is this module and :mod:`exp2_admission`, its entry
+point, which runs :func:`run_points`; no other experiment imports either.)
 
 The same replica (c = 4 slots, TTFT SLO ``cfg.ttft_slo_s``), but every request asks for
 ``MAX_TOKENS`` and the emulator stops it after a seeded geometric number of tokens with mean
@@ -21,7 +22,6 @@ Both timeline policies run with the default (adaptive) margin and the utilizatio
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,11 +31,12 @@ from benchmarks.experiments import SweepConfig
 from benchmarks.experiments.claims import Claim, listing, missing, ms, paragraph, pct, sentences
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table
+from benchmarks.experiments.policies import static_cap, timeline_admission
 from benchmarks.experiments.rig import Pool, serve
 from lpu_emulator.lengths import OutputLength
 
-__all__ = ["LENGTH_POLICIES", "MAX_TOKENS", "MEAN_TOKENS", "cap_for", "claims", "mean_service_s",
-           "run_points", "summary", "table"]
+__all__ = ["LENGTH_POLICIES", "MAX_TOKENS", "MEAN_TOKENS", "claims", "intro", "mean_service_s",
+           "run_points", "summary", "table", "worst_service_s"]
 
 LENGTH_POLICIES = ("cap_mean", "cap_worst", "timeline_worst", "timeline_learned")
 MAX_TOKENS = 100
@@ -45,15 +46,16 @@ _PREDICTION = {"timeline_worst": "worst_case", "timeline_learned": "learned"}
 
 def mean_service_s(cfg: SweepConfig) -> float:
     """Mean slot time of a geometric(mean ``MEAN_TOKENS``) length clipped to ``MAX_TOKENS``:
-    ``E[min(G, M)] = (1 - (1 - p)^M) / p`` with ``p = 1 / MEAN_TOKENS``."""
-    p = 1.0 / MEAN_TOKENS
-    tokens = (1.0 - (1.0 - p) ** MAX_TOKENS) / p
-    return cfg.prefill_s + (tokens - 1.0) * cfg.per_token_s
+    ``sum_k P(N = k) service_time(k)``, with ``P(N = k) = p (1 - p)^(k - 1)`` below the clip,
+    the rest of the mass ``(1 - p)^(M - 1)`` at ``M``, and ``p = 1 / MEAN_TOKENS``."""
+    art, p = cfg.artifact(1), 1.0 / MEAN_TOKENS
+    below = sum(p * (1.0 - p) ** (k - 1) * art.service_time(k) for k in range(1, MAX_TOKENS))
+    return below + (1.0 - p) ** (MAX_TOKENS - 1) * art.service_time(MAX_TOKENS)
 
 
-def cap_for(cfg: SweepConfig, slots: int, service_s: float) -> int:
-    """In-flight cap at which a newcomer's FIFO wait reaches the SLO, for ``service_s``."""
-    return slots * (1 + math.floor((cfg.ttft_slo_s - cfg.prefill_s) / service_s))
+def worst_service_s(cfg: SweepConfig) -> float:
+    """The slot time of a request that makes its whole allowance ``MAX_TOKENS``."""
+    return cfg.artifact(1).service_time(MAX_TOKENS)
 
 
 @contextlib.asynccontextmanager
@@ -61,13 +63,11 @@ async def _stack(cfg: SweepConfig, policy: str, slots: int) -> AsyncIterator[str
     options: dict[str, Any] = {"ttft_slo_s": cfg.ttft_slo_s, "target_utilization": 1.0}
     admission: dict[str, Any] = {"mode": "off"}
     if policy == "cap_mean":
-        options["max_concurrency"] = cap_for(cfg, slots, mean_service_s(cfg))
+        options["max_concurrency"] = static_cap(cfg, slots, mean_service_s(cfg))
     elif policy == "cap_worst":
-        options["max_concurrency"] = cap_for(
-            cfg, slots, cfg.prefill_s + (MAX_TOKENS - 1) * cfg.per_token_s)
+        options["max_concurrency"] = static_cap(cfg, slots, worst_service_s(cfg))
     elif policy in ("timeline_worst", "timeline_learned"):
-        admission = {"mode": "timeline", "prediction": _PREDICTION[policy],
-                     "priorities": {"standard": {"utilization_factor": "never"}}}
+        admission = timeline_admission(prediction=_PREDICTION[policy])
     else:
         raise ValueError(f"unknown policy {policy!r}")
     pool = Pool("main", cfg.artifact(slots), 1, options,
@@ -105,14 +105,14 @@ def table(points: list[dict[str, Any]]) -> str:
 
 
 def intro(cfg: SweepConfig, slots: int, duration_s: float) -> str:
-    worst = cfg.prefill_s + (MAX_TOKENS - 1) * cfg.per_token_s
+    worst = worst_service_s(cfg)
     return (
         f"Variable output lengths: max_tokens = {MAX_TOKENS}, the emulator stops after a"
         f" seeded geometric length of mean {MEAN_TOKENS:g} tokens (mean service time"
         f" {mean_service_s(cfg) * 1e3:.0f} ms, worst case {worst * 1e3:.0f} ms; load is relative"
         f" to the mean capacity {slots / mean_service_s(cfg):.0f} req/s), {duration_s:g} s per"
-        f" point. cap_mean = {cap_for(cfg, slots, mean_service_s(cfg))} in flight, cap_worst ="
-        f" {cap_for(cfg, slots, worst)}."
+        f" point. cap_mean = {static_cap(cfg, slots, mean_service_s(cfg))} in flight,"
+        f" cap_worst = {static_cap(cfg, slots, worst)}."
     )
 
 

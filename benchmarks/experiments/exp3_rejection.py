@@ -40,8 +40,8 @@ from benchmarks.experiments.claims import (
     sentences,
 )
 from benchmarks.experiments.drive import Measured
-from benchmarks.experiments.exp2_admission import SLOTS, load_point, policy_stack
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table, plt, write_experiment
+from benchmarks.experiments.policies import load_point, policy_stack
 from benchmarks.experiments.rig import bucket_snapshot
 from benchmarks.experiments.stats import Interval
 
@@ -49,6 +49,7 @@ __all__ = ["NAME", "TITLE", "claims", "predicted_rejection", "run", "summarize"]
 
 NAME = "exp3_rejection"
 TITLE = "3. Rejection rate against offered load: measured vs predicted (timeline rule)"
+SLOTS = 4
 MARGIN_S = 0.005
 """The router's default ``admission.margin_s`` (the floor of its adaptive margin)."""
 
@@ -149,7 +150,7 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
         for load in loads:
             m = await load_point(cfg, url, "timeline", SLOTS, load, duration_s, cfg.seed + 100)
             margin = float((await bucket_snapshot(url, "main"))["margin"]["seconds"])
-            sent = np.sort(np.where(np.isnan(m.sent), m.intended, m.sent))
+            sent = np.sort(m.arrivals)
             same = predicted_rejection(sent[sent >= warmup_s], cfg, SLOTS, margin)
             rate = load * cfg.capacity_rps(SLOTS)
             rng = np.random.default_rng(round(load * 1000))

@@ -34,9 +34,9 @@ from benchmarks.experiments.claims import (
     sentences,
 )
 from benchmarks.experiments.drive import Measured, drive, plan
-from benchmarks.experiments.exp1_queueing import exact_ttft
 from benchmarks.experiments.output import fmt_ms, md_table, plt, write_experiment
 from benchmarks.experiments.rig import Pool, serve
+from benchmarks.experiments.schedule import exact_ttft
 from benchmarks.experiments.stats import quantile_ci
 
 __all__ = ["NAME", "TITLE", "claims", "run", "summarize"]

@@ -49,7 +49,7 @@ RHO = 0.6
 def predicted_ttft(m: Measured, cfg: SweepConfig, window_s: float) -> np.ndarray:
     """TTFT of each request (from its intended time) under the window rule and the exact
     FIFO schedule, for the run's actual send times."""
-    sent = np.where(np.isnan(m.sent), m.intended, m.sent)
+    sent = m.arrivals
     order = np.argsort(sent, kind="stable")
     released = release_times(sent[order], window_s, SLOTS)
     start = np.empty_like(sent)

@@ -20,14 +20,15 @@ import numpy as np
 from benchmarks.experiments import ExperimentResult, SweepConfig
 from benchmarks.experiments.claims import Claim, config, finite, missing, ms, pct, sentences
 from benchmarks.experiments.drive import Measured, drive, plan
-from benchmarks.experiments.exp2_admission import SLOTS, policy_stack
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table, plt, write_experiment
+from benchmarks.experiments.policies import policy_stack
 from benchmarks.metrics import timeseries
 
 __all__ = ["NAME", "TITLE", "claims", "run", "summarize"]
 
 NAME = "exp6_step"
 TITLE = "6. Step overload: admitted and rejected rates and p99 TTFT over time"
+SLOTS = 4
 MODES = ("none", "timeline")
 LEVELS = (0.6, 1.4, 0.6)
 

@@ -28,6 +28,7 @@ from benchmarks.experiments.claims import Claim, finite, missing, ms, paragraph,
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.output import fmt_ms, md_table, plt, write_experiment
 from benchmarks.experiments.rig import Pool, serve
+from lpu_protocol.artifact import Artifact
 
 __all__ = ["NAME", "TITLE", "claims", "run", "summarize"]
 
@@ -41,8 +42,12 @@ SHORT_MAX = 2000
 """Prompts below this are 'short' (the 2K bucket's)."""
 
 
+def _long_artifact(cfg: SweepConfig) -> Artifact:
+    return cfg.artifact(SLOTS, name="bench-8k", prefill_s=LONG_PREFILL_S, max_seq_len=8192)
+
+
 def _pools(cfg: SweepConfig, layout: str) -> list[Pool]:
-    long_art = cfg.artifact(SLOTS, name="bench-8k", prefill_s=LONG_PREFILL_S, max_seq_len=8192)
+    long_art = _long_artifact(cfg)
     if layout == "shared":
         return [Pool("long", long_art, 2)]
     short_art = cfg.artifact(SLOTS, name="bench-2k", max_seq_len=2048)
@@ -50,7 +55,7 @@ def _pools(cfg: SweepConfig, layout: str) -> list[Pool]:
 
 
 def _long_service(cfg: SweepConfig) -> float:
-    return LONG_PREFILL_S + (cfg.output_tokens - 1) * cfg.per_token_s
+    return _long_artifact(cfg).service_time(cfg.output_tokens)
 
 
 def claims(data: Mapping[str, Any]) -> list[Claim]:

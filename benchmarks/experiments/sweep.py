@@ -3,6 +3,7 @@
     lpu-bench sweep                          # all seven, full length (~20 min on 2 cores)
     lpu-bench sweep --only 1,2 --quick       # a smoke run (CI): short, in one process
     lpu-bench sweep --index-only             # rebuild the prose and README.md from the JSON
+    lpu-bench sweep --only 1 --check         # the M/D/c check: exit 1 unless every claim holds
 
 Each experiment writes ``<name>.md``, ``<name>.png`` and ``<name>.json`` into ``--out``;
 the index ``README.md`` there is rebuilt from every ``exp*.json`` present (so ``--only``
@@ -10,6 +11,12 @@ refreshes some experiments and keeps the others). Process arrangement: by defaul
 run puts the emulators and the router each in their own process and the load generator in
 this one (``--in-process`` puts all three in one event loop; ``--quick`` does so unless
 ``--isolate`` is given).
+
+``--check`` turns the run into a check: after the run (or, with ``--index-only``, on the
+results already in ``--out``) every claim of the selected experiments is evaluated on their
+JSON numbers, those that do not hold are printed, and the exit status is 1 if there is one.
+Measured latencies against theory belong here and not in the test suite, because a busy
+2-core machine can miss them; a quick run is too short for most claims to hold.
 """
 
 from __future__ import annotations
@@ -41,8 +48,8 @@ from benchmarks.experiments import (
 from benchmarks.experiments.claims import Claim, sentences
 from benchmarks.experiments.output import machine
 
-__all__ = ["EXPERIMENTS", "HELP", "configure", "execute", "interpretation", "refresh_prose",
-           "run_sweep", "write_index"]
+__all__ = ["EXPERIMENTS", "HELP", "configure", "execute", "interpretation", "load_docs",
+           "refresh_prose", "run_sweep", "unmet_claims", "write_index"]
 
 HELP = "run the queueing and admission experiments; write tables, plots and an index"
 EXPERIMENTS: tuple[ModuleType, ...] = (exp1_queueing, exp2_admission, exp3_rejection,
@@ -86,6 +93,39 @@ def interpretation(docs: Docs) -> str:
         return ""
     return ("What this run shows for a deployment (each sentence checked against the"
             " figures below):\n\n" + "\n".join(bullets) + "\n")
+
+
+def unmet_claims(docs: Docs) -> list[Claim]:
+    """Every claim of the experiments in ``docs`` that their own numbers do not support
+    (the claims :func:`interpretation` states, in its order)."""
+    return [c for _, claims in _BULLETS for c in claims(docs) if not c.holds]
+
+
+def load_docs(out_dir: Path, modules: Sequence[ModuleType] = EXPERIMENTS) -> dict[str, Any]:
+    """Experiment name -> its ``<name>.json`` in ``out_dir``, for those of ``modules`` that
+    have one."""
+    docs: dict[str, Any] = {}
+    for mod in modules:
+        path = out_dir / f"{mod.NAME}.json"
+        if path.is_file():
+            docs[mod.NAME] = json.loads(path.read_text("utf-8"))
+    return docs
+
+
+def _check(out_dir: Path, modules: Sequence[ModuleType]) -> int:
+    """``--check``: 0 when every claim of ``modules`` holds on the results in ``out_dir``."""
+    docs = load_docs(out_dir, modules)
+    absent = [m.NAME for m in modules if m.NAME not in docs]
+    unmet = unmet_claims(docs)
+    for name in absent:
+        print(f"lpu-bench sweep --check: {name}: no results in {out_dir}", file=sys.stderr)
+    for claim in unmet:
+        print(f"lpu-bench sweep --check: {claim.sentence()}", file=sys.stderr)
+    total = sum(len(claims(docs)) for _, claims in _BULLETS)
+    print(f"lpu-bench sweep --check: {total - len(unmet)} of {total} claims hold"
+          + (f", {len(absent)} experiment(s) without results" if absent else ""),
+          file=sys.stderr)
+    return 1 if unmet or absent else 0
 
 
 def _parse_only(spec: str | None) -> list[ModuleType]:
@@ -159,11 +199,7 @@ def refresh_prose(out_dir: Path) -> list[str]:
 
 def write_index(out_dir: Path, command: str) -> Path:
     """(Re)write ``out_dir/README.md`` from every experiment JSON found there."""
-    docs: list[dict[str, Any]] = []
-    for mod in EXPERIMENTS:
-        path = out_dir / f"{mod.NAME}.json"
-        if path.is_file():
-            docs.append(json.loads(path.read_text("utf-8")))
+    docs: list[dict[str, Any]] = list(load_docs(out_dir).values())
     m = machine() if not docs else docs[0]["machine"]
     total = sum(float(d.get("elapsed_s") or 0.0) for d in docs)
     isolated = all(d.get("config", {}).get("isolate", False) for d in docs)
@@ -213,6 +249,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                        help="emulators, router and load generator in one event loop")
     p.add_argument("--index-only", action="store_true",
                    help="only recompute the summaries and README.md from the JSON files in --out")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless every claim of the selected experiments holds on their"
+                   " results (with --index-only: on those already in --out)")
 
 
 def _run(coro: Coroutine[Any, Any, list[ExperimentResult]]) -> list[ExperimentResult]:
@@ -248,4 +287,4 @@ def execute(args: argparse.Namespace) -> int:
         print(f"lpu-bench sweep: {len(modules) - len(results)} experiment(s) failed",
               file=sys.stderr)
         return 1
-    return 0
+    return _check(out, modules) if args.check else 0

@@ -24,15 +24,27 @@ from benchmarks.experiments import (
     exp7_hol,
 )
 from benchmarks.experiments.claims import Claim, listing, paragraph
-from benchmarks.experiments.sweep import EXPERIMENTS, interpretation, refresh_prose, write_index
+from benchmarks.__main__ import build_parser
+from benchmarks.experiments.sweep import (
+    EXPERIMENTS,
+    execute,
+    interpretation,
+    refresh_prose,
+    unmet_claims,
+    write_index,
+)
 
 NOT_SHOWN = "not shown by this run"
 
 
 def _exp1_point(slots: int, rho: float, p50: float, p99: float, exact: float,
                 mdc: float | None, mmc: float | None) -> dict[str, Any]:
-    return {"slots": slots, "rho": rho, "p50": [p50, p50, p50], "p99": [p99, p99 - 0.01,
-            p99 + 0.01], "exact_p99": exact, "mdc_p99": mdc, "mmc_p99": mmc}
+    point = {"slots": slots, "rho": rho, "p50": [p50, p50, p50], "p99": [p99, p99 - 0.01,
+             p99 + 0.01], "exact_p99": exact, "mdc_p99": mdc, "mmc_p99": mmc,
+             "err_p50": 0.002, "err_p90": 0.004}
+    if rho < 1:  # M/D/c's range for the mean wait exists below capacity only
+        point |= {"mean_wait": p50 - 0.012, "mdc_mean_wait_band": [p50 - 0.02, p50]}
+    return point
 
 
 EXP1 = {"config": {"service_s": 0.03, "prefill_s": 0.012, "per_token_s": 0.002,
@@ -114,6 +126,11 @@ CASES: list[tuple[ModuleType, dict[str, Any], int, dict[str, Any], str]] = [
     (exp1_queueing, EXP1, 1, _set(EXP1, ("points", 0, "exact_p99"), 0.005), "only a few ms"),
     (exp1_queueing, EXP1, 2, _set(EXP1, ("points", 3, "p50"), [0.5, 0.5, 0.5]),
      "the queue grows"),
+    (exp1_queueing, EXP1, 3, _set(EXP1, ("points", 2, "err_p90"), 0.035),
+     "request by request"),
+    # A mean wait 11 ms above M/D/c's range: more than the few ms of overhead allowed.
+    (exp1_queueing, EXP1, 4, _set(EXP1, ("points", 1, "mean_wait"), 0.034 + 0.011),
+     "range M/D/c gives"),
     (exp2_admission, EXP2, 0, _set(EXP2, ("points", 4, "goodput_rps"), 120.0),
      "goodput past capacity collapses"),
     # The loaded machine of issue 10: the timeline rule's p99 at 205.8 ms against 100 ms.
@@ -221,6 +238,35 @@ def test_interpretation_is_the_claims_of_the_present_experiments() -> None:
     assert ("The timeline rule keeps the p99 TTFT of the requests it admits within the SLO:"
             f" {NOT_SHOWN}") in text
     assert interpretation({}) == ""
+
+
+def _result_file(out: Path, mod: ModuleType, data: dict[str, Any]) -> None:
+    """``<name>.json`` as an experiment writes it, with ``data`` as its numbers."""
+    doc = {"name": mod.NAME, "title": mod.TITLE, "elapsed_s": 1.0,
+           "machine": {"nproc": 2, "cpu": "x", "python": "3", "platform": "p", "date": "d"},
+           "table_md": "| a |\n|---|\n| 1 |\n", "summary": mod.summarize(data),
+           "plots": [f"{mod.NAME}.png"], **data}
+    (out / f"{mod.NAME}.json").write_text(json.dumps(doc))
+
+
+def test_unmet_claims_are_those_the_numbers_do_not_support() -> None:
+    assert unmet_claims({exp7_hol.NAME: EXP7}) == []
+    unmet = unmet_claims({exp7_hol.NAME: _set(EXP7, ("points", 1, "short_p99"), 0.3),
+                          exp1_queueing.NAME: EXP1})
+    assert [c.text for c in unmet] == [exp7_hol.claims(EXP7)[0].text]
+
+
+@pytest.mark.parametrize(("data", "only", "status"), [
+    (EXP1, "1", 0),
+    (_set(EXP1, ("points", 0, "err_p50"), 0.02), "1", 1),
+    (EXP1, "1,4", 1),  # experiment 4 has no results in the folder
+], ids=["claims-hold", "a-claim-fails", "results-missing"])
+def test_check_exits_1_unless_every_claim_holds(tmp_path: Path, data: dict[str, Any], only: str,
+                                                status: int) -> None:
+    _result_file(tmp_path, exp1_queueing, data)
+    args = build_parser().parse_args(["sweep", "--index-only", "--check", "--only", only,
+                                      "--out", str(tmp_path)])
+    assert execute(args) == status
 
 
 def test_index_only_recomputes_the_prose(tmp_path: Path) -> None:
