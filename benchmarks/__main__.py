@@ -13,6 +13,7 @@ from types import ModuleType
 
 from benchmarks import hostile_prompts, planner, run_command, soak
 from benchmarks.experiments import sweep
+from benchmarks.overhead import command as overhead
 
 __all__ = ["build_parser", "main"]
 
@@ -22,6 +23,7 @@ _COMMANDS: dict[str, ModuleType] = {
     "sweep": sweep,
     "soak": soak,
     "hostile-prompts": hostile_prompts,
+    "overhead": overhead,
 }
 
 
