@@ -61,25 +61,35 @@ def _check(path: str) -> RouterConfig | None:
     return config
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
+def _run(coro: Coroutine[Any, Any, None], log_level: str) -> None:
+    """Run ``coro`` on uvloop, the process's one log listener running around it."""
+    from router import log_queue
     from router.process import raise_fd_limit, return_freed_memory
 
     # Before any socket or large buffer: see router/process.py for why.
     raise_fd_limit()
     return_freed_memory()
+    # The loop never writes a log line itself (router/log_queue.py); stop() writes what is
+    # still queued once the loop has drained, so a SIGTERM loses no access line.
+    log_queue.start(log_level)
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+            asyncio.run(coro)
+        else:
+            uvloop.run(coro)
+    finally:
+        log_queue.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Access lines are JSON already; other records get their level and logger name.
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     if args.check or args.command == "check":
+        # No loop to keep free: lines are written at once.
+        from router.log_queue import LINE_FORMAT
+
+        logging.basicConfig(level=args.log_level.upper(), format=LINE_FORMAT)
         path = args.check or args.config
         config = _check(path)
         if config is None:
@@ -95,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def ready(url: str) -> None:
             print(f"lpu-router serving on {url}", flush=True)
 
-        _run(serve_forever(config, on_ready=ready, config_path=args.config))
+        _run(serve_forever(config, on_ready=ready, config_path=args.config), args.log_level)
         return 0
     if args.command == "demo":
         from lpu_demo.stack import demo_length, run_demo
@@ -105,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         length = demo_length(args.output_length, args.output_mean)
         _run(run_demo(host=args.host, port=args.port, time_scale=args.time_scale,
-                      replicas=args.replicas, output_length=length, echo=echo))
+                      replicas=args.replicas, output_length=length, echo=echo), args.log_level)
         return 0
     build_parser().print_help()
     return 2
