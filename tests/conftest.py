@@ -1,18 +1,119 @@
-"""Every asyncio test runs on uvloop, the loop production runs on (``router/__main__.py``).
+"""Shared fixtures; every asyncio test runs on uvloop, the loop production runs on.
 
 A listener test on asyncio's default loop once passed while the router refused every
 connection over its cap with a reset under uvloop: the loop is part of what is tested.
+
+Fixtures (what they start lives in ``stack.py`` and ``live_processes.py``; everything started
+is stopped when the test ends, the last started first):
+
+* ``emulators``: ``await emulators(options, replicas=1)`` serves emulated backends in this
+  process, returns their URLs;
+* ``router_stack``: ``await router_stack(config)`` serves the real router app for a
+  :class:`~router.config.RouterConfig`, returns a :class:`stack.Stack`; ``emulator_router``
+  is the default one (one emulator, admission off, bucket ``short``);
+* ``fake_backend``: ``await fake_backend(handler)`` serves an aiohttp backend whose completions
+  ``handler`` answers, returns a :class:`stack.FakeBackend`;
+* ``router_process`` / ``emulator_process``: the same as real processes (``python -m router
+  serve CONFIG`` returns a :class:`live_processes.Served`; ``python -m lpu_emulator`` returns
+  the URLs);
+* ``manual_clock``: a :class:`stack.ManualClock` at 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvloop
+
+if TYPE_CHECKING:
+    from live_processes import Served
+    from stack import FakeBackend, Handler, ManualClock, Stack
+
+    from lpu_emulator.server import EmulatorOptions
+    from router.config import RouterConfig
+
+# The support modules are imported inside the fixtures: a unit test of one package must not
+# fail to collect because another package (the router, say) is broken.
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
                                   ) -> Mapping[str, Callable[[], Any]]:
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def _started() -> AsyncIterator[contextlib.AsyncExitStack]:
+    """What the factory fixtures of one test started, stopped in reverse order at its end."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def emulators(_started: contextlib.AsyncExitStack
+              ) -> Callable[..., Awaitable[list[str]]]:
+    from stack import emulator_options
+
+    from lpu_emulator.server import start_emulators
+
+    async def start(options: EmulatorOptions | None = None, replicas: int = 1) -> list[str]:
+        return await _started.enter_async_context(
+            start_emulators(options or emulator_options(), replicas))
+    return start
+
+
+@pytest.fixture
+def router_stack(_started: contextlib.AsyncExitStack) -> Callable[[RouterConfig],
+                                                                  Awaitable[Stack]]:
+    from stack import serve_router
+
+    async def start(config: RouterConfig) -> Stack:
+        return await _started.enter_async_context(serve_router(config))
+    return start
+
+
+@pytest.fixture
+async def emulator_router(emulators: Callable[..., Awaitable[list[str]]],
+                          router_stack: Callable[[RouterConfig], Awaitable[Stack]]) -> Stack:
+    """One emulator (time scale 0.05) behind the router, admission off."""
+    from stack import router_config
+
+    return await router_stack(router_config(await emulators()))
+
+
+@pytest.fixture
+def fake_backend(_started: contextlib.AsyncExitStack
+                 ) -> Callable[[Handler], Awaitable[FakeBackend]]:
+    from stack import fake_backend as serve_fake
+
+    async def start(completion: Handler) -> FakeBackend:
+        return await _started.enter_async_context(serve_fake(completion))
+    return start
+
+
+@pytest.fixture
+def router_process(_started: contextlib.AsyncExitStack) -> Callable[..., Awaitable[Served]]:
+    from live_processes import served_router
+
+    async def start(config: Path, *args: str, **kw: Any) -> Served:
+        return await _started.enter_async_context(served_router(config, *args, **kw))
+    return start
+
+
+@pytest.fixture
+def emulator_process(_started: contextlib.AsyncExitStack) -> Callable[..., Awaitable[list[str]]]:
+    from live_processes import emulator_process as serve_emulators
+
+    async def start(*args: Any, **kw: Any) -> list[str]:
+        return await _started.enter_async_context(serve_emulators(*args, **kw))
+    return start
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    from stack import ManualClock
+
+    return ManualClock()

@@ -5,7 +5,8 @@ own CLI, their own signals), for tests that make a claim about processes.
 :class:`Served` (process, port, the lines it logged) once it prints its address
 (``router_process`` yields just process and port); ``emulator_process(...)`` runs
 ``python -m lpu_emulator`` and yields the replicas' base URLs once each printed its own. Both are
-killed if still running when the block ends.
+killed if still running when the block ends. :func:`config_toml` writes the usual one-bucket
+config for such a router. (``tests/conftest.py`` offers them as fixtures too.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Served", "emulator_process", "router_process", "served_router", "stop"]
+__all__ = ["Served", "config_toml", "emulator_process", "router_process", "served_router",
+           "stop"]
 
 _START_S = 20.0
 
@@ -40,6 +42,20 @@ class Served:
     def access(self) -> list[dict[str, Any]]:
         """The access log's JSON lines so far."""
         return [json.loads(line) for line in self.log if line.startswith('{"ts"')]
+
+
+def config_toml(backends: list[str], *, server: dict[str, Any] | None = None,
+                bucket: dict[str, Any] | None = None, admission: str = "off") -> str:
+    """One bucket ``short`` of MODEL over ``backends``, on port 0 (TOML text)."""
+    from stack import ARTIFACT, MODEL  # here: the process helpers need no router import
+
+    def table(values: dict[str, Any]) -> str:
+        return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+    return ("[server]\n" + table({"host": "127.0.0.1", "port": 0, **(server or {})})
+            + f"[admission]\nmode = \"{admission}\"\n[health]\ninterval_s = 0.2\n"
+            + "[[buckets]]\n" + table({"name": "short", "model": MODEL, "artifact": ARTIFACT,
+                                       "backends": backends, **(bucket or {})}))
 
 
 def _limit_files(soft: int, hard: int | None) -> Callable[[], None]:

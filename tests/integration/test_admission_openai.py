@@ -9,12 +9,12 @@ retries it waits what the router said and then succeeds, because the slot is fre
 from __future__ import annotations
 
 import asyncio
-import time
 
 import openai
 import pytest
-from admission_harness import MODEL, client_session, emulators, router, router_raw, service_s
 from openai import AsyncOpenAI
+from recorded_schedule import fifo_problems, late_problems, recorded
+from stack import MODEL, client_session, emulators, router, router_raw, service_s
 
 from router.admission.controller import TimelineAdmitter
 from router.app import ADMITTER
@@ -24,8 +24,8 @@ LONG = 300
 MSG = [{"role": "user", "content": "Hello there."}]
 
 
-async def _hold_the_slot(url: str) -> asyncio.Task[None]:
-    """Start a long request and return once the router has admitted it."""
+async def _hold_the_slot(url: str, backend: str) -> asyncio.Task[None]:
+    """Start a long request and return once it holds the backend's slot."""
 
     async def long_request() -> None:
         async with client_session() as s, s.post(url + "/v1/chat/completions", json={
@@ -35,8 +35,12 @@ async def _hold_the_slot(url: str) -> asyncio.Task[None]:
             await r.read()
 
     task = asyncio.create_task(long_request())
-    await asyncio.sleep(0.03)
-    return task
+    async with client_session() as s:
+        while True:
+            async with s.get(backend + "/load") as r:
+                if (await r.json())["running"] == 1:
+                    return task
+            await asyncio.sleep(0.002)
 
 
 async def test_rate_limit_error_carries_retry_after_and_the_client_honours_it() -> None:
@@ -46,7 +50,7 @@ async def test_rate_limit_error_carries_retry_after_and_the_client_honours_it() 
     ):
         admitter = r.app[ADMITTER]
         assert isinstance(admitter, TimelineAdmitter)
-        holder = await _hold_the_slot(r.url)
+        holder = await _hold_the_slot(r.url, urls[0])
         async with AsyncOpenAI(base_url=r.url + "/v1", api_key="unused", max_retries=0) as c:
             with pytest.raises(openai.RateLimitError) as info:
                 await c.chat.completions.create(model=MODEL, messages=MSG,  # type: ignore[arg-type]
@@ -61,18 +65,26 @@ async def test_rate_limit_error_carries_retry_after_and_the_client_honours_it() 
         assert 0.1 < retry_ms / 1e3 <= service_s(LONG)
         await holder
 
-        holder = await _hold_the_slot(r.url)
+        holder = await _hold_the_slot(r.url, urls[0])
         before = r.metric("lpu_router_requests_rejected_total",
                           {"bucket": "small", "priority": "standard", "reason": "slo_ttft"})
         async with AsyncOpenAI(base_url=r.url + "/v1", api_key="unused", max_retries=3) as c:
-            started = time.monotonic()
-            reply = await c.chat.completions.create(model=MODEL, messages=MSG,  # type: ignore[arg-type]
-                                                    max_tokens=5)
-            waited = time.monotonic() - started
+            raw = await c.chat.completions.with_raw_response.create(
+                model=MODEL, messages=MSG, max_tokens=5)  # type: ignore[arg-type]
+            reply = raw.parse()
         await holder
         after = r.metric("lpu_router_requests_rejected_total",
                          {"bucket": "small", "priority": "standard", "reason": "slo_ttft"})
+        (schedule,) = (await recorded(urls)).values()
         assert reply.choices[0].message.content
         assert after - before >= 1, "the first try was refused"
-        # It waited (about) what the router said rather than its own backoff.
-        assert waited >= 0.5 * retry_ms / 1e3
+
+    # On the backend's schedule: only the try that was admitted reached it, after the second
+    # holder's slot time (one slot, FIFO), its first token within the SLO of its arrival: the
+    # client came back when the router said a request would fit, not before.
+    holders = [e for e in schedule if e.output_tokens == LONG]
+    (tried,) = [e for e in schedule if e.request_id == raw.headers["x-request-id"]]
+    assert len(holders) == 2 and len(schedule) == 3  # no refused try ever got there
+    assert tried.start >= holders[1].end
+    assert not late_problems([tried], SLO)
+    assert not fifo_problems(schedule)

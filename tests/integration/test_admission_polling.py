@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from admission_harness import chat_body, client_session, router, router_raw
 from aiohttp import web
+from stack import chat, client_session, router, router_raw
 
 from router.app import POOL
 from router.server import running
@@ -68,7 +68,7 @@ async def test_a_bad_report_takes_the_backend_out(mode: str) -> None:
 
         state["mode"] = mode
         await _until(lambda: not pool.is_up("small", backend))
-        async with session.post(r.url + "/v1/chat/completions", json=chat_body(4)) as resp:
+        async with session.post(r.url + "/v1/chat/completions", json=chat(4, stream=True)) as resp:
             assert resp.status == 503
             assert resp.headers["x-lpu-reject-reason"] == "no_backend"
             assert int(resp.headers["retry-after"]) >= 1

@@ -25,18 +25,9 @@ from importlib.resources import files
 from pathlib import Path
 
 import aiohttp
-from admission_harness import (
-    ARTIFACT,
-    MODEL,
-    SCALE,
-    Planned,
-    chat_body,
-    client_session,
-    open_loop,
-    service_s,
-)
 from live_processes import emulator_process, router_process
-from reliability.reliability_harness import invariant_problems
+from open_loop import Planned, open_loop
+from stack import ARTIFACT, MODEL, SCALE, chat, client_session, invariant_problems, service_s
 
 SLOTS = 2
 TOKENS = 16
@@ -107,7 +98,7 @@ class Probe:
 async def _send(session: aiohttp.ClientSession, url: str, cls: str
                 ) -> tuple[int, dict[str, str], bytes]:
     """One probe; reads the whole answer (an admitted one runs to its end)."""
-    async with session.post(url + "/v1/chat/completions", json=chat_body(TOKENS),
+    async with session.post(url + "/v1/chat/completions", json=chat(TOKENS, stream=True),
                             headers=PROBE_KEY | {"x-priority": cls}) as r:
         return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read()
 
@@ -138,7 +129,7 @@ async def _probe(session: aiohttp.ClientSession, url: str, backend: str, cls: st
 async def _cycle(session: aiohttp.ClientSession, url: str, backend: str) -> list[Probe]:
     """A burst at 5x capacity, then probes one at a time once every burst request was sent."""
     gap = 1.0 / (5 * CAPACITY)
-    plan = [Planned(i * gap, "burst", chat_body(TOKENS), KEY)
+    plan = [Planned(i * gap, "burst", chat(TOKENS, stream=True), KEY)
             for i in range(round(BURST_S / gap))]
     burst = asyncio.create_task(open_loop(session, url, plan))
     await asyncio.sleep(BURST_S + 0.04)

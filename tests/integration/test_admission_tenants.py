@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import aiohttp
-from admission_harness import MODEL, client_session, emulators, router, router_raw
+from stack import MODEL, client_session, emulators, router, router_raw
 
 RPM = 4
 TPM = 400

@@ -8,14 +8,14 @@ import aiohttp
 import openai
 import pytest
 from openai import AsyncOpenAI
-from router_harness import MODEL, Stack, router_stack
+from stack import MODEL, Stack, two_bucket_stack
 
 MSG = [{"role": "user", "content": "Say something."}]
 
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    async with router_stack() as s:
+    async with two_bucket_stack() as s:
         yield s
 
 
@@ -132,7 +132,7 @@ async def test_malformed_with_the_openai_client(client: AsyncOpenAI) -> None:
 
 async def test_api_keys_when_configured() -> None:
     tenants = {"tenants": [{"name": "acme", "api_keys": ["sk-good"]}]}
-    async with router_stack(extra=tenants) as stack:
+    async with two_bucket_stack(extra=tenants) as stack:
         async with AsyncOpenAI(base_url=stack.url + "/v1", api_key="sk-bad",
                                max_retries=0) as bad:
             with pytest.raises(openai.AuthenticationError) as info:
