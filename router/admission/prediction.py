@@ -17,9 +17,11 @@ Completions that hit their allowance are censored samples (the model might
 have gone on); counting them at their allowance biases ``q`` low only when
 allowances are below the bucket's natural lengths.
 
-The estimator is a ring of the last ``capacity`` lengths; the quantile is
-recomputed every ``refresh_every`` observations (numpy), so an observation
-costs O(1) amortized and a decision reads a cached integer.
+The estimator is a ring of the last ``capacity`` lengths. With ``learned`` the
+quantile is recomputed every ``refresh_every`` observations (numpy), so an
+observation costs O(1) amortized and a decision reads a cached integer. With
+``worst_case`` no decision reads it: it is computed only when :attr:`estimate` is
+read (the admin snapshot), from the ring as it is then.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class OutputLengthModel:
     @property
     def estimate(self) -> int | None:
         """The learned quantile in tokens; None until ``min_samples`` were seen."""
+        self._refresh_if_due()
         return self._estimate
 
     @property
@@ -70,6 +73,10 @@ class OutputLengthModel:
         self._ring[self._count % len(self._ring)] = max(1, completion_tokens)
         self._count += 1
         self._since_refresh += 1
+        if self.policy is PredictionPolicy.LEARNED:  # only learned decisions read it
+            self._refresh_if_due()
+
+    def _refresh_if_due(self) -> None:
         n = self.samples
         if n >= self.min_samples and (
             self._estimate is None or self._since_refresh >= self._refresh_every
