@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from reliability_harness import (
+from stack import (
     MODEL,
     FakeBackend,
     Stack,
@@ -41,7 +41,7 @@ async def stack(backend: FakeBackend) -> AsyncIterator[Stack]:
     config = router_config([backend.url], extra={"server": {
         "max_body_bytes": 16384, "body_timeout_s": 0.3, "idle_timeout_s": 0.3,
         "max_connections": 8, "max_header_bytes": 2048}})
-    async with serve_router(config, [backend.url]) as s:
+    async with serve_router(config) as s:
         yield s
     assert not backend.headers, "a bad request reached the backend"
 

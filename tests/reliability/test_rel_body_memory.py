@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from reliability_harness import (
+from stack import (
     Stack,
     assert_settled,
     chat,

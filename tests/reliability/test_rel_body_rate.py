@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from live_processes import emulator_process, router_process
-from reliability_harness import MODEL, assert_invariant, chat, error_code
+from stack import MODEL, assert_invariant, chat, error_code
 
 pytestmark = pytest.mark.timeout(60)
 

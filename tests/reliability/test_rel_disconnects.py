@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from reliability_harness import (
+from stack import (
     Stack,
     assert_settled,
     chat,

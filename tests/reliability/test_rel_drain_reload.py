@@ -14,17 +14,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from live_processes import config_toml, served_router
 from prometheus_client import CollectorRegistry, generate_latest
-from reliability_harness import (
+from stack import (
     MODEL,
     assert_invariant,
     chat,
     emulator_options,
     error_code,
     fake_backend,
+    http_exchange,
+    raw_post,
     router_config,
 )
-from router_subprocess import config_toml, http_exchange, post_bytes, served_router
 
 from lpu_emulator.server import start_emulators
 from router.app import build_app
@@ -99,7 +101,7 @@ async def test_sigterm_deadline_ends_every_completion_as_documented(tmp_path: Pa
                                    bucket={"time_scale": 1.0}))
         async with served_router(cfg) as router:
             port = router.port
-            answers = {how: asyncio.create_task(http_exchange(port, post_bytes(
+            answers = {how: asyncio.create_task(http_exchange(port, raw_post(
                 {**chat(50, stream=how == "stream"), "user": how})))
                 for how in ("status", "body", "stream", "quick")}
             for _ in range(100):  # bounded: the backend has all four
@@ -146,7 +148,7 @@ async def test_drain_deadline_counts_each_ending_once(tmp_path: Path) -> None:
         app = build_app(config, registry=registry)
         gen = await Generation.start(app, config.server, "127.0.0.1", 0)
         port = gen.site.port
-        answers = [asyncio.create_task(http_exchange(port, post_bytes(
+        answers = [asyncio.create_task(http_exchange(port, raw_post(
             {**chat(50, stream=how == "stream"), "user": how})))
             for how in ("status", "body", "stream")]
         for _ in range(100):  # bounded: the backend has all three

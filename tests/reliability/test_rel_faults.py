@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from reliability_harness import (
+from stack import (
     assert_settled,
     chat,
     dead_port,
@@ -47,7 +47,7 @@ async def test_refused_connections_are_503_and_eject() -> None:
     url = f"http://127.0.0.1:{dead_port()}"
     config = router_config([url], extra={"health": {"interval_s": 60.0,
                                                     "eject_after_failures": 1}})
-    async with serve_router(config, [url]) as stack:
+    async with serve_router(config) as stack:
         status, _, raw = await post(stack, chat())
         assert status == 503 and error_code(raw) in ("upstream_error", "no_backend")
         assert stack.metric("lpu_router_backend_up", {"bucket": "short", "backend": url}) == 0
@@ -68,7 +68,7 @@ async def test_backend_error_statuses(status: int, body: bytes, want: int) -> No
 
     async with fake_backend(answer) as fake:
         config = router_config([fake.url])
-        async with serve_router(config, [fake.url]) as stack:
+        async with serve_router(config) as stack:
             got, _, raw = await post(stack, chat())
             assert got == want
             if want >= 500:
@@ -92,7 +92,7 @@ async def test_backend_breaks_mid_stream(then: str) -> None:
 
     async with fake_backend(answer) as fake:
         config = router_config([fake.url], extra={"timeouts": {"read_s": 0.5}})
-        async with serve_router(config, [fake.url]) as stack, aiohttp.ClientSession() as s, \
+        async with serve_router(config) as stack, aiohttp.ClientSession() as s, \
                 s.post(stack.url + "/v1/chat/completions", json=chat(stream=True)) as r:
             assert r.status == 200
             text = await asyncio.wait_for(r.read(), 10)
@@ -129,7 +129,7 @@ async def test_slow_to_accept_is_a_connect_timeout() -> None:
     config = router_config([url], extra={"timeouts": {"connect_s": 0.2, "read_s": 0.5},
                                          "health": {"interval_s": 60.0}})
     try:
-        async with serve_router(config, [url]) as stack:
+        async with serve_router(config) as stack:
             got, _, raw = await post(stack, chat())
             assert got in (503, 504)
             assert error_code(raw) in ("upstream_timeout", "upstream_error", "no_backend")
@@ -171,7 +171,7 @@ async def test_backend_that_comes_back_is_used_again() -> None:
     async with fake_backend(answer) as fake:
         config = router_config([fake.url], extra={"server": {"max_retries": 0}, "health": {
             "interval_s": 60.0, "eject_after_failures": 2, "eject_for_s": 0.3}})
-        async with serve_router(config, [fake.url]) as stack:
+        async with serve_router(config) as stack:
             for _ in range(2):
                 assert (await post(stack, chat()))[0] == 503
             got, _, raw = await post(stack, chat())  # ejected

@@ -27,7 +27,7 @@ from aiohttp import web
 from live_processes import served_router
 from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
-from reliability_harness import MODEL, dead_port, error_code, invariant_problems
+from stack import MODEL, dead_port, error_code, invariant_problems
 
 MSG = [{"role": "user", "content": "Say something."}]
 

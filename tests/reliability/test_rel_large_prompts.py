@@ -19,7 +19,7 @@ import json
 from collections.abc import AsyncIterator
 
 import aiohttp
-from reliability_harness import (
+from stack import (
     ARTIFACT,
     Stack,
     assert_settled,
@@ -49,7 +49,7 @@ async def slow_token_stack() -> AsyncIterator[Stack]:
     artifact = dataclasses.replace(builtin_artifact(ARTIFACT), prefill_s=0.05,
                                    per_token_s=PER_TOKEN_S)
     async with start_emulators(EmulatorOptions(artifact=artifact, time_scale=1.0), 1) as urls, \
-            serve_router(router_config(urls, time_scale=1.0), urls) as stack:
+            serve_router(router_config(urls, time_scale=1.0)) as stack:
         yield stack
 
 

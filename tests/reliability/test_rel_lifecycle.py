@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from reliability_harness import MODEL, chat, emulator_options
+from stack import MODEL, chat, emulator_options
 
 from lpu_emulator.server import start_emulators
 

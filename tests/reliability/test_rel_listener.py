@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from reliability_harness import (
+from live_processes import config_toml, served_router
+from stack import (
     Stack,
     assert_settled,
     chat,
@@ -21,8 +22,9 @@ from reliability_harness import (
     emulator_options,
     emulator_stack,
     error_code,
+    http_exchange,
+    raw_post,
 )
-from router_subprocess import config_toml, http_exchange, post_bytes, served_router
 
 from lpu_emulator.server import start_emulators
 
@@ -102,11 +104,11 @@ async def test_a_request_after_2000_idle_connections_is_answered(
                 # Refused connections linger 1 s for their 503 to be read; past that, only
                 # the connections the cap serves stay open.
                 await asyncio.sleep(1.5)
-                answer = await http_exchange(router.port, post_bytes(chat(4)))
+                answer = await http_exchange(router.port, raw_post(chat(4)))
                 assert _status(answer) in expect, answer[:300]
                 assert error_code(_json_body(answer)) == "too_many_connections"
             await asyncio.sleep(0.5)
-            answer = await http_exchange(router.port, post_bytes(
+            answer = await http_exchange(router.port, raw_post(
                 chat(4), extra="Connection: close\r\n"))
             assert _status(answer) == 200, answer[:300]
         assert not router.lines("Traceback"), router.lines("Error")[:5]
@@ -123,7 +125,7 @@ async def stack() -> AsyncIterator[Stack]:
 
 
 def _raw(body: dict[str, object]) -> bytes:
-    return post_bytes(body)
+    return raw_post(body)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from live_processes import emulator_process, router_process
 from prometheus_client.parser import text_string_to_metric_families
-from reliability_harness import MODEL, Handler, chat, error_code, fake_backend, invariant_problems
+from stack import MODEL, Handler, chat, error_code, fake_backend, invariant_problems
 
 pytestmark = pytest.mark.timeout(60)
 

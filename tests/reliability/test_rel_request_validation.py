@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from live_processes import emulator_process, router_process
 from prometheus_client.parser import text_string_to_metric_families
-from reliability_harness import (
+from stack import (
     ARTIFACT,
     MODEL,
     FakeBackend,
@@ -159,7 +159,7 @@ async def _short_lengths_stack() -> AsyncIterator[Stack]:
     """A router over one emulator whose requests stop early (geometric lengths, mean 2)."""
     options = dataclasses.replace(emulator_options(), output_length=OutputLength("geometric",
                                                                                 mean=2.0))
-    async with start_emulators(options) as urls, serve_router(router_config(urls), urls) as s:
+    async with start_emulators(options) as urls, serve_router(router_config(urls)) as s:
         yield s
 
 
@@ -218,7 +218,7 @@ async def test_bucket_policy_after_placement_and_upstream_model_splice() -> None
                 {"name": "vllm", "model": MODEL, "upstream_model": "meta-llama/Llama-3.1-8B",
                  "default_max_tokens": 64, **shape},
             ]})
-        async with serve_router(config, [backend.url]) as stack:
+        async with serve_router(config) as stack:
             refused = {**chat(), "model": "strict-model", "top_k": 5}
             status, _, raw = await post(stack, refused)
             assert (status, error_code(raw)) == (400, "unknown_parameter")

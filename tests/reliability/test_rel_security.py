@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from reliability_harness import (
+from stack import (
     FakeBackend,
     Stack,
     assert_settled,
@@ -46,7 +46,7 @@ async def stack(backend: FakeBackend) -> AsyncIterator[Stack]:
         "tenants": [{"name": "acme", "api_keys": [KEY], "priority": "interactive",
                      "requests_per_minute": 1000}],
     })
-    async with serve_router(config, [backend.url]) as s:
+    async with serve_router(config) as s:
         yield s
 
 

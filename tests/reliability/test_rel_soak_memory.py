@@ -7,7 +7,7 @@ import gc
 import tracemalloc
 
 import aiohttp
-from reliability_harness import assert_settled, chat, emulator_stack
+from stack import assert_settled, chat, emulator_stack
 
 from benchmarks.soak import soak
 
