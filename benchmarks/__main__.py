@@ -1,8 +1,7 @@
 """``lpu-bench``: the benchmark command line. Each subcommand lives in its own module.
 
 A subcommand module exposes ``HELP: str``, ``configure(parser)`` and
-``execute(args) -> int`` (the exit status); add it to ``_COMMANDS`` to register it
-(room for ``sweep`` and ``soak``).
+``execute(args) -> int`` (the exit status); add it to ``_COMMANDS`` to register it.
 """
 
 from __future__ import annotations
@@ -11,7 +10,13 @@ import argparse
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from benchmarks import hostile_prompts, planner, run_command, soak
+from benchmarks import (
+    emulator_fidelity,
+    hostile_prompts,
+    planner,
+    run_command,
+    soak,
+)
 from benchmarks.experiments import sweep
 from benchmarks.overhead import command as overhead
 
@@ -24,6 +29,7 @@ _COMMANDS: dict[str, ModuleType] = {
     "soak": soak,
     "hostile-prompts": hostile_prompts,
     "overhead": overhead,
+    "emulator-fidelity": emulator_fidelity,
 }
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
+from benchmarks.processes import rss_kib, start, url_in
 from lpu_emulator.server import EmulatorOptions, start_emulators
 from lpu_protocol.artifact import builtin_artifact
 
@@ -28,10 +29,7 @@ MODEL = "llama-3.1-8b-instant"
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid) / 1024
 
 
 async def run(bodies: int, mib: int, budget_mib: int | None) -> None:
@@ -45,12 +43,11 @@ async def run(bodies: int, mib: int, budget_mib: int | None) -> None:
         cfg.write_text(f'[server]\nport = 0\n{server}[admission]\nmode = "off"\n'
                        f'[[buckets]]\nname = "short"\nmodel = "{MODEL}"\n'
                        f'artifact = "llama-3.1-8b-2k"\nbackends = ["{urls[0]}"]\n')
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router", "--log-level", "WARNING", "serve", str(cfg),
-            stdout=asyncio.subprocess.PIPE)
-        assert proc.stdout is not None
-        line = (await proc.stdout.readline()).decode()
-        url = line.strip().rsplit(" ", 1)[1]
+        # In a thread: this loop serves the emulator the router probes while it starts.
+        proc = await asyncio.to_thread(
+            start, [sys.executable, "-m", "router", "--log-level", "WARNING", "serve", str(cfg)],
+            name="router", ready_lines=1, stderr=None)
+        url = url_in(proc.lines[0])
         raw = json.dumps({"model": MODEL, "max_tokens": 4,
                           "messages": [{"role": "user", "content": "hi"}]}).encode()
         body = raw + b" " * (size - len(raw))
@@ -86,8 +83,7 @@ async def run(bodies: int, mib: int, budget_mib: int | None) -> None:
         after_1 = rss_mib(proc.pid)
         await asyncio.sleep(4.0)
         after_5 = rss_mib(proc.pid)
-        proc.terminate()
-        await proc.wait()
+        await asyncio.to_thread(proc.stop)
         print(f"{bodies} x {mib} MiB, budget {budget_mib or 'default'} MiB: RSS before"
               f" {before:.1f} MiB, peak {peak:.1f} MiB, 1 s after {after_1:.1f} MiB, 5 s after"
               f" {after_5:.1f} MiB; answers {dict(statuses)}")

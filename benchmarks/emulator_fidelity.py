@@ -1,9 +1,10 @@
-"""Timing fidelity of the LPU emulator under hundreds of concurrent streams.
+"""``lpu-bench emulator-fidelity``: timing fidelity of the LPU emulator under hundreds of
+concurrent streams.
 
 Run::
 
-    python3 -m benchmarks.emulator_fidelity                 # defaults, < 1 minute
-    python3 -m benchmarks.emulator_fidelity --streams 100 300 500 --tick-ms 0 5 10
+    lpu-bench emulator-fidelity                 # defaults, < 1 minute
+    lpu-bench emulator-fidelity --streams 100 300 500 --tick-ms 0 5 10
 
 For each (streams, tick) pair it starts ``lpu-emulator`` in a subprocess with a
 synthetic artifact of ``streams`` slots (so nothing queues: a request starts
@@ -28,28 +29,26 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import subprocess
+import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
 
 from benchmarks.machine import describe
+from benchmarks.processes import Service, cpu_seconds, start, url_in
+from benchmarks.run_command import run_async
 
-__all__ = ["RunResult", "main", "run_one"]
+__all__ = ["HELP", "RunResult", "configure", "execute", "run_one"]
 
+HELP = "timing fidelity of the LPU emulator under hundreds of concurrent streams"
 PREFILL_MS = 80.0
 PER_TOKEN_MS = 1.786
 _TOKEN = b'"delta":{"content":'
-_URL = re.compile(rb"at (http://[0-9.]+:[0-9]+)/v1")
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -88,13 +87,6 @@ def _artifact_toml(slots: int, max_tokens: int) -> str:
         f"slots = {slots}\nprefill_ms = {PREFILL_MS}\nper_token_ms = {PER_TOKEN_MS}\n"
         "compile_time_s = 0.0\n"
     )
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class _Recorder:
@@ -190,11 +182,11 @@ async def _drive(
         ]
         await asyncio.sleep(warmup_s)
         rec.measuring = True
-        cpu0, own0, t0 = _cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
+        cpu0, own0, t0 = cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
         late0 = await _server_lateness(session, url)
         await asyncio.sleep(duration_s)
         rec.measuring = False
-        cpu1, own1, t1 = _cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
+        cpu1, own1, t1 = cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
         late1 = await _server_lateness(session, url)
         await asyncio.gather(*workers)
     return rec, _Window(cpu1 - cpu0, own1 - own0, t1 - t0, late0, late1)
@@ -215,21 +207,12 @@ def _lateness_ms(rec: _Recorder) -> tuple[np.ndarray, np.ndarray]:
     return late, late[k == 0]
 
 
-def _start_emulator(
-    toml_path: Path, tick_ms: float, write_budget: float
-) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen(
+def _start_emulator(toml_path: Path, tick_ms: float, write_budget: float) -> tuple[Service, str]:
+    emulator = start(
         [sys.executable, "-m", "lpu_emulator", "--artifact", str(toml_path), "--port", "0",
          "--tick-ms", str(tick_ms), "--write-budget", str(write_budget)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = _URL.search(line)
-    if match is None:
-        proc.kill()
-        raise RuntimeError(f"emulator did not start: {line!r}")
-    return proc, match.group(1).decode()
+        name="emulator", ready_lines=1)
+    return emulator, url_in(emulator.lines[0])
 
 
 def run_one(
@@ -241,14 +224,13 @@ def run_one(
     with tempfile.TemporaryDirectory() as tmp:
         toml_path = Path(tmp) / "bench.toml"
         toml_path.write_text(_artifact_toml(streams, max_tokens))
-        proc, url = _start_emulator(toml_path, tick_ms, write_budget)
+        emulator, url = _start_emulator(toml_path, tick_ms, write_budget)
         try:
-            rec, win = _run_loop(
-                _drive(url, proc.pid, streams, max_tokens, warmup_s, duration_s)
+            rec, win = run_async(
+                _drive(url, emulator.pid, streams, max_tokens, warmup_s, duration_s)
             )
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            emulator.stop()
     late, first = _lateness_ms(rec)
     tokens = len(late)
     cpu, wall = win.emulator_cpu_s, win.wall_s
@@ -270,15 +252,6 @@ def run_one(
     )
 
 
-def _run_loop(coro: Coroutine[Any, Any, _T]) -> _T:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional off Linux
-        return asyncio.run(coro)
-    result: _T = uvloop.run(coro)
-    return result
-
-
 def _table(results: list[RunResult]) -> str:
     head = (f"{'streams':>7} {'tick ms':>7} {'budget':>7} {'tok/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'max ms':>7} {'TTFT p99':>8} {'srv 1st':>8} {'srv later':>9} {'CPU us/tok':>10} "
@@ -296,9 +269,7 @@ def _table(results: list[RunResult]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m benchmarks.emulator_fidelity",
-                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", type=int, nargs="+", default=[100, 300])
     p.add_argument("--tick-ms", type=float, nargs="+", default=[5.0])
     p.add_argument("--write-budget", type=float, nargs="+", default=[20000.0],
@@ -307,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/emulator_fidelity.json"))
-    args = p.parse_args(argv)
+
+
+def execute(args: argparse.Namespace) -> int:
     results: list[RunResult] = []
     for streams in args.streams:
         for tick in args.tick_ms:
@@ -317,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(_table([r]).splitlines()[-1] if results else _table([r]), flush=True)
                 results.append(r)
     doc = {
-        "command": " ".join(["python3 -m benchmarks.emulator_fidelity", *(argv or sys.argv[1:])]),
+        "command": shlex.join(["lpu-bench", *sys.argv[1:]]),
         "machine": describe(),
         "prefill_ms": PREFILL_MS,
         "per_token_ms": PER_TOKEN_MS,
@@ -328,6 +301,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written: {args.out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

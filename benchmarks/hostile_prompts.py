@@ -51,6 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.arrivals import poisson_times
 from benchmarks.loadgen import LoadConfig, run_load
 from benchmarks.machine import describe
+from benchmarks.processes import Service, cpu_seconds, start, url_in
 from benchmarks.prompts import PromptFactory
 from benchmarks.records import ClientOutcome, RequestRecord
 from benchmarks.run_command import run_async
@@ -92,42 +93,25 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", default="", help="what code was measured (shown in the results)")
 
 
-# -- processes -------------------------------------------------------------------------------
+# -- processes (benchmarks.processes; started and stopped in a thread, the loop stays free) ---
 
-async def _first_lines(proc: asyncio.subprocess.Process, n: int) -> list[str]:
-    assert proc.stdout is not None
-    lines = []
-    for _ in range(n):
-        line = (await asyncio.wait_for(proc.stdout.readline(), _START_S)).decode().strip()
-        if not line:
-            raise RuntimeError(f"{proc.pid} exited before it printed its address")
-        lines.append(line)
-    return lines
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+@contextlib.asynccontextmanager
+async def _service(cmd: list[str], name: str, ready_lines: int) -> AsyncIterator[Service]:
+    service = await asyncio.to_thread(start, cmd, name=name, ready_lines=ready_lines,
+                                      timeout_s=_START_S)
+    try:
+        yield service
+    finally:
+        await asyncio.to_thread(service.stop)
 
 
 @contextlib.asynccontextmanager
 async def _emulators(replicas: int, time_scale: float, seed: int) -> AsyncIterator[list[str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lpu_emulator", "--artifact", ARTIFACT, "--port", "0",
-        "--replicas", str(replicas), "--time-scale", str(time_scale),
-        "--output-length", "fixed", "--seed", str(seed),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    try:
-        lines = await _first_lines(proc, replicas)
-        yield [line.rsplit(" at ", 1)[1].removesuffix("/v1") for line in lines]
-    finally:
-        await _stop(proc)
+    async with _service([sys.executable, "-m", "lpu_emulator", "--artifact", ARTIFACT,
+                         "--port", "0", "--replicas", str(replicas), "--time-scale",
+                         str(time_scale), "--output-length", "fixed", "--seed", str(seed)],
+                        "emulator", replicas) as emulator:
+        yield [url_in(line) for line in emulator.lines]
 
 
 @contextlib.asynccontextmanager
@@ -140,16 +124,12 @@ async def _router(backends: list[str], time_scale: float) -> AsyncIterator[tuple
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "router.toml"
         path.write_text(config)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router", "--log-level", "WARNING", "serve", str(path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        try:
-            (line,) = await _first_lines(proc, 1)
+        async with _service([sys.executable, "-m", "router", "--log-level", "WARNING", "serve",
+                             str(path)], "router", 1) as router:
+            (line,) = router.lines
             if not line.startswith("lpu-router serving on "):
                 raise RuntimeError(f"the router did not start: {line!r}")
-            yield line.rsplit(" ", 1)[1], proc.pid
-        finally:
-            await _stop(proc)
+            yield url_in(line), router.pid
 
 
 # -- the attacker process --------------------------------------------------------------------
@@ -217,15 +197,6 @@ async def _replicas_down(url: str, stop: asyncio.Event) -> int:
     return down
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1e3, 2)
 
@@ -266,36 +237,27 @@ async def _one_run(url: str, planned: list[PlannedRequest], seed: int, target: s
 async def _attack_process(url: str, loops: int, mb: float, interval: float,
                           answers: dict[str, int]) -> AsyncIterator[None]:
     """The attackers in their own process while the block runs; ``answers`` gets their tally."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.hostile_prompts", "--attacker", url,
-        "--loops", str(loops), "--attack-mb", str(mb), "--interval", str(interval),
-        "--nice", str(ATTACKER_NICE),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    # Ready when it printed "ready": the body is built, the loops are sending.
+    attacker = await asyncio.to_thread(
+        start, [sys.executable, "-m", "benchmarks.hostile_prompts", "--attacker", url,
+                "--loops", str(loops), "--attack-mb", str(mb), "--interval", str(interval),
+                "--nice", str(ATTACKER_NICE)], name="attacker", ready_lines=1,
+        timeout_s=_START_S)
     try:
-        await _first_lines(proc, 1)  # "ready": the body is built, the loops are sending
         await asyncio.sleep(1.0)  # steady state before the load starts
         yield
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        assert proc.stdout is not None
-        tail = (await asyncio.wait_for(proc.stdout.read(), 15)).decode().strip()
-        await proc.wait()
+        tail = [line for line in await asyncio.to_thread(attacker.stop) if line.strip()]
         if tail:
-            answers.update(json.loads(tail.splitlines()[-1]))
+            answers.update(json.loads(tail[-1]))
 
 
 @contextlib.asynccontextmanager
 async def _sink_process() -> AsyncIterator[str]:
     """The control's sink in its own process; yields its base URL."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.hostile_prompts", "--sink",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    try:
-        (line,) = await _first_lines(proc, 1)
-        yield line.rsplit(" ", 1)[1]
-    finally:
-        await _stop(proc)
+    async with _service([sys.executable, "-m", "benchmarks.hostile_prompts", "--sink"], "sink",
+                        1) as sink:
+        yield url_in(sink.lines[0])
 
 
 async def _sink() -> None:
@@ -358,11 +320,11 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             planned = _plan(args.rate, args.duration, args.prompt_tokens, args.max_tokens,
                             args.seed + round_)
             for condition in CONDITIONS:
-                started, cpu = time.monotonic(), _cpu_s(pid)
+                started, cpu = time.monotonic(), cpu_seconds(pid)
                 records, down, answers = await _one_run(url, planned, args.seed + round_,
                                                         targets[condition], attack)
                 elapsed = time.monotonic() - started
-                busy = (_cpu_s(pid) - cpu) / elapsed
+                busy = (cpu_seconds(pid) - cpu) / elapsed
                 pooled[condition] += records
                 fig = {"round": round_, "condition": condition, **run_figures(records),
                        "replica_down_polls": down, "router_cpu_percent": round(busy * 100, 1),

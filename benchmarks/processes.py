@@ -78,17 +78,29 @@ class Service:
     def stop(self, timeout_s: float = 15.0) -> list[str]:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL; return the stdout lines printed
         after ready. Idempotent."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, timeout_s)
         if self._reader is not None:
             self._reader.join(timeout_s)
+            if not self._reader.is_alive() and self.proc.stdout is not None:
+                self.proc.stdout.close()
         return list(self._rest)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop ``proc`` and whatever it started: each process is started in a session of its own,
+    so its process group holds its descendants (nginx's worker, a server's helpers); once the
+    leader is gone, stragglers in the group are killed too."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def start(cmd: Sequence[str], *, name: str | None = None, ready_lines: int = 0,
@@ -105,28 +117,34 @@ def start(cmd: Sequence[str], *, name: str | None = None, ready_lines: int = 0,
     err = stderr.open("ab") if isinstance(stderr, Path) else stderr
     try:
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=err,
-                                env=None if env is None else dict(env))
+                                env=None if env is None else dict(env),
+                                start_new_session=True)
     finally:
         if isinstance(stderr, Path) and err is not None and not isinstance(err, int):
             err.close()  # the child holds its own descriptor
     deadline = time.monotonic() + timeout_s
     try:
         lines = _read_lines(proc, ready_lines, deadline, label)
-        service = Service(label, proc, lines)
-        if ready_url is not None:
+    except BaseException as exc:
+        _stop(proc, 0.0)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        raise _with_stderr(exc, stderr) from None
+    service = Service(label, proc, lines)
+    if ready_url is not None:
+        try:
             _wait_url(proc, ready_url, deadline, label)
-    except StartError as exc:
-        proc.kill()
-        proc.wait()
-        if isinstance(stderr, Path):
-            raise StartError(f"{exc}; the end of its stderr ({stderr}):\n{_tail(stderr)}") \
-                from None
-        raise
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+        except BaseException as exc:
+            service.stop(timeout_s=1.0)
+            raise _with_stderr(exc, stderr) from None
     return service
+
+
+def _with_stderr(exc: BaseException, stderr: Path | int | None) -> BaseException:
+    """A StartError with the end of the child's stderr file, when there is one."""
+    if isinstance(exc, StartError) and isinstance(stderr, Path):
+        return StartError(f"{exc}; the end of its stderr ({stderr}):\n{_tail(stderr)}")
+    return exc
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -41,6 +41,7 @@ import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.processes import Service, rss_kib, start, url_in
 from lpu_emulator.server import EmulatorOptions, start_emulators
 from lpu_protocol.artifact import builtin_artifact
 
@@ -64,13 +65,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _config(backends: dict[str, list[str]], time_scale: float) -> str:
     out = ['[server]\nhost = "127.0.0.1"\nport = 0\ndrain_s = 5.0\n',
            '[admission]\nmode = "timeline"\n',
@@ -86,27 +80,21 @@ def _config(backends: dict[str, list[str]], time_scale: float) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _router(config: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+async def _router(config: str) -> AsyncIterator[tuple[Service, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "router.toml"
         path.write_text(config)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router", "--log-level", "WARNING", "serve", str(path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        # In a thread: this loop serves the emulators the router probes while it starts.
+        router = await asyncio.to_thread(
+            start, [sys.executable, "-m", "router", "--log-level", "WARNING", "serve", str(path)],
+            name="router", ready_lines=1)
         try:
-            assert proc.stdout is not None
-            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+            line = router.lines[0]
             if not line.startswith("lpu-router serving on "):
                 raise RuntimeError(f"the router did not start: {line!r}")
-            yield proc, line.rsplit(" ", 1)[1]
+            yield router, url_in(line)
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 15)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await asyncio.to_thread(router.stop)
 
 
 def _body(rng: np.random.Generator) -> tuple[str, dict[str, Any]]:
@@ -200,7 +188,7 @@ async def soak(*, duration: float, rate: float, disconnect: float, time_scale: f
         session = await stack.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0)))
         await asyncio.sleep(1.0)  # warm-up: imports and first probes done
-        rss_start = _rss_kib(proc.pid or 0)
+        rss_start = rss_kib(proc.pid)
         stop = asyncio.Event()
         faults = asyncio.create_task(_faults([u for us in backends.values() for u in us],
                                              rng, stop))
@@ -223,7 +211,7 @@ async def soak(*, duration: float, rate: float, disconnect: float, time_scale: f
             if server["in_flight"] == 0:
                 break
             await asyncio.sleep(0.1)
-        rss_end = _rss_kib(proc.pid or 0)
+        rss_end = rss_kib(proc.pid)
     fin = server["finished"]
     rejected = sum(server["rejected"].values())
     accounted = fin["completed"] + fin["failed"] + fin["cancelled"] + rejected

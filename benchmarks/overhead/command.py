@@ -42,12 +42,10 @@ from benchmarks.overhead.proxies import (
 from benchmarks.overhead.report import (
     Figures,
     Targets,
-    cell_name,
-    comparison_dict,
-    comparisons_of,
+    conclude,
     figures_dict,
     markdown,
-    verdict,
+    median_figures,
 )
 
 __all__ = ["HELP", "PROMPTS", "benchmark", "configure", "execute"]
@@ -65,6 +63,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=int, default=5,
                    help="seconds per run (each target, cell and connection count; wrk's"
                         " unit is whole seconds)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds of the whole matrix (figures: medians over rounds, each ratio"
+                        " taken within its round)")
     p.add_argument("--connections", type=int, default=32,
                    help="connections of the throughput and CPU run")
     p.add_argument("--warmup", type=int, default=300, help="warm-up requests per target and cell")
@@ -78,6 +79,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"),
                    help="write NAME.json and NAME.md here")
     p.add_argument("--name", default="overhead", help="file name of the results")
+    p.add_argument("--label", default=None,
+                   help="what code was measured (default: the git commit of the checkout)")
 
 
 def prompt(chars: int) -> str:
@@ -143,6 +146,21 @@ def _tools(wrk: str | None, nginx: str | None) -> dict[str, str]:
     return tools
 
 
+def code_label() -> str:
+    """The checkout's commit, marked when router/ or lpu_protocol/ has uncommitted changes;
+    "unknown" outside a git checkout."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "router", "lpu_protocol")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + (" with uncommitted changes to router/ or lpu_protocol/" if dirty else "")
+
+
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run the matrix; return the JSON document (module docstring)."""
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -154,45 +172,58 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     s = _Settings(duration_s=1 if args.quick else args.duration, connections=args.connections,
                   warmup=30 if args.quick else args.warmup,
                   measure_direct_throughput=not args.quick, wrk=wrk)
-    cells: list[dict[str, Any]] = []
+    matrix = [(mode, label, chars) for mode in ("json", "stream")
+              for label, chars in PROMPTS.items()]
+    measured: dict[tuple[str, str], list[dict[str, Figures]]] = {
+        (mode, label): [] for mode, label, _ in matrix}
     with tempfile.TemporaryDirectory(prefix="lpu-overhead-") as tmp:
         workdir = Path(tmp)
         upstream = start_upstream(workdir)
         targets = [upstream]
         try:
             targets += _start(names, workdir, upstream.url, nginx)
-            for mode in ("json", "stream"):
-                for label, chars in PROMPTS.items():
+            # Rounds outermost: a busy spell of a shared machine then hits one round of
+            # several cells rather than every round of one.
+            for round_ in range(args.rounds):
+                for mode, label, chars in matrix:
                     payload = body(mode == "stream", chars)
                     for t in targets:
                         warm_up(t.url, payload, s.warmup)
                     figures = {t.name: _measure(t, payload, s, workdir) for t in targets}
                     for name, f in figures.items():
-                        print(f"  {mode:6s} {label:12s} {name:6s} {_line(f)}", flush=True)
-                    cells.append({"mode": mode, "prompt": label, "prompt_chars": chars,
-                                  "body_bytes": len(payload),
-                                  "figures": {n: figures_dict(f) for n, f in figures.items()}})
+                        print(f"  round {round_} {mode:6s} {label:12s} {name:6s} {_line(f)}",
+                              flush=True)
+                    measured[mode, label].append(figures)
         finally:
             for t in reversed(targets):
                 t.service.stop()
-    comparisons = comparisons_of(cells)
-    for cell in cells:
-        comp = comparisons.get(cell_name(cell["mode"], cell["prompt"]))
-        cell["router_vs_relay"] = None if comp is None else comparison_dict(comp)
+    cells: list[dict[str, Any]] = []
+    for mode, label, chars in matrix:
+        rounds = measured[mode, label]
+        cell: dict[str, Any] = {
+            "mode": mode, "prompt": label, "prompt_chars": chars,
+            "body_bytes": len(body(mode == "stream", chars)),
+            "figures": {n: figures_dict(median_figures([r[n] for r in rounds]))
+                        for n in rounds[0]},
+            "rounds": [{n: figures_dict(f) for n, f in r.items()} for r in rounds]}
+        cells.append(cell)
+    conclusion = conclude(cells)
     nginx_state = "ran" if nginx is not None else \
         "not installed" if "nginx" in names else "not asked for (--only)"
     return {
         "command": shlex.join(["lpu-bench", *sys.argv[1:]]),
+        "code": args.label or code_label(),
         "machine": describe(), "tools": _tools(wrk, nginx),
         "load_generator": "wrk (1 thread)" if wrk else
         "the Python client (aiohttp closed loop; it cannot saturate a fast proxy)",
         "nginx": nginx_state,
-        "settings": {"duration_s": s.duration_s, "connections": s.connections,
+        "settings": {"rounds": args.rounds, "duration_s": s.duration_s,
+                     "connections": s.connections,
                      "warmup_requests": s.warmup, "max_tokens": MAX_TOKENS,
                      "quick": bool(args.quick)},
         "targets": asdict(Targets()),
         "cells": cells,
-        "verdict": verdict(comparisons),
+        "verdict": conclusion,
     }
 
 

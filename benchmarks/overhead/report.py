@@ -15,11 +15,13 @@ Every sentence of the Markdown page is computed from these numbers.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Comparison", "Figures", "Targets", "compare", "markdown", "verdict"]
+__all__ = ["Comparison", "Figures", "Targets", "combine", "compare", "comparisons_of", "conclude",
+           "markdown", "median_figures", "round_comparisons", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,21 @@ class Comparison:
     @property
     def holds(self) -> bool:
         return self.cpu_holds and self.throughput_holds and self.latency_holds
+
+
+def median_figures(rounds: Sequence[Figures]) -> Figures:
+    """One figure per field over rounds of the same target and cell: the median of each rate,
+    CPU and latency (None when any round lacks it), the sum of the counts."""
+    def med(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known and len(known) == len(values) else None
+
+    p50 = med([f.p50_ms for f in rounds])
+    assert p50 is not None
+    return Figures(rps=med([f.rps for f in rounds]),
+                   cpu_ms_per_request=med([f.cpu_ms_per_request for f in rounds]),
+                   p50_ms=p50, requests=sum(f.requests for f in rounds),
+                   errors=sum(f.errors for f in rounds))
 
 
 def _ratio(a: float, b: float) -> float:
@@ -137,7 +154,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
     lines = [
         "# What the router costs against a 25-line aiohttp relay and nginx",
         "",
-        f"Command: `{doc['command']}`",
+        f"Command: `{doc['command']}`. Code: {doc.get('code', 'unknown')}.",
         "",
         f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, {m['platform']},"
         f" {m['date']}. Tools: {tools}.",
@@ -165,15 +182,39 @@ def markdown(doc: Mapping[str, Any]) -> str:
                          f" {f['requests']} | {f['errors']} |")
         comp = cell.get("router_vs_relay")
         if comp is not None:
-            lines += ["", f"Router against relay: CPU {_x(comp['cpu_ratio'])}, throughput"
-                      f" {_x(comp['throughput_ratio'])}, added p50"
-                      f" {comp['added_p50_extra_ms']:+.3f} ms beyond the relay's."]
+            lines += ["", _comparison_line(comp, cell.get("router_vs_relay_rounds") or [])]
         lines.append("")
     if doc["verdict"]:
         lines += ["## Verdict", "", *doc["verdict"], ""]
     else:
         lines += ["## Verdict", "", "No verdict: the router and the relay did not both run.", ""]
     return "\n".join(lines)
+
+
+def conclude(cells: Sequence[dict[str, Any]], targets: Targets = Targets()) -> list[str]:
+    """Add to every cell its router-vs-relay comparison per round (``router_vs_relay_rounds``)
+    and combined (``router_vs_relay``, None when not both ran); return the verdict."""
+    for cell in cells:
+        rounds = round_comparisons(cell, targets)
+        cell["router_vs_relay_rounds"] = [comparison_dict(c) for c in rounds]
+        cell["router_vs_relay"] = comparison_dict(combine(rounds, targets)) if rounds else None
+    return verdict(comparisons_of(cells, targets), targets)
+
+
+def _spread(rounds: Sequence[Mapping[str, Any]], key: str, fmt: str) -> str:
+    if len(rounds) < 2:
+        return ""
+    lo, hi = min(r[key] for r in rounds), max(r[key] for r in rounds)
+    return f" [{lo:{fmt}} to {hi:{fmt}}]"
+
+
+def _comparison_line(comp: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> str:
+    over = f" (median over {len(rounds)} rounds, [min to max])" if len(rounds) > 1 else ""
+    return (f"Router against relay{over}: CPU {_x(comp['cpu_ratio'])}"
+            f"{_spread(rounds, 'cpu_ratio', '.2f')}, throughput"
+            f" {_x(comp['throughput_ratio'])}{_spread(rounds, 'throughput_ratio', '.2f')},"
+            f" added p50 {comp['added_p50_extra_ms']:+.3f} ms"
+            f"{_spread(rounds, 'added_p50_extra_ms', '+.3f')} beyond the relay's.")
 
 
 def comparison_dict(c: Comparison) -> dict[str, Any]:
@@ -188,14 +229,37 @@ def as_figures(raw: Mapping[str, Any]) -> Figures:
     return Figures(**{k: raw[k] for k in Figures.__dataclass_fields__})
 
 
+def combine(rounds: Sequence[Comparison], targets: Targets = Targets()) -> Comparison:
+    """The median of each figure over rounds (each compared within its own round, so a busy
+    spell of the machine moves both sides of a ratio), checked against ``targets``."""
+    def med(attr: str) -> float:
+        return float(statistics.median(getattr(c, attr) for c in rounds))
+
+    cpu, thr, extra = med("cpu_ratio"), med("throughput_ratio"), med("added_p50_extra_ms")
+    return Comparison(cpu, thr, med("router_added_p50_ms"), med("relay_added_p50_ms"), extra,
+                      cpu_holds=cpu <= targets.cpu_ratio_max,
+                      throughput_holds=thr >= targets.throughput_ratio_min,
+                      latency_holds=extra <= targets.added_p50_extra_ms_max)
+
+
+def round_comparisons(cell: Mapping[str, Any], targets: Targets = Targets()) -> list[Comparison]:
+    """The router against the relay in each round of ``cell`` (empty when either or the
+    upstream did not run)."""
+    out = []
+    for figs in cell["rounds"]:
+        if {"router", "relay", "direct"} <= figs.keys():
+            out.append(compare(as_figures(figs["router"]), as_figures(figs["relay"]),
+                               figs["direct"]["p50_ms"], targets))
+    return out
+
+
 def comparisons_of(cells: Sequence[Mapping[str, Any]],
                    targets: Targets = Targets()) -> dict[str, Comparison]:
-    """The router-vs-relay comparison of every cell where both ran (cell name -> figures)."""
+    """Per cell where the router, the relay and the upstream ran: the median comparison over
+    its rounds (cell name -> figures)."""
     out: dict[str, Comparison] = {}
     for cell in cells:
-        figs = cell["figures"]
-        if {"router", "relay", "direct"} <= figs.keys():
-            out[cell_name(cell["mode"], cell["prompt"])] = compare(
-                as_figures(figs["router"]), as_figures(figs["relay"]),
-                figs["direct"]["p50_ms"], targets)
+        rounds = round_comparisons(cell, targets)
+        if rounds:
+            out[cell_name(cell["mode"], cell["prompt"])] = combine(rounds, targets)
     return out

@@ -9,10 +9,13 @@ import pytest
 from benchmarks.overhead.report import (
     Figures,
     Targets,
+    combine,
     compare,
     comparisons_of,
+    conclude,
     figures_dict,
     markdown,
+    median_figures,
     verdict,
 )
 
@@ -72,21 +75,46 @@ def test_verdict_names_the_worst_cell_and_counts_the_cells() -> None:
     assert verdict({}) == []
 
 
+def test_median_figures_takes_medians_and_sums_counts() -> None:
+    rounds = [router(1000.0, 0.4, 1.0), router(3000.0, 0.6, 0.8), router(2000.0, 0.5, 2.0)]
+    assert median_figures(rounds) == Figures(rps=2000.0, cpu_ms_per_request=0.5, p50_ms=1.0,
+                                             requests=300, errors=0)
+    unmeasured = Figures(rps=None, cpu_ms_per_request=None, p50_ms=0.1, requests=5, errors=1)
+    assert median_figures([unmeasured, router(1.0, 1.0, 0.3)]) == Figures(
+        rps=None, cpu_ms_per_request=None, p50_ms=0.2, requests=105, errors=1)
+
+
+def test_combine_takes_the_median_of_each_round_ratio_then_checks_it() -> None:
+    rounds = [compare(router(r, c, p), RELAY, DIRECT_P50)
+              for r, c, p in ((1400.0, 0.5, 0.9), (600.0, 1.0, 2.0), (1500.0, 0.7, 1.1))]
+    c = combine(rounds)
+    assert c.throughput_ratio == pytest.approx(0.7)  # 0.3 / 0.7 / 0.75
+    assert c.cpu_ratio == pytest.approx(1.4)  # 1.0 / 2.0 / 1.4
+    assert c.added_p50_extra_ms == pytest.approx(0.2)  # 0.0 / 1.1 / 0.2
+    assert c.holds
+    assert not combine(rounds, Targets(throughput_ratio_min=0.71)).throughput_holds
+
+
+def _cell(mode: str, prompt: str, *rounds: dict[str, Figures]) -> dict[str, Any]:
+    return {"mode": mode, "prompt": prompt,
+            "figures": {n: figures_dict(median_figures([r[n] for r in rounds]))
+                        for n in rounds[0]},
+            "rounds": [{n: figures_dict(f) for n, f in r.items()} for r in rounds]}
+
+
 def _doc(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return {"command": "lpu-bench overhead", "machine": {
         "nproc": 2, "cpu": "cpu", "python": "3.11", "platform": "linux", "date": "today"},
         "tools": {"wrk": "4.1"}, "load_generator": "wrk (1 thread)", "nginx": "not installed",
         "settings": {"connections": 32, "duration_s": 5, "max_tokens": 16}, "cells": cells,
-        "verdict": verdict(comparisons_of(cells))}
+        "verdict": conclude(cells)}
 
 
 def test_only_cells_with_router_relay_and_direct_are_compared() -> None:
     direct = Figures(rps=None, cpu_ms_per_request=None, p50_ms=DIRECT_P50, requests=9, errors=0)
-    full = {"mode": "stream", "prompt": "4 KB", "figures": {
-        "direct": figures_dict(direct), "router": figures_dict(router(1500.0, 0.6, 1.0)),
-        "relay": figures_dict(RELAY)}}
-    no_relay = {"mode": "json", "prompt": "4 KB", "figures": {
-        "direct": figures_dict(direct), "router": figures_dict(router(1500.0, 0.6, 1.0))}}
+    full = _cell("stream", "4 KB",
+                 {"direct": direct, "router": router(1500.0, 0.6, 1.0), "relay": RELAY})
+    no_relay = _cell("json", "4 KB", {"direct": direct, "router": router(1500.0, 0.6, 1.0)})
     assert list(comparisons_of([full, no_relay])) == ["streaming, 4 KB prompt"]
     page = markdown(_doc([full, no_relay]))
     assert "nginx: not installed." in page
@@ -94,3 +122,16 @@ def test_only_cells_with_router_relay_and_direct_are_compared() -> None:
     assert "| direct | - | - | 0.300 ms | - | 9 | 0 |" in page
     assert "All three targets hold in every cell." in page
     assert "No verdict" in markdown(_doc([no_relay]))
+    assert ("Router against relay: CPU 1.20x, throughput 0.75x, added p50 +0.100 ms beyond the"
+            " relay's.") in page
+
+
+def test_the_page_gives_the_spread_over_rounds() -> None:
+    direct = Figures(rps=None, cpu_ms_per_request=None, p50_ms=DIRECT_P50, requests=9, errors=0)
+    cell = _cell("json", "4 KB",
+                 {"direct": direct, "router": router(1000.0, 1.0, 1.1), "relay": RELAY},
+                 {"direct": direct, "router": router(1600.0, 0.6, 1.0), "relay": RELAY})
+    page = markdown(_doc([cell]))  # rounds: CPU 2.0 / 1.2, throughput 0.5 / 0.8, p50 +0.2 / +0.1
+    assert ("Router against relay (median over 2 rounds, [min to max]): CPU 1.60x [1.20 to"
+            " 2.00], throughput 0.65x [0.50 to 0.80], added p50 +0.150 ms [+0.100 to +0.200]"
+            " beyond the relay's.") in page
