@@ -31,7 +31,15 @@ import uvloop
 
 if TYPE_CHECKING:
     from live_processes import Served
-    from stack import FakeBackend, Handler, ManualClock, Stack
+    from stack import (
+        FakeBackend,
+        Handler,
+        ManualClock,
+        Stack,
+        StartEmulators,
+        StartFake,
+        StartRouter,
+    )
 
     from lpu_emulator.server import EmulatorOptions
     from router.config import RouterConfig
@@ -53,8 +61,7 @@ async def _started() -> AsyncIterator[contextlib.AsyncExitStack]:
 
 
 @pytest.fixture
-def emulators(_started: contextlib.AsyncExitStack
-              ) -> Callable[..., Awaitable[list[str]]]:
+def emulators(_started: contextlib.AsyncExitStack) -> StartEmulators:
     from stack import emulator_options
 
     from lpu_emulator.server import start_emulators
@@ -66,8 +73,7 @@ def emulators(_started: contextlib.AsyncExitStack
 
 
 @pytest.fixture
-def router_stack(_started: contextlib.AsyncExitStack) -> Callable[[RouterConfig],
-                                                                  Awaitable[Stack]]:
+def router_stack(_started: contextlib.AsyncExitStack) -> StartRouter:
     from stack import serve_router
 
     async def start(config: RouterConfig) -> Stack:
@@ -76,8 +82,7 @@ def router_stack(_started: contextlib.AsyncExitStack) -> Callable[[RouterConfig]
 
 
 @pytest.fixture
-async def emulator_router(emulators: Callable[..., Awaitable[list[str]]],
-                          router_stack: Callable[[RouterConfig], Awaitable[Stack]]) -> Stack:
+async def emulator_router(emulators: StartEmulators, router_stack: StartRouter) -> Stack:
     """One emulator (time scale 0.05) behind the router, admission off."""
     from stack import router_config
 
@@ -85,8 +90,7 @@ async def emulator_router(emulators: Callable[..., Awaitable[list[str]]],
 
 
 @pytest.fixture
-def fake_backend(_started: contextlib.AsyncExitStack
-                 ) -> Callable[[Handler], Awaitable[FakeBackend]]:
+def fake_backend(_started: contextlib.AsyncExitStack) -> StartFake:
     from stack import fake_backend as serve_fake
 
     async def start(completion: Handler) -> FakeBackend:

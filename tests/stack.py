@@ -143,7 +143,8 @@ async def emulator_stack(*, time_scale: float = 0.05, replicas: int = 1,
                          **faults: float) -> AsyncIterator[Stack]:
     """Emulated replicas (faults as given; ``slots`` overrides the artifact's) behind the
     router's bucket ``short``."""
-    options = emulator_options(time_scale, slots, **faults)
+    options = dataclasses.replace(emulator_options(time_scale, slots),
+                                  faults=FaultSettings(**faults))  # type: ignore[arg-type]
     async with start_emulators(options, replicas) as urls:
         if slots is not None:
             bucket = {"slots": slots, **(bucket or {})}
@@ -260,6 +261,14 @@ async def fake_backend(completion: Handler) -> AsyncIterator[FakeBackend]:
         yield fake
     finally:
         await runner.cleanup()
+
+
+StartEmulators = Callable[..., Awaitable[list[str]]]
+"""The ``emulators`` fixture: ``await emulators(options=None, replicas=1)`` -> URLs."""
+StartRouter = Callable[[RouterConfig], Awaitable["Stack"]]
+"""The ``router_stack`` fixture: ``await router_stack(config)`` -> :class:`Stack`."""
+StartFake = Callable[[Handler], Awaitable[FakeBackend]]
+"""The ``fake_backend`` fixture: ``await fake_backend(handler)`` -> :class:`FakeBackend`."""
 
 
 def dead_port() -> int:

@@ -1,5 +1,5 @@
-"""The load generator against a real emulator on loopback, and the headline check:
-the emulator's measured queueing is the exact M/D/1 queue."""
+"""The load generator against a real emulator on loopback, and the headline check: the
+emulator's queue is the exact FIFO queue of the arrivals it saw (on its recorded schedule)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from recorded_schedule import fifo_problems, recorded
 
 from benchmarks import simulate, theory
 from benchmarks.loadgen import LoadConfig, run_load
@@ -47,15 +48,14 @@ async def test_records_are_complete() -> None:
     assert rows[-1]["in_flight"] == 0
 
 
-async def test_emulator_queueing_is_exact_md1() -> None:
-    """One slot, Poisson arrivals, a fixed output length: M/D/1 with D ~ 28 ms.
+async def test_emulator_queueing_is_the_exact_fifo_queue() -> None:
+    """One slot, Poisson arrivals, a fixed output length: the M/D/1 queue with D ~ 28 ms.
 
-    Two checks. Per request: the measured wait equals what the exact FIFO
-    schedule gives for the same realized send times, within loop jitter.
-    In aggregate: the mean wait and the share of requests that wait under D/4 fall
-    within the 0.5%-99.5% band of their sampling distribution for this sample
-    size (from 4000 simulated replications), widened by 5 ms of measurement
-    offset (loopback HTTP, event loop).
+    On the emulator's recorded schedule every wait is exactly what the FIFO schedule gives for
+    the arrivals it saw, and the client never sees a first token before it is due (its mean
+    wait is at least the scheduled one). Whether the measured waits follow the M/D/1 law is a
+    measurement (``benchmarks``); here only the simulated band of the mean wait is checked
+    against the stationary theory, which needs no clock.
     """
     art = replace(builtin_artifact("llama-3.1-8b-2k"), slots=1)
     scale, tokens, n, rho = 0.3, 8, 300, 0.7
@@ -68,25 +68,22 @@ async def test_emulator_queueing_is_exact_md1() -> None:
     async with start_emulators(EmulatorOptions(art, time_scale=scale, tick_s=0.002)) as urls:
         cfg = LoadConfig(urls[0], MODEL, drain_timeout_s=10.0)
         result = await run_load(planned, cfg, PromptFactory(rng))
+        (schedule,) = (await recorded(urls)).values()
     recs = result.records
     assert all(r.outcome == ClientOutcome.COMPLETED for r in recs)
-    wait = np.array([r.ttft_s for r in recs], dtype=np.float64) - prefill
-    sent = np.array([r.sent_s for r in recs], dtype=np.float64)
-    exact = simulate.fifo_starts_deterministic(sent, 1, d) - times
-    err = wait - exact  # loopback HTTP and loop latency: a few ms, always positive
-    assert np.median(np.abs(err)) < 0.005 and np.percentile(np.abs(err), 90) < 0.015
+    assert len(schedule) == n and not fifo_problems(schedule)
+    arrival = np.array([e.arrival for e in schedule], dtype=np.float64)
+    start = np.array([e.start for e in schedule], dtype=np.float64)
+    exact = simulate.fifo_starts_deterministic(arrival, 1, d)
+    np.testing.assert_allclose(start - arrival, exact - arrival, rtol=0, atol=1e-9)
+    measured = np.array([r.ttft_s for r in recs], dtype=np.float64) - prefill
+    assert measured.mean() >= (start - arrival).mean() - 1e-9
 
     reps = simulate.poisson_arrivals(lam, 4000 * n, np.random.default_rng(7)).reshape(4000, n)
     reps = reps - reps[:, :1] + reps[:1, :1]  # every replication starts empty
     sim_w = np.stack([simulate.fifo_starts_deterministic(r, 1, d) - r for r in reps])
-    jitter = 0.005
     lo, hi = np.percentile(sim_w.mean(axis=1), [0.5, 99.5])
-    assert lo - jitter <= wait.mean() <= hi + jitter
-    x = 0.25 * d  # "barely waited": robust to the measurement offset, unlike W = 0
-    lo_x = np.percentile((sim_w <= x - jitter).mean(axis=1), 0.5)
-    hi_x = np.percentile((sim_w <= x + jitter).mean(axis=1), 99.5)
-    assert lo_x <= float((wait <= x).mean()) <= hi_x
-    # The stationary theory sits inside the same band (the sample starts empty, so
-    # its own mean is a little lower than the stationary one).
+    # The stationary theory sits inside the band (the sample starts empty, so its own mean is
+    # a little lower than the stationary one).
     assert lo <= theory.md1_mean_wait(lam, d) <= hi * 1.2
     assert float(theory.mdc_wait_cdf(0.0, lam, 1, d)[0]) == pytest.approx(1 - rho)

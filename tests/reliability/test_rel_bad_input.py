@@ -13,16 +13,16 @@ from stack import (
     MODEL,
     FakeBackend,
     Stack,
+    StartFake,
+    StartRouter,
     assert_settled,
     chat,
     close_hard,
     error_code,
-    fake_backend,
     open_raw,
     post,
     raw_post,
     router_config,
-    serve_router,
 )
 
 
@@ -31,19 +31,17 @@ async def _never(request: web.Request) -> web.StreamResponse:
 
 
 @pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    async with fake_backend(_never) as fake:
-        yield fake
+async def backend(fake_backend: StartFake) -> AsyncIterator[FakeBackend]:
+    fake = await fake_backend(_never)
+    yield fake
+    assert not fake.headers, "a bad request reached the backend"
 
 
 @pytest.fixture
-async def stack(backend: FakeBackend) -> AsyncIterator[Stack]:
-    config = router_config([backend.url], extra={"server": {
+async def stack(backend: FakeBackend, router_stack: StartRouter) -> Stack:
+    return await router_stack(router_config([backend.url], extra={"server": {
         "max_body_bytes": 16384, "body_timeout_s": 0.3, "idle_timeout_s": 0.3,
-        "max_connections": 8, "max_header_bytes": 2048}})
-    async with serve_router(config) as s:
-        yield s
-    assert not backend.headers, "a bad request reached the backend"
+        "max_connections": 8, "max_header_bytes": 2048}}))
 
 
 BAD_BODIES = [

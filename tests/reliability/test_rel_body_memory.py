@@ -5,28 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from stack import (
     Stack,
+    StartEmulators,
+    StartRouter,
     assert_settled,
     chat,
     close_hard,
-    emulator_stack,
     error_code,
     open_raw,
     post,
+    router_config,
 )
 
 _SIZE = 400_000
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    async with emulator_stack(extra={"server": {"max_body_bytes": _SIZE,
-                                                "max_body_memory_bytes": 1_000_000}}) as s:
-        yield s
+async def stack(emulators: StartEmulators, router_stack: StartRouter) -> Stack:
+    return await router_stack(router_config(await emulators(), extra={"server": {
+        "max_body_bytes": _SIZE, "max_body_memory_bytes": 1_000_000}}))
 
 
 def _body() -> bytes:

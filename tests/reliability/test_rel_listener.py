@@ -16,14 +16,16 @@ import pytest
 from live_processes import config_toml, served_router
 from stack import (
     Stack,
+    StartEmulators,
+    StartRouter,
     assert_settled,
     chat,
     emulator_cancelled,
     emulator_options,
-    emulator_stack,
     error_code,
     http_exchange,
     raw_post,
+    router_config,
 )
 
 from lpu_emulator.server import start_emulators
@@ -119,9 +121,9 @@ async def test_a_request_after_2000_idle_connections_is_answered(
 # -- half-close (in-process router on uvloop, raw sockets) ---------------------------------
 
 @pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    async with emulator_stack(time_scale=1.0) as s:
-        yield s
+async def stack(emulators: StartEmulators, router_stack: StartRouter) -> Stack:
+    urls = await emulators(emulator_options(time_scale=1.0))
+    return await router_stack(router_config(urls, time_scale=1.0))
 
 
 def _raw(body: dict[str, object]) -> bytes:

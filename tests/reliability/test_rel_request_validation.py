@@ -25,7 +25,6 @@ from stack import (
     assert_settled,
     chat,
     emulator_options,
-    emulator_stack,
     error_code,
     fake_backend,
     post,
@@ -110,30 +109,30 @@ def _deep(depth: int, allowance: bytes) -> bytes:
             b'"content":"x"}],"metadata":' + b"[" * depth + b"]" * depth + b"}")
 
 
-async def test_deep_bodies_are_400_before_any_backend() -> None:
+async def test_deep_bodies_are_400_before_any_backend(emulator_router: Stack) -> None:
     """Bodies that the JSON parser takes (below the interpreter's recursion limit, wherever
     the stack is) but that re-serialising them failed on (500) -- with no allowance, or one
     above the cap: every depth over the bound gets the same 400."""
-    async with emulator_stack() as stack:
-        answers: dict[int, tuple[int, str | None]] = {}
-        for depth in (65, 200, *range(850, 1001)):
-            allowance = b'"max_tokens":100000,' if depth % 2 else b""
-            status, _, body = await post(stack, _deep(depth, allowance))
-            answers[depth] = (status, json.loads(body).get("error", {}).get("param"))
-        wrong = {d: a for d, a in answers.items() if a != (400, "metadata")}
-        assert not wrong, f"500 at {[d for d, a in wrong.items() if a[0] == 500]}: {wrong}"
-        status, _, body = await post(stack, _deep(62, b""))  # within the bound: served
-        assert status == 200, body
-        assert await _emulator_rejections(stack.backends) == 0
-        await assert_settled(stack)
+    stack = emulator_router
+    answers: dict[int, tuple[int, str | None]] = {}
+    for depth in (65, 200, *range(850, 1001)):
+        allowance = b'"max_tokens":100000,' if depth % 2 else b""
+        status, _, body = await post(stack, _deep(depth, allowance))
+        answers[depth] = (status, json.loads(body).get("error", {}).get("param"))
+    wrong = {d: a for d, a in answers.items() if a != (400, "metadata")}
+    assert not wrong, f"500 at {[d for d, a in wrong.items() if a[0] == 500]}: {wrong}"
+    status, _, body = await post(stack, _deep(62, b""))  # within the bound: served
+    assert status == 200, body
+    assert await _emulator_rejections(stack.backends) == 0
+    await assert_settled(stack)
 
 
-async def test_huge_model_name_is_not_echoed_whole() -> None:
-    async with emulator_stack() as stack:
-        status, _, body = await post(stack, {**chat(), "model": "m" * 1_000_000})
-        assert status == 404 and error_code(body) == "model_not_found"
-        assert len(body) < 2048
-        await assert_settled(stack)
+async def test_huge_model_name_is_not_echoed_whole(emulator_router: Stack) -> None:
+    stack = emulator_router
+    status, _, body = await post(stack, {**chat(), "model": "m" * 1_000_000})
+    assert status == 404 and error_code(body) == "model_not_found"
+    assert len(body) < 2048
+    await assert_settled(stack)
 
 
 # -- foreign clients: load tools' parameters --------------------------------------------------

@@ -6,22 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 from stack import (
     FakeBackend,
     Stack,
+    StartFake,
+    StartRouter,
     assert_settled,
     chat,
     close_hard,
     error_code,
-    fake_backend,
     open_raw,
     post,
     router_config,
-    serve_router,
 )
 
 KEY = "sk-tenant-secret-0123456789"
@@ -34,20 +33,17 @@ async def _ok(request: web.Request) -> web.StreamResponse:
 
 
 @pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    async with fake_backend(_ok) as fake:
-        yield fake
+async def backend(fake_backend: StartFake) -> FakeBackend:
+    return await fake_backend(_ok)
 
 
 @pytest.fixture
-async def stack(backend: FakeBackend) -> AsyncIterator[Stack]:
-    config = router_config([backend.url], extra={
+async def stack(backend: FakeBackend, router_stack: StartRouter) -> Stack:
+    return await router_stack(router_config([backend.url], extra={
         "server": {"admin_api_key": ADMIN},
         "tenants": [{"name": "acme", "api_keys": [KEY], "priority": "interactive",
                      "requests_per_minute": 1000}],
-    })
-    async with serve_router(config) as s:
-        yield s
+    }))
 
 
 async def test_keys_map_to_tenants_and_are_never_logged_nor_forwarded(
