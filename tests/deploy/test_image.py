@@ -292,8 +292,8 @@ def _post(conn: http.client.HTTPConnection, body: dict[str, Any]) -> http.client
 
 def _load_invariant() -> ModuleType:
     """The settle invariant of the reliability tests (one definition, not a copy)."""
-    path = REPO / "tests" / "reliability" / "reliability_harness.py"
-    spec = importlib.util.spec_from_file_location("lpu_reliability_harness", path)
+    path = REPO / "tests" / "stack.py"
+    spec = importlib.util.spec_from_file_location("lpu_test_stack", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
