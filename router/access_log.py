@@ -8,8 +8,9 @@ Fields: ``request_id``, ``route``, ``model``, ``bucket``, ``backend``, ``priorit
 The event loop only snapshots the fields into a dict and queues the record; the JSON encoding
 and the write happen on the log listener's thread (:mod:`router.log_queue`). Measured with
 ``timeit`` on the 2-core dev machine, per line on the loop: 5.6 us so, 8.8 us with the encoding
-on the loop, 14 us for the synchronous write to a pipe this replaced. A handler that reads the
-record in-process gets the same line from ``record.getMessage()``.
+on the loop, 14 us for the synchronous write to a pipe this replaced (docs/router.md has the
+whole process's figures). A handler that reads the record in-process gets the same line from
+``record.getMessage()``.
 """
 
 from __future__ import annotations

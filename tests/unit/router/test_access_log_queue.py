@@ -129,6 +129,46 @@ def test_the_loop_thread_only_queues(stream: _Stream, monkeypatch: pytest.Monkey
     assert [r.getMessage() for r in queued] == lines
 
 
+class _GatedStream(_Stream):
+    """A stream whose first write waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.texts: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.entered.set()
+        assert self.gate.wait(10)
+        self.texts.append(s)
+        return super().write(s)
+
+
+def test_lines_queued_while_the_listener_writes_go_out_in_one_write() -> None:
+    """One write per batch, not per line: the lines queued while the listener is busy
+    writing are all written by its next write."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    root.handlers.clear()
+    out = _GatedStream()
+    log_queue.start("INFO", out)
+    try:
+        log = logging.getLogger("lpu_router.test")
+        log.info("first")
+        assert out.entered.wait(10)  # the listener is inside the write of "first"
+        for i in range(100):
+            log.info("line %d", i)
+        out.gate.set()
+        log_queue.stop()
+    finally:
+        out.gate.set()
+        log_queue.stop()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert out.texts == ["first\n", "".join(f"line {i}\n" for i in range(100))]
+
+
 def test_a_disabled_access_logger_queues_nothing(stream: _Stream,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[object] = []
