@@ -10,7 +10,9 @@ pool's artifact) and yields a :class:`Stack` with the router's URL. Two arrangem
 * ``isolate=False`` (quick runs, CI): everything in this process's event loop, started with
   :func:`lpu_emulator.server.start_emulators` and :func:`router.app.build_app`.
 
-Every server binds 127.0.0.1 on an ephemeral port (subprocesses print the port they got).
+Every server binds 127.0.0.1 on an ephemeral port (subprocesses print the address they got,
+which is how :mod:`benchmarks.processes` knows they are up; each one's stderr goes to a log
+file in a temporary folder).
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from benchmarks.experiments import SweepConfig
+from benchmarks.processes import Service, start, url_in
 from lpu_emulator.lengths import OutputLength
 from lpu_emulator.server import EmulatorOptions, start_emulators
 from lpu_protocol.artifact import Artifact
@@ -42,8 +42,6 @@ from router.server import running
 
 __all__ = ["Pool", "Stack", "bucket_snapshot", "router_config", "serve", "to_toml"]
 
-_EMULATOR_URL = re.compile(r"at (http://127\.0\.0\.1:[0-9]+)/v1")
-_ROUTER_URL = re.compile(r"serving on (http://127\.0\.0\.1:[0-9]+)")
 _START_TIMEOUT_S = 30.0
 
 
@@ -139,39 +137,17 @@ async def _ready(url: str) -> None:
             await asyncio.sleep(0.05)
 
 
-class _Process:
-    """A server subprocess whose stdout goes to a log file we read its URL(s) from."""
-
-    def __init__(self, cmd: list[str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-
-    async def urls(self, pattern: re.Pattern[str], count: int) -> list[str]:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while True:
-            found = pattern.findall(self.log.read_text("utf-8", errors="replace"))
-            if len(found) >= count:
-                return list(found[:count])
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start; its output:\n{self.log.read_text()}")
-            await asyncio.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+async def _start(cmd: list[str], name: str, ready_lines: int, log: Path) -> Service:
+    """:func:`benchmarks.processes.start` off the loop (it blocks until the process printed
+    its ``ready_lines`` address lines); its stderr goes to ``log``."""
+    return await asyncio.to_thread(start, cmd, name=name, ready_lines=ready_lines,
+                                   timeout_s=_START_TIMEOUT_S, stderr=log)
 
 
 @contextlib.asynccontextmanager
 async def _isolated(cfg: SweepConfig, pools: Sequence[Pool], admission: Mapping[str, Any] | None
                     ) -> AsyncIterator[Stack]:
-    procs: list[_Process] = []
+    procs: list[Service] = []
     with tempfile.TemporaryDirectory(prefix="lpu-sweep-") as tmp:
         work = Path(tmp)
         try:
@@ -180,28 +156,31 @@ async def _isolated(cfg: SweepConfig, pools: Sequence[Pool], admission: Mapping[
                 art = work / f"{p.name}.toml"
                 art.write_text(to_toml({"artifact": p.artifact.to_dict()}))
                 length = p.output_length
-                proc = _Process([sys.executable, "-m", "lpu_emulator", "--artifact", str(art),
-                                 "--port", "0", "--replicas", str(p.replicas),
-                                 "--tick-ms", str(cfg.tick_s * 1e3),
-                                 "--output-length", length.kind,
-                                 "--output-min", str(length.low),
-                                 *(["--output-max", str(length.high)] if length.high else []),
-                                 "--output-mean", str(length.mean), "--seed", str(p.seed)],
-                                work / f"{p.name}.log")
+                # It prints one "lpu-emulator: ... at http://127.0.0.1:PORT/v1" per replica.
+                proc = await _start([sys.executable, "-m", "lpu_emulator", "--artifact", str(art),
+                                     "--port", "0", "--replicas", str(p.replicas),
+                                     "--tick-ms", str(cfg.tick_s * 1e3),
+                                     "--output-length", length.kind,
+                                     "--output-min", str(length.low),
+                                     *(["--output-max", str(length.high)] if length.high else []),
+                                     "--output-mean", str(length.mean), "--seed", str(p.seed)],
+                                    f"emulator-{p.name}", p.replicas, work / f"{p.name}.log")
                 procs.append(proc)
-                backends[p.name] = await proc.urls(_EMULATOR_URL, p.replicas)
+                backends[p.name] = [url_in(line) for line in proc.lines]
             if admission is None:
                 yield Stack(backends[pools[0].name][0], backends)
                 return
             conf = work / "router.toml"
             conf.write_text(to_toml(router_config(pools, backends, admission)))
-            router = _Process([sys.executable, "-m", "router", "--log-level", "WARNING",
-                               "serve", str(conf)], work / "router.log")
+            router = await _start([sys.executable, "-m", "router", "--log-level", "WARNING",
+                                   "serve", str(conf)], "router", 1, work / "router.log")
             procs.append(router)
-            url = (await router.urls(_ROUTER_URL, 1))[0]
+            url = url_in(router.lines[0])  # "lpu-router serving on http://127.0.0.1:PORT"
             await _ready(url)
             yield Stack(url, backends)
         finally:
+            # Synchronous (it blocks for the shut-down only): an await here could be
+            # cancelled and leave a process behind.
             for proc in reversed(procs):
                 proc.stop()
 
