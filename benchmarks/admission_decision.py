@@ -1,6 +1,6 @@
-"""Micro-benchmark: the cost of one admission decision of the timeline controller.
+"""``lpu-bench decision-cost``: the cost of one admission decision of the timeline controller.
 
-Run: ``python3 -m benchmarks.admission_decision [--cycles N] [--repeats K] [--out FILE]``
+Run: ``lpu-bench decision-cost [--cycles N] [--repeats K] [--out FILE]``
 
 Each cycle is one ``decide`` (admitted) plus one ``finish`` of the oldest
 in-flight request (ended early, which rebuilds its replica's timeline), on a
@@ -23,11 +23,14 @@ from collections import deque
 from pathlib import Path
 
 from benchmarks.machine import describe
-from router.admission import AdmissionRequest, Decision
+from router.admission import AdmissionRequest, Admitted, Decision
 from router.admission.controller import TimelineAdmitter
 from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape
 from router.outcomes import Outcome
 
+__all__ = ["HELP", "configure", "execute"]
+
+HELP = "the CPU cost of one timeline admission decision (micro-benchmark, no I/O)"
 SLOTS = 8
 PREFILL_S = 0.19  # llama-3.1-8b-8k
 PER_TOKEN_S = 0.001786
@@ -70,7 +73,7 @@ def _run(replicas: int, cycles: int) -> tuple[float, float, float]:
         d = a.decide(req)
         t1 = time.perf_counter_ns()
         old = live.popleft()
-        if old.ticket is not None:
+        if isinstance(old, Admitted):
             old.ticket.finish(Outcome.COMPLETED, int(MAX_TOKENS * 0.7))
         t2 = time.perf_counter_ns()
         decide_ns += t1 - t0
@@ -87,12 +90,13 @@ def _run(replicas: int, cycles: int) -> tuple[float, float, float]:
     return cycle_ns / cycles / 1e3, decide_ns / cycles / 1e3, refuse_ns / cycles / 1e3
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def configure(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--cycles", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
-    args = ap.parse_args(argv)
+
+
+def execute(args: argparse.Namespace) -> int:
     machine = describe()
     print(f"machine: {machine['nproc']} CPUs, {machine['cpu']}, Python {machine['python']}")
     print(f"{SLOTS} slots per replica, queue ~{QUEUE_PER_REPLICA} per replica,"
@@ -107,7 +111,4 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{replicas:>8} {cycle:>17.2f} {decide:>10.2f} {refuse:>11.2f}")
     if args.out is not None:
         args.out.write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -36,10 +36,16 @@ tokens-per-minute and the prompt-token metric use the count); once the running c
 ``limit`` the prompt cannot fit any shape, counting stops and the result is a lower bound
 ("at least N"). The text is counted in slices (``slice_chars`` characters each, cut where the
 count of the parts equals the count of the whole) and the loop gets a turn between slices
-(:class:`Pace`), so a cancelled handler stops at the next slice. An upper bound (the UTF-8 byte
-length bounds a byte-level BPE count) could settle placement without counting, but not the
-prefill time or the tokens-per-minute charge, so it is not used: the work is bounded by
-``limit`` anyway.
+(:class:`Pace`), so a cancelled handler stops at the next slice.
+
+No count at all (:func:`prompt_bound`): a token covers at least one byte of its text (byte-level
+BPE; SentencePiece with byte fallback may add one prefix piece per text), and the estimator
+charges at most one token per byte, so the UTF-8 byte length of the texts, plus one per text,
+plus the template's fixed tokens, bounds the count from above in O(messages). On deterministic
+hardware the prefill time is a property of the compiled shape, not of the prompt, so when the
+bound already fits the model's smallest shape the exact figure changes nothing the router
+decides (only the tenants' tokens-per-minute charge needs it): the router counts only prompts
+near a bucket boundary.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ __all__ = [
     "PromptCount",
     "TokenCounter",
     "count_prompt",
+    "prompt_bound",
     "prompt_tokens",
 ]
 
@@ -362,6 +369,17 @@ def prompt_tokens(req: CompletionRequest, counter: TokenCounter) -> int:
     work: the emulator's count; the router uses :func:`count_prompt`)."""
     fixed, texts = _template(req)
     return fixed + sum(counter.count(t) for t in texts)
+
+
+def prompt_bound(req: CompletionRequest) -> int:
+    """An upper bound of ``prompt_tokens(req)`` under either counter (module docstring), in
+    O(messages): no text is scanned (``str.isascii`` reads a flag)."""
+    fixed, texts = _template(req)
+    for text in texts:
+        if text:
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            fixed += size + 1
+    return fixed
 
 
 @dataclass(frozen=True, slots=True)

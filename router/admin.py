@@ -15,13 +15,10 @@ Access: open while no API key is configured at all; otherwise the admin key
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
 
 from aiohttp import web
 
-from router.admission.controller import TimelineAdmitter
-from router.admission.off import OffAdmitter
+from router.admission import Admitter
 from router.auth import Auth
 
 __all__ = ["AdminBuckets"]
@@ -30,21 +27,11 @@ __all__ = ["AdminBuckets"]
 class AdminBuckets:
     """The ``/admin/buckets`` handler."""
 
-    def __init__(self, *, auth: Auth, admitter: OffAdmitter | TimelineAdmitter,
-                 buckets: Sequence[str]) -> None:
+    def __init__(self, *, auth: Auth, admitter: Admitter) -> None:
         self._auth = auth
         self._admitter = admitter
-        self._buckets = tuple(buckets)
-
-    def snapshot(self) -> dict[str, Any]:
-        """Plain JSON-able data (see the module docstring)."""
-        a = self._admitter
-        if isinstance(a, TimelineAdmitter):
-            return a.snapshot()
-        return {"mode": "off", "buckets": {b: {"in_flight": a.in_flight(b)}
-                                           for b in self._buckets}}
 
     async def buckets(self, request: web.Request) -> web.Response:
         self._auth.check_admin(request.headers)
-        body = json.dumps(self.snapshot(), default=str).encode()
+        body = json.dumps(self._admitter.snapshot(), default=str).encode()
         return web.Response(body=body, content_type="application/json")

@@ -10,7 +10,9 @@ Reading this one function tells what exists and who talks to whom:
   the backends'), and the active-check task (:mod:`router.load_poller`: every backend checked
   on the path :mod:`router.probe` finds for it, feeding the pool's health and, with
   ``timeline``, the timeline);
-* the routes, behind the edge middleware (request ids, error shapes, body limit).
+* the request path: the completion handlers (:mod:`router.handlers`), the attempt loop
+  (:mod:`router.attempts`) and the completion guard (:mod:`router.lifecycle`: drain, bodies);
+* the routes, behind the one edge middleware (request ids, error shapes, body limit).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from router.admin import AdminBuckets
 from router.admission.controller import TimelineAdmitter
 from router.admission.off import OffAdmitter
 from router.admission.settings import AdmissionMode, AdmissionSettings
+from router.attempts import AttemptLoop
 from router.auth import Auth
 from router.body_memory import BodyBudget
 from router.body_rate import LargeBodyRate
@@ -37,7 +40,7 @@ from router.config import RouterConfig
 from router.edge import edge_middleware
 from router.endpoints import Endpoints
 from router.handlers import Proxy
-from router.lifecycle import LIFECYCLE, Lifecycle, close_when_leaving, lifecycle_middleware
+from router.lifecycle import LIFECYCLE, Lifecycle, close_when_leaving, completion_guard
 from router.load_poller import LoadPoller
 from router.metrics import RouterMetrics, make_metrics
 from router.openapi import openapi_handler
@@ -45,6 +48,7 @@ from router.pool import BackendPool
 from router.probe import Prober
 from router.process import trim_heap
 from router.relay import Upstream
+from router.series import RequestSeries
 
 __all__ = ["ADMITTER", "METRICS", "POOL", "UPSTREAM", "build_app", "make_admitter"]
 
@@ -79,10 +83,15 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
                         load_interval_s=config.admission.load_poll_interval_s)
     upstream = Upstream(config.timeouts)
     auth = Auth(config)
-    proxy = Proxy(config, table=table, counter=counter, admitter=admitter, timeline=timeline,
-                  pool=pool, upstream=upstream, auth=auth, metrics=metrics, clock=clock)
-    admin = AdminBuckets(auth=auth, admitter=admitter,
-                         buckets=tuple(b.name for b in config.buckets))
+    series = RequestSeries(metrics)
+    attempts = AttemptLoop(admitter=admitter, pool=pool, upstream=upstream, metrics=metrics,
+                           series=series, max_retries=config.server.max_retries,
+                           min_retry_after_s=config.admission.min_retry_after_s,
+                           upstream_model={b.name: b.upstream_model for b in config.buckets},
+                           clock=clock)
+    proxy = Proxy(config, table=table, counter=counter, admitter=admitter, attempts=attempts,
+                  auth=auth, series=series, clock=clock)
+    admin = AdminBuckets(auth=auth, admitter=admitter)
     endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth,
                           created=int(time.time()))
 
@@ -117,13 +126,14 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     large = LargeBodyRate(config.server.large_body_bytes_per_s, config.server.max_body_bytes,
                           clock)
 
+    # Completions only: refused while draining, counted in progress, bodies read in budget.
+    guarded = completion_guard(lifecycle, metrics, body_timeout_s=config.server.body_timeout_s,
+                               budget=bodies, large=large,
+                               max_body_bytes=config.server.max_body_bytes)
+
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[edge_middleware(metrics, config.server.max_body_bytes),
-                     lifecycle_middleware(lifecycle, metrics,
-                                          body_timeout_s=config.server.body_timeout_s,
-                                          budget=bodies, large=large,
-                                          max_body_bytes=config.server.max_body_bytes)],
+        middlewares=[edge_middleware(metrics, config.server.max_body_bytes)],
     )
     app[METRICS] = metrics
     app[POOL] = pool
@@ -134,8 +144,8 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     app.on_shutdown.append(mark_not_ready)
     app.on_response_prepare.append(close_when_leaving(lifecycle))
     app.add_routes([
-        web.post("/v1/chat/completions", proxy.chat),
-        web.post("/v1/completions", proxy.completions),
+        web.post("/v1/chat/completions", guarded(proxy.chat)),
+        web.post("/v1/completions", guarded(proxy.completions)),
         web.get("/v1/models", endpoints.models),
         web.get("/metrics", endpoints.metrics),
         web.get("/healthz", endpoints.healthz),

@@ -70,6 +70,20 @@ class BucketTable:
         """Tokens of shape the prompt may take, margin included."""
         return math.ceil(prompt_tokens * (1.0 + self.margin)) if self.margin else prompt_tokens
 
+    def settled(self, model: str, bound: int, requested: int | None) -> Placement | None:
+        """The placement of every prompt of at most ``bound`` tokens, when ``bound`` already
+        fits the model's smallest shape with the allowance as asked (then the exact count
+        cannot change it: a smaller prompt fits the same first bucket, with the same
+        allowance); None when only the count can tell (or the model is unknown)."""
+        buckets = self._by_model.get(model)
+        if buckets is None:
+            return None
+        b = buckets[0]
+        want = requested if requested is not None else b.default_max_tokens
+        if want <= b.max_output_tokens and self.need(bound) + want <= b.max_seq_len:
+            return Placement(b, want)
+        return None
+
     def place(self, model: str, prompt_tokens: int, requested: int | None,
               param: str | None = None, *, at_least: bool = False) -> Placement:
         """Choose the bucket and allowance, or raise :class:`Rejection`. ``at_least``: the

@@ -1,8 +1,9 @@
 """The edge middleware: request ids, OpenAI-shaped errors for everything, route counts.
 
 * ``x-request-id``: the client's own (when it is 1-128 visible ASCII characters) or a new
-  ``req_<32 hex>``; set on every response, errors included (a streaming handler sets it
-  itself before ``prepare``).
+  ``req_<32 hex>`` (16 random hex digits drawn once per process, then a 16-digit counter:
+  unique without a system call per request); set on every response, errors included (a
+  streaming handler sets it itself before ``prepare``).
 * aiohttp's own HTTP errors (404 unknown path, 405, 413 body over ``server.max_body_bytes``)
   become OpenAI error bodies; an unexpected exception becomes a 500 in the same shape (and is
   logged with its traceback).
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -17,23 +19,28 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from lpu_protocol.openai_api import APIError
-from router.errors import Rejection
-from router.handlers import REQUEST_ID, error_response
+from router.errors import Rejection, error_response
 from router.metrics import RouterMetrics
 from router.series import Children
 
-__all__ = ["edge_middleware"]
+__all__ = ["REQUEST_ID", "edge_middleware"]
+
+REQUEST_ID = web.RequestKey("request_id", str)
 
 log = logging.getLogger("lpu_router.edge")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_ID_PREFIX = "req_" + os.urandom(8).hex()
+_ids = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
 def _request_id(given: str | None) -> str:
     if given and len(given) <= 128 and given.isascii() and given.isprintable() \
             and " " not in given:
         return given
-    return "req_" + os.urandom(16).hex()  # as random as uuid4, without building a UUID
+    return f"{_ID_PREFIX}{next(_ids) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
 
 
 def _http_error(exc: web.HTTPException, max_body: int) -> APIError:
@@ -65,7 +72,7 @@ def edge_middleware(metrics: RouterMetrics, max_body: int) -> Callable[..., Awai
                 raise
             resp = error_response(_http_error(exc, max_body))
         except Rejection as exc:
-            resp = error_response(exc.error)
+            resp = error_response(exc.error, exc.headers)
         except APIError as exc:
             resp = error_response(exc)
         except ConnectionResetError:

@@ -43,6 +43,7 @@ import math
 from collections.abc import Mapping
 
 import aiohttp
+from aiohttp import web
 
 from lpu_protocol.openai_api import APIError
 from router.outcomes import RejectReason
@@ -52,6 +53,7 @@ __all__ = [
     "Draining",
     "Rejection",
     "UpstreamFailure",
+    "error_response",
     "map_client_error",
     "map_upstream_status",
     "refusal_error",
@@ -78,8 +80,16 @@ class Rejection(Exception):
         self.reason = reason
         self.error = error
         self.retry_after_s = retry_after_s
-        self.headers: dict[str, str] = dict(headers or {})
-        """Further response headers (e.g. the admission prediction behind the refusal)."""
+        self.headers: dict[str, str] = dict(headers) if headers is not None else {
+            **retry_after_headers(retry_after_s), "x-lpu-reject-reason": str(reason)}
+        """The response's headers: by default ``Retry-After`` and ``x-lpu-reject-reason``;
+        given ones (e.g. with the admission prediction behind the refusal) replace them."""
+
+
+def error_response(error: APIError, headers: Mapping[str, str] | None = None) -> web.Response:
+    """An OpenAI-shaped JSON error response."""
+    return web.Response(status=error.status, body=error.to_json(), headers=headers,
+                        content_type="application/json")
 
 
 def refusal_error(reason: RejectReason, message: str) -> APIError:

@@ -17,7 +17,7 @@ first.
   SSE error frame and ``data: [DONE]``, a non-streaming request (waiting for its status line
   or its body) with 503 ``shutting_down``.
 
-:func:`lifecycle_middleware` counts completion requests in progress (the drain waits for them)
+:func:`completion_guard` counts completion requests in progress (the drain waits for them)
 and reads their body (:func:`router.body_memory.read_body`) within the app's body-memory budget
 and under ``server.body_timeout_s``: a body that does not fit in the budget is not read (503
 ``body_memory_exhausted``); a client that sends its body too slowly (byte by byte) gets 408
@@ -38,15 +38,12 @@ from aiohttp import hdrs, web
 from lpu_protocol.openai_api import APIError
 from router.body_memory import BodyBudget, OverBudget, Reservation, read_body
 from router.body_rate import LARGE_BODY_BYTES, MAX_WAIT_S, LargeBodyRate
-from router.errors import REJECT_STATUS, retry_after_headers
-from router.handlers import error_response
+from router.errors import REJECT_STATUS, error_response, retry_after_headers
 from router.metrics import RouterMetrics
 from router.outcomes import RejectReason
 
-__all__ = ["COMPLETION_PATHS", "LIFECYCLE", "Lifecycle", "close_when_leaving",
-           "lifecycle_middleware"]
+__all__ = ["LIFECYCLE", "Lifecycle", "close_when_leaving", "completion_guard"]
 
-COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -129,12 +126,12 @@ def _body_timeout(timeout_s: float) -> APIError:
                     code="request_timeout")
 
 
-def lifecycle_middleware(lifecycle: Lifecycle, metrics: RouterMetrics, *,
-                         body_timeout_s: float, budget: BodyBudget, max_body_bytes: int,
-                         large: LargeBodyRate | None = None
-                         ) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Refuse completions while draining; count them in progress; read their bodies within
-    ``budget``, ``body_timeout_s`` and the ``large`` bodies' rate."""
+def completion_guard(lifecycle: Lifecycle, metrics: RouterMetrics, *,
+                     body_timeout_s: float, budget: BodyBudget, max_body_bytes: int,
+                     large: LargeBodyRate | None = None) -> Callable[[Handler], Handler]:
+    """A wrapper for the completion handlers (not a middleware: the other routes never pay
+    for it): refuse completions while draining; count them in progress; read their bodies
+    within ``budget``, ``body_timeout_s`` and the ``large`` bodies' rate."""
 
     def refuse(reason: RejectReason, error: APIError,
                headers: dict[str, str] | None = None) -> web.Response:
@@ -143,10 +140,7 @@ def lifecycle_middleware(lifecycle: Lifecycle, metrics: RouterMetrics, *,
         resp.force_close()
         return resp
 
-    @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST" or request.path not in COMPLETION_PATHS:
-            return await handler(request)
         if lifecycle.draining:
             return refuse(RejectReason.SHUTTING_DOWN, _shutting_down(), {"Retry-After": "1"})
         length = request.content_length
@@ -178,7 +172,12 @@ def lifecycle_middleware(lifecycle: Lifecycle, metrics: RouterMetrics, *,
             held.close()
             lifecycle.left()
 
-    return guard
+    def wrap(handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            return await guard(request, handler)
+        return guarded
+
+    return wrap
 
 
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

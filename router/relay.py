@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import LooseHeaders
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -42,7 +43,8 @@ from router.config import TimeoutConfig
 from router.errors import Draining, UpstreamFailure, map_client_error, map_upstream_status
 from router.outcomes import Outcome
 
-__all__ = ["HOP_BY_HOP", "RelayResult", "Upstream", "clean_headers", "relay", "usage_tokens"]
+__all__ = ["HOP_BY_HOP", "RelayResult", "Upstream", "Usage", "clean_headers", "relay",
+           "upstream_headers", "usage"]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -53,7 +55,7 @@ HOP_BY_HOP = frozenset({
 # a client's Content-Encoding (router.body_encoding) and forwards the body decoded.
 _NOT_UPSTREAM = HOP_BY_HOP | {"authorization", "x-api-key", "api-key", "host", "content-length",
                               "content-encoding", "accept-encoding", "cookie", "x-request-id",
-                              "x-lpu-deadline-ms"}
+                              "x-lpu-deadline-ms", "content-type"}
 # Never copied back: the router sets its own framing and identity, and a backend's cookies are
 # not the client's (one upstream session serves every client).
 _NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length", "server", "date", "x-request-id", "set-cookie"}
@@ -66,12 +68,29 @@ _DECODER = json.JSONDecoder()
 def clean_headers(headers: Mapping[str, str], drop: frozenset[str] | set[str]) -> CIMultiDict[str]:
     """``headers`` minus ``drop`` and minus any header the ``Connection`` header names."""
     connection = headers.get("Connection")
-    named = {h.strip().lower() for h in connection.split(",")} if connection else set()
+    if connection:
+        drop = drop | {h.strip().lower() for h in connection.split(",")}
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in headers.items():
-        lk = k.lower()
-        if lk not in drop and lk not in named:
+        if k.lower() not in drop:
             out.add(k, v)
+    return out
+
+
+def upstream_headers(incoming: Mapping[str, str], request_id: str,
+                     deadline_s: float | None) -> list[tuple[str, str]]:
+    """The headers of the upstream request, in one pass over the client's: those that may be
+    forwarded (not hop-by-hop, not credentials: ``_NOT_UPSTREAM``), then the router's own
+    (``x-request-id``, the JSON body's type, no encoding, ``x-lpu-deadline-ms``)."""
+    drop = _NOT_UPSTREAM
+    connection = incoming.get("Connection")
+    if connection:
+        drop = drop | {h.strip().lower() for h in connection.split(",")}
+    out = [(k, v) for k, v in incoming.items() if k.lower() not in drop]
+    out += (("x-request-id", request_id), ("Content-Type", "application/json"),
+            ("Accept-Encoding", "identity"))
+    if deadline_s is not None:
+        out.append(("x-lpu-deadline-ms", f"{deadline_s * 1e3:.1f}"))
     return out
 
 
@@ -88,8 +107,11 @@ class RelayResult:
     response: web.StreamResponse
     outcome: Outcome
     completion_tokens: int | None = None
+    """The backend's ``usage.completion_tokens``, else the events relayed (streams)."""
     failure: UpstreamFailure | None = None
     """Set when the backend failed after the client got the status (mid-stream)."""
+    prompt_tokens: int | None = None
+    """The backend's ``usage.prompt_tokens``, when it reported one."""
 
 
 class Upstream:
@@ -127,7 +149,7 @@ class Upstream:
             ended += 1
         return ended
 
-    async def open(self, url: str, body: bytes, headers: Mapping[str, str]
+    async def open(self, url: str, body: bytes, headers: LooseHeaders
                    ) -> aiohttp.ClientResponse:
         """POST ``body`` to ``url``; return the response once its status line came."""
         assert self.session is not None, "the app's cleanup_ctx opens the session"
@@ -150,7 +172,7 @@ class Upstream:
         self._open.add(resp)
         return resp
 
-    async def _post(self, target: URL, body: bytes, headers: Mapping[str, str]
+    async def _post(self, target: URL, body: bytes, headers: LooseHeaders
                     ) -> aiohttp.ClientResponse:
         assert self.session is not None, "the app's cleanup_ctx opens the session"
         try:
@@ -174,34 +196,49 @@ class Upstream:
         return resp
 
 
-def usage_tokens(data: bytes) -> int | None:
-    """``usage.completion_tokens`` of the last ``"usage"`` object in ``data`` (a JSON body or
-    SSE events) that has one; None when none has.
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The token counts a backend reported in its ``usage`` object (None: not reported)."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def usage(data: bytes) -> Usage | None:
+    """The last ``"usage"`` object in ``data`` (a JSON body or SSE events) that holds
+    ``completion_tokens``; None when none does.
 
     Only that object is decoded: ``"usage"`` followed by ``:`` is always a key, since a quote
     inside a JSON string is escaped.
     """
     end = len(data)
     while (at := data.rfind(_USAGE, 0, end)) >= 0:
-        n = _completion_tokens(data, at + len(_USAGE))
-        if n is not None:
-            return n
+        found = _usage_at(data, at + len(_USAGE))
+        if found is not None:
+            return found
         end = at
     return None
 
 
-def _completion_tokens(data: bytes, start: int) -> int | None:
-    """``completion_tokens`` of the object that follows ``: `` at ``start``, if any."""
+def _count(obj: dict[str, Any], key: str) -> int | None:
+    n = obj.get(key)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
+def _usage_at(data: bytes, start: int) -> Usage | None:
+    """The usage object that follows ``: `` at ``start``, if it has ``completion_tokens``."""
     text = data[start:start + _USAGE_MAX].decode("utf-8", "replace").lstrip()
     if not text.startswith(":"):
         return None
     text = text[1:].lstrip()
     try:
-        usage, _ = _DECODER.raw_decode(text)
+        obj, _ = _DECODER.raw_decode(text)
     except ValueError:
         return None
-    n = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return n if isinstance(n, int) and not isinstance(n, bool) else None
+    if not isinstance(obj, dict):
+        return None
+    completion = _count(obj, "completion_tokens")
+    return None if completion is None else Usage(_count(obj, "prompt_tokens"), completion)
 
 
 def _sse_error(failure: UpstreamFailure) -> bytes:
@@ -227,9 +264,13 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise map_client_error(exc, got_headers=True) from exc
         resp = web.Response(status=upstream.status, body=raw, headers=out_headers)
-        ok = upstream.status < 400
-        return RelayResult(resp, Outcome.COMPLETED if ok else Outcome.FAILED,
-                           usage_tokens(raw) if ok else None)
+        if upstream.status >= 400:
+            return RelayResult(resp, Outcome.FAILED)
+        used = usage(raw)
+        if used is None:
+            return RelayResult(resp, Outcome.COMPLETED)
+        return RelayResult(resp, Outcome.COMPLETED, used.completion_tokens,
+                           prompt_tokens=used.prompt_tokens)
     out_headers["X-Accel-Buffering"] = "no"
     out_headers["Cache-Control"] = "no-cache"
     return await _relay_events(request, upstream, out_headers, on_first_byte)
@@ -250,7 +291,7 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse,
     stream = kind(status=upstream.status, headers=headers)
     await stream.prepare(request)
     pending = b""
-    usage = b""  # the last piece that names a usage (a reference, not a copy)
+    last_usage = b""  # the last piece that names a usage (a reference, not a copy)
     events = 0
     first = True
     try:
@@ -267,7 +308,7 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse,
                     on_first_byte()
                 events += whole.count(b"data: {")
                 if _USAGE in whole:
-                    usage = whole
+                    last_usage = whole
                 if content.at_eof():  # the last events: one write with the end of the body
                     break
                 await stream.write(whole)
@@ -281,12 +322,12 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse,
         await stream.write_eof(_sse_error(failure))
         return RelayResult(stream, Outcome.FAILED, events, failure)
     if _USAGE in pending:
-        usage = pending
+        last_usage = pending
     await stream.write_eof(whole + pending if pending else whole)
-    n = usage_tokens(usage)
-    return RelayResult(stream, Outcome.COMPLETED, n if n is not None else events)
+    used = usage(last_usage) if last_usage else None
+    if used is None:
+        return RelayResult(stream, Outcome.COMPLETED, events)
+    return RelayResult(stream, Outcome.COMPLETED, used.completion_tokens,
+                       prompt_tokens=used.prompt_tokens)
 
 
-def request_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:
-    """The client's request headers that may be forwarded to a backend."""
-    return clean_headers(incoming, _NOT_UPSTREAM)

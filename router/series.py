@@ -42,13 +42,15 @@ class RequestSeries:
     """The series a completion request updates, with their children memoized."""
 
     __slots__ = ("admitted", "completion_tokens", "e2e_seconds", "finished", "in_flight",
-                 "prompt_tokens", "received", "ttft_seconds")
+                 "prompt_tokens", "received", "rejected", "ttft_seconds")
 
     def __init__(self, metrics: RouterMetrics) -> None:
         self.received = Children(metrics.requests_received)
         """{route}"""
         self.admitted = Children(metrics.requests_admitted)
         """{bucket, priority}"""
+        self.rejected = Children(metrics.requests_rejected)
+        """{bucket, priority, reason}"""
         self.finished = Children(metrics.requests_finished)
         """{bucket, outcome}"""
         self.in_flight = Children(metrics.in_flight)

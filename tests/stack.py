@@ -407,9 +407,9 @@ def _admitter_problems(stack: Stack) -> list[str]:
     snapshot = getattr(admitter, "snapshot", None)
     if callable(snapshot):
         for name, b in snapshot()["buckets"].items():
-            if b["in_flight"] or b["queue_depth"]:
-                out.append(f"timeline {name}: in_flight {b['in_flight']},"
-                           f" queue {b['queue_depth']}")
+            if b["in_flight"] or b.get("queue_depth"):
+                out.append(f"{name}: in_flight {b['in_flight']},"
+                           f" queue {b.get('queue_depth')}")
     if stack.app[LIFECYCLE].in_progress:
         out.append(f"{stack.app[LIFECYCLE].in_progress} completion handlers still running")
     return out

@@ -3,8 +3,8 @@
 The handler never computes anything here; it builds an :class:`AdmissionRequest`,
 asks an :class:`Admitter` for a :class:`Decision`, and obeys it:
 
-* refused -> 429 (or the status of ``reason``) at once, with ``Retry-After``;
-* admitted -> forward to ``decision.backend`` with ``decision.max_tokens``,
+* :class:`Refused` -> 429 (or the status of ``reason``) at once, with ``Retry-After``;
+* :class:`Admitted` -> forward to ``decision.backend`` with ``decision.terms.max_tokens``,
   report the first token to the ticket, and end the ticket exactly once with
   one :class:`~router.outcomes.Outcome` (the ticket corrects the timeline: a
   request that ends early frees its slot early).
@@ -15,18 +15,21 @@ waits for anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 from router.outcomes import Outcome, RejectReason
 
 __all__ = [
     "AdmissionRequest",
+    "Admitted",
     "Admitter",
     "Decision",
     "Priority",
     "RateLimitState",
+    "Refused",
+    "Terms",
     "Ticket",
 ]
 
@@ -39,8 +42,12 @@ class Priority(StrEnum):
     BATCH = "batch"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AdmissionRequest:
+    """One request's shape and class, as admission sees it. Not frozen: the attempt loop sets
+    ``elapsed_s`` before each decision (a copy per attempt costs more than the decision's
+    arithmetic); an admitter reads it during ``decide`` and keeps no reference."""
+
     bucket: str
     prompt_tokens: int
     max_tokens: int
@@ -68,7 +75,8 @@ class RateLimitState:
 
 
 class Ticket(Protocol):
-    """One admitted request's hold on a backend slot. Ends exactly once."""
+    """One admitted request's hold on a backend slot. Ends exactly once: by ``finish``, or by
+    ``refused`` when the backend refused the request's deadline."""
 
     @property
     def backend(self) -> str: ...
@@ -76,38 +84,72 @@ class Ticket(Protocol):
     def first_token(self) -> None:
         """The first token reached the client (feeds the prediction-error metric)."""
 
-    def reassign(self, backend: str) -> None:
-        """Move the reservation to another replica (retry before any byte was sent)."""
-
     def finish(self, outcome: Outcome, completion_tokens: int | None = None) -> None:
         """End the request; idempotent. Frees the slot in the timeline now."""
 
+    def refused(self, predicted_ttft_s: float) -> None:
+        """End the request as refused by its backend, which predicted that TTFT (seconds) for
+        it: the schedule learns the figure, and the request does not count as admitted.
+        Idempotent, and a no-op after ``finish``."""
+
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    admitted: bool
-    reason: RejectReason | None = None
-    message: str = ""
-    """Human-readable reason for a refusal (goes into the OpenAI error message)."""
-    backend: str | None = None
-    ticket: Ticket | None = None
-    max_tokens: int = 0
+class Terms:
+    """What the rule grants an admitted request (pure numbers, no state)."""
+
+    max_tokens: int
     """Allowance to forward (lower than asked when degraded mode clamped it)."""
+    reserve_tokens: int
+    """Output tokens the schedule reserves a slot for (``<= max_tokens``)."""
+    predicted_ttft_s: float | None
+    """Predicted time to first token from now; None when nothing is predicted (``off``)."""
+    deadline_s: float | None
+    """The full TTFT bound the backend checks (``ttft_slo + wait_budget``, seconds from the
+    request's arrival); None: the backend gets no deadline."""
     degraded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """Send the request to ``backend``; ``ticket`` holds its slot until it ends."""
+
+    backend: str
+    ticket: Ticket
+    terms: Terms
     predicted_wait_s: float = 0.0
-    predicted_ttft_s: float = 0.0
+    ratelimit: RateLimitState | None = None
+    admitted: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Refuse the request now, with the reason's status and ``Retry-After``."""
+
+    reason: RejectReason
+    message: str
+    """Human-readable reason (goes into the OpenAI error message)."""
     retry_after_s: float | None = None
-    deadline_s: float | None = None
-    """Seconds from now by which the first token must come; sent to the backend."""
-    ratelimit: RateLimitState | None = field(default=None)
+    """None when waiting cannot help."""
+    predicted_wait_s: float = 0.0
+    predicted_ttft_s: float | None = None
+    admitted: ClassVar[bool] = False
+
+
+Decision = Admitted | Refused
 
 
 class Admitter(Protocol):
-    """What the handler asks. Implementations: ``off`` (admit all, least-loaded pick)
-    and the timeline controller."""
+    """What the handler asks, and all it needs from admission. Implementations: ``off``
+    (admit all within the cap, least-loaded pick) and the timeline controller."""
 
     def decide(self, req: AdmissionRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         """Admit or refuse now; ``exclude`` names replicas that already refused this request."""
         ...
 
-    def set_backend_health(self, bucket: str, backend: str, healthy: bool) -> None: ...
+    def ratelimit(self, tenant: str | None) -> RateLimitState | None:
+        """The tenant's ``x-ratelimit-*`` numbers now (None without limits)."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data for ``GET /admin/buckets``."""
+        ...

@@ -13,9 +13,10 @@ ends it exactly once with ``finish`` (which frees the slot at once, moving the
 requests queued behind it earlier, and teaches the output-length model).
 
 Methods for the HTTP wiring: :meth:`TimelineAdmitter.observe_load` (merge a
-backend's ``/load`` report), :meth:`TimelineAdmitter.backend_refused` (a backend
-refused the request's deadline: correct the timeline with its figure) and
-:meth:`TimelineAdmitter.snapshot` (``GET /admin/buckets``).
+backend's ``/load`` report), :meth:`TimelineAdmitter.ratelimit` (a tenant's
+``x-ratelimit-*`` numbers) and :meth:`TimelineAdmitter.snapshot` (``GET /admin/buckets``).
+A backend that refuses a request's deadline corrects the timeline through the ticket
+(:meth:`TimelineTicket.refused`).
 
 Not thread-safe: one controller per event loop (each worker process has its
 own, and they meet only through the backends' reports).
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lpu_protocol.load_report import LoadReport
-from router.admission import AdmissionRequest, Decision, RateLimitState, Ticket
+from router.admission import AdmissionRequest, Admitted, Decision, RateLimitState, Refused
 from router.admission.bucket_state import BucketState
 from router.admission.decision import Inputs, judge
 from router.admission.priority import rule_table
@@ -90,20 +91,6 @@ class TimelineTicket:
         self._bucket.observe_prediction_error(now - self._decided_at - self._predicted_ttft)
         self._replica.observe_start(self._res, now - self._replica.shape.prefill_s, now)
 
-    def reassign(self, backend: str) -> None:
-        """Move the reservation to ``backend`` (a retry before any byte was sent)."""
-        if self._ended or backend == self._replica.url:
-            return
-        new = self._bucket.by_url[backend]
-        now = self._owner.clock()
-        self._replica.release(self._res, now)
-        new.advance(now)
-        wait = new.earliest_start(now) - now
-        self._res = new.reserve(self._res.seq, new.shape.service_time(self._reserve_tokens), now)
-        self._replica = new
-        self._predicted_ttft = now - self._decided_at + wait + new.shape.prefill_s
-        self._first_seen = False
-
     def finish(self, outcome: Outcome, completion_tokens: int | None = None) -> None:
         """End the request (idempotent): free the slot now, learn the output length."""
         if self._ended:
@@ -123,8 +110,13 @@ class TimelineTicket:
         b.count(str(outcome))
         b.set_queue_gauge()
 
-    def _refused(self, reported_ttft_s: float) -> None:
-        """The backend refused the deadline; it reported ``reported_ttft_s`` for it."""
+    def refused(self, predicted_ttft_s: float) -> None:
+        """The backend answered 429 ``deadline_unreachable`` predicting that TTFT (seconds).
+
+        The timeline under-estimated that replica: no slot of it frees before
+        ``now + reported - prefill`` (raised as its floor). The reservation is dropped and the
+        tenant's charge refunded; a later ``finish`` is a no-op."""
+        reported_ttft_s = predicted_ttft_s
         if self._ended:
             return
         self._ended = True
@@ -177,19 +169,18 @@ class TimelineAdmitter:
                 best, best_ttft, best_load = rep, ttft, n
         if best is None:
             why = "every healthy replica" if exclude else "no healthy replica"
-            return self._refuse(
-                b, req, limiter, now, RejectReason.NO_BACKEND,
+            return self._refuse(b, req, Refused(
+                RejectReason.NO_BACKEND,
                 f"bucket '{b.policy.name}' has {why} left for this request",
-                max(s.min_retry_after_s, 1.0),
-            )
+                max(s.min_retry_after_s, 1.0)))
         if limiter is not None:
             over = limiter.check(req.prompt_tokens + req.max_tokens, now)
             if over is not None:
                 reason, retry, message = over
-                return self._refuse(b, req, limiter, now, reason, message,
-                                    max(retry, s.min_retry_after_s))
+                return self._refuse(b, req, Refused(
+                    reason, message, max(retry, s.min_retry_after_s)))
         wait = best_ttft - best.shape.prefill_s
-        verdict = judge(Inputs(
+        terms = judge(Inputs(
             policy=b.policy, rule=rule, wait_s=wait, prefill_s=best.shape.prefill_s,
             per_token_s=best.shape.per_token_s, max_tokens=req.max_tokens,
             reserve_tokens=b.lengths.reserve_tokens(req.max_tokens),
@@ -200,37 +191,24 @@ class TimelineAdmitter:
             elapsed_s=req.elapsed_s, margin_s=b.margin.value,
             window_s=s.utilization_window_s, min_retry_after_s=s.min_retry_after_s,
         ))
-        if verdict.reason is not None:
-            return self._refuse(b, req, limiter, now, verdict.reason, verdict.message,
-                                verdict.retry_after_s, wait, verdict.predicted_ttft_s)
-        res = best.reserve(next(self._seq), best.shape.service_time(verdict.reserve_tokens), now)
-        ticket = TimelineTicket(self, b, best, res, req, verdict.max_tokens,
-                                verdict.reserve_tokens, verdict.predicted_ttft_s, limiter)
+        if isinstance(terms, Refused):
+            return self._refuse(b, req, terms)
+        res = best.reserve(next(self._seq), best.shape.service_time(terms.reserve_tokens), now)
+        assert terms.predicted_ttft_s is not None, "the rule predicts every admission"
+        ticket = TimelineTicket(self, b, best, res, req, terms.max_tokens, terms.reserve_tokens,
+                                terms.predicted_ttft_s, limiter)
         ratelimit = None
         if limiter is not None:
-            limiter.consume(req.prompt_tokens + verdict.max_tokens, now)
+            limiter.consume(req.prompt_tokens + terms.max_tokens, now)
             ratelimit = limiter.state(now)
-        b.record_decision(str(req.priority), None, degraded=verdict.degraded, wait_s=wait,
+        b.record_decision(str(req.priority), None, degraded=terms.degraded, wait_s=wait,
                           queued=queued + (0 if res.started else 1))
-        return Decision(
-            admitted=True, backend=best.url, ticket=ticket, max_tokens=verdict.max_tokens,
-            degraded=verdict.degraded, predicted_wait_s=wait,
-            predicted_ttft_s=verdict.predicted_ttft_s, deadline_s=verdict.deadline_s,
-            ratelimit=ratelimit,
-        )
+        return Admitted(best.url, ticket, terms, wait, ratelimit)
 
-    def _refuse(
-        self, b: BucketState, req: AdmissionRequest, limiter: TenantLimiter | None, now: float,
-        reason: RejectReason, message: str, retry_after_s: float | None,
-        predicted_wait_s: float = 0.0, predicted_ttft_s: float = 0.0,
-    ) -> Decision:
-        b.record_decision(str(req.priority), reason)
-        return Decision(
-            admitted=False, reason=reason, message=message, max_tokens=req.max_tokens,
-            predicted_wait_s=predicted_wait_s, predicted_ttft_s=predicted_ttft_s,
-            retry_after_s=retry_after_s,
-            ratelimit=limiter.state(now) if limiter is not None else None,
-        )
+    @staticmethod
+    def _refuse(b: BucketState, req: AdmissionRequest, refused: Refused) -> Refused:
+        b.record_decision(str(req.priority), refused.reason)
+        return refused
 
     def ratelimit(self, tenant: str | None) -> RateLimitState | None:
         """The tenant's current ``x-ratelimit-*`` numbers (None without limits)."""
@@ -262,18 +240,6 @@ class TimelineAdmitter:
         busy = min(1.0, lr.running / lr.slots) if lr.slots > 0 else 0.0
         b.windows[backend].add_sample(busy, now)
         b.set_queue_gauge()
-
-    def backend_refused(self, ticket: Ticket, predicted_ttft_s_reported: float) -> None:
-        """A backend answered 429 ``deadline_unreachable`` predicting that TTFT (seconds).
-
-        The timeline under-estimated that replica: no slot of it frees before
-        ``now + reported - prefill`` (raised as its floor). The ticket is ended
-        here (its reservation dropped, the tenant's charge refunded), so a later
-        ``finish`` is a no-op; the handler then asks ``decide`` again with the
-        backend in ``exclude``.
-        """
-        if isinstance(ticket, TimelineTicket):
-            ticket._refused(predicted_ttft_s_reported)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data for ``GET /admin/buckets``: per bucket, its timelines, load and limits."""

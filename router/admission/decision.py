@@ -64,11 +64,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from router.admission import Refused, Terms
 from router.admission.priority import scaled_cap, utilization_threshold
 from router.admission.settings import BucketPolicy, PriorityRule
 from router.outcomes import RejectReason
 
-__all__ = ["Inputs", "Verdict", "judge", "retry_after"]
+__all__ = ["Inputs", "judge", "retry_after"]
 
 
 @dataclass(slots=True)
@@ -103,31 +104,19 @@ class Inputs:
     """How long ago ``utilization`` was measured (seconds; it is cached briefly)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    reason: RejectReason | None
-    message: str = ""
-    max_tokens: int = 0
-    reserve_tokens: int = 0
-    degraded: bool = False
-    predicted_ttft_s: float = 0.0
-    retry_after_s: float | None = None
-    deadline_s: float = 0.0
-    """The full TTFT bound for the backend's own check: ``ttft_slo + wait_budget``."""
-
-
-def judge(x: Inputs) -> Verdict:
-    """Apply the rule of the module docstring."""
+def judge(x: Inputs) -> Terms | Refused:
+    """Apply the rule of the module docstring: the terms of admission, or the refusal (its
+    ``ratelimit`` unset: the caller knows the tenant)."""
     p, rule = x.policy, x.rule
     ttft = x.wait_s + x.prefill_s
     deadline = p.ttft_slo_s + x.wait_budget_s
     klass = str(rule.priority)
 
-    def refuse(reason: RejectReason, what: str) -> Verdict:
+    def refuse(reason: RejectReason, what: str) -> Refused:
         retry = retry_after(x)
         hint = f"; retry in {retry:.3f} s" if retry is not None else ""
-        return Verdict(reason, f"bucket '{p.name}' is at capacity: {what}{hint}",
-                       predicted_ttft_s=ttft, retry_after_s=retry, deadline_s=deadline)
+        return Refused(reason, f"bucket '{p.name}' is at capacity: {what}{hint}", retry,
+                       predicted_wait_s=x.wait_s, predicted_ttft_s=ttft)
 
     cap = scaled_cap(p.max_concurrency, rule.share)
     if cap is not None and x.in_flight >= cap:
@@ -169,8 +158,7 @@ def judge(x: Inputs) -> Verdict:
                       f"utilization {x.utilization:.0%} is at or above the {threshold:.0%}"
                       f" where {klass} requests are shed while a queue forms (predicted wait"
                       f" {x.wait_s:.3f} s)")
-    return Verdict(None, max_tokens=max_tokens, reserve_tokens=reserve, degraded=degraded,
-                   predicted_ttft_s=ttft, deadline_s=deadline)
+    return Terms(max_tokens, reserve, ttft, deadline, degraded)
 
 
 def retry_after(x: Inputs) -> float | None:

@@ -13,8 +13,16 @@ healthy replica is left. ``retry_after_s`` is the bucket's prefill time (a slot 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from router.admission import AdmissionRequest, Decision
+from router.admission import (
+    AdmissionRequest,
+    Admitted,
+    Decision,
+    RateLimitState,
+    Refused,
+    Terms,
+)
 from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape
 from router.outcomes import Outcome, RejectReason
 
@@ -45,19 +53,16 @@ class OffTicket:
     def first_token(self) -> None:
         """Nothing is predicted, so nothing to correct."""
 
-    def reassign(self, backend: str) -> None:
-        if self.finished or backend == self._backend:
-            return
-        self._bucket.in_flight[self._backend] -= 1
-        self._bucket.in_flight[backend] = self._bucket.in_flight.get(backend, 0) + 1
-        self._backend = backend
-
     def finish(self, outcome: Outcome, completion_tokens: int | None = None) -> None:
         if self.finished:
             return
         self.finished = True
         self._bucket.in_flight[self._backend] -= 1
         self._bucket.total -= 1
+
+    def refused(self, predicted_ttft_s: float) -> None:
+        """Nothing is predicted, so nothing to learn: the slot is released."""
+        self.finish(Outcome.FAILED)
 
 
 class OffAdmitter:
@@ -87,10 +92,8 @@ class OffAdmitter:
         hint = replicas[0].prefill_s if replicas else None
         cap = b.policy.max_concurrency
         if cap is not None and b.total >= cap:
-            return Decision(
-                admitted=False, reason=RejectReason.CONCURRENCY, retry_after_s=hint,
-                message=f"Bucket {req.bucket} is at its concurrency cap ({cap}).",
-            )
+            return Refused(RejectReason.CONCURRENCY,
+                           f"Bucket {req.bucket} is at its concurrency cap ({cap}).", hint)
         n = len(replicas)
         best: ReplicaShape | None = None
         best_load = 0
@@ -102,17 +105,19 @@ class OffAdmitter:
             if best is None or b.in_flight[url] < best_load:
                 best, best_load = rep, b.in_flight[url]
         if best is None:
-            return Decision(
-                admitted=False, reason=RejectReason.NO_BACKEND, retry_after_s=hint,
-                message=f"No healthy backend in bucket {req.bucket}.",
-            )
+            return Refused(RejectReason.NO_BACKEND, f"No healthy backend in bucket {req.bucket}.",
+                           hint)
         b.rotation = (b.rotation + 1) % n
         b.in_flight[best.url] += 1
         b.total += 1
-        return Decision(
-            admitted=True,
-            backend=best.url,
-            ticket=OffTicket(b, best.url),
-            max_tokens=req.max_tokens,
-            predicted_ttft_s=best.prefill_s,
-        )
+        return Admitted(best.url, OffTicket(b, best.url), Terms(
+            req.max_tokens, req.max_tokens, predicted_ttft_s=None, deadline_s=None))
+
+    def ratelimit(self, tenant: str | None) -> RateLimitState | None:
+        """Tenant limits are the timeline controller's: none here."""
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        """``GET /admin/buckets``: the in-flight count per bucket."""
+        return {"mode": "off",
+                "buckets": {name: {"in_flight": b.total} for name, b in self._buckets.items()}}

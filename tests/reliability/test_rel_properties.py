@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lpu_protocol.openai_api import APIError, parse_request
-from router.admission import Priority
+from router.admission import Priority, Refused, Terms
 from router.admission.decision import Inputs, judge
 from router.admission.settings import DEFAULT_PRIORITY_RULES, BucketPolicy, ReplicaShape
 from router.bucket_config import BucketConfig, OverCap
@@ -134,7 +134,7 @@ decision_inputs = st.fixed_dictionaries({
 def test_admission_decisions_keep_their_invariants(d: dict[str, Any]) -> None:
     x = _inputs(d)
     v = judge(x)
-    if v.reason is None:
+    if isinstance(v, Terms):
         assert 1 <= v.max_tokens <= x.max_tokens
         assert v.reserve_tokens <= v.max_tokens
         bound = x.rule.share * x.policy.ttft_slo_s + x.wait_budget_s
@@ -149,4 +149,4 @@ def test_admission_decisions_keep_their_invariants(d: dict[str, Any]) -> None:
     # A higher class is never refused where a lower one is admitted, for the same numbers.
     if x.rule.priority is Priority.INTERACTIVE:
         for lower in (Priority.STANDARD, Priority.BATCH):
-            assert judge(_inputs({**d, "priority": lower})).reason is not None
+            assert isinstance(judge(_inputs({**d, "priority": lower})), Refused)

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from router.app import build_app
 from router.config import parse_config
-from router.relay import usage_tokens
+from router.relay import Usage, usage
 from router.server import running
 
 EVENTS = [
@@ -196,8 +196,9 @@ async def test_errors_have_openai_shape_and_request_id(
     assert fake.seen_bodies == []
 
 
-def test_usage_tokens_reads_json_and_sse() -> None:
-    assert usage_tokens(b'{"usage": {"completion_tokens": 4}}') == 4
-    assert usage_tokens(STREAM) == 2
-    assert usage_tokens(b"data: [DONE]\n\n") is None
-    assert usage_tokens(b"") is None
+def test_usage_reads_json_and_sse() -> None:
+    assert usage(b'{"usage": {"completion_tokens": 4}}') == Usage(None, 4)
+    assert usage(b'{"usage": {"prompt_tokens": 9, "completion_tokens": 4}}') == Usage(9, 4)
+    assert usage(STREAM).completion_tokens == 2
+    assert usage(b"data: [DONE]\n\n") is None
+    assert usage(b"") is None

@@ -123,7 +123,7 @@ def _run_one(a: TimelineAdmitter, clock: Clock, late_s: float) -> None:
     """One request on an idle replica whose first token comes ``late_s`` after predicted."""
     d = a.decide(_req())
     assert d.admitted and d.ticket is not None
-    clock.t += d.predicted_ttft_s + late_s
+    clock.t += d.terms.predicted_ttft_s + late_s
     d.ticket.first_token()
     clock.t += 0.1
     d.ticket.finish(Outcome.COMPLETED, 11)

@@ -7,10 +7,15 @@ from collections.abc import Callable
 
 import pytest
 
-from router.admission import Priority
+from router.admission import Priority, Refused, Terms
 from router.admission.decision import Inputs, judge
 from router.admission.settings import BucketPolicy, PriorityRule, ReplicaShape
 from router.outcomes import RejectReason
+
+
+def _reason(v: Terms | Refused) -> RejectReason | None:
+    """The refusal's reason; None for the terms of an admission."""
+    return v.reason if isinstance(v, Refused) else None
 
 SHAPE = ReplicaShape("http://r0", slots=4, prefill_s=0.1, per_token_s=0.01)
 POLICY = BucketPolicy("short", (SHAPE,), ttft_slo_s=0.5)
@@ -72,13 +77,13 @@ def _inputs(**kw: object) -> Inputs:
 def test_ttft_and_utilization(kw: dict[str, object], reason: RejectReason | None,
                               retry: float | None) -> None:
     v = judge(_inputs(**kw))
-    assert v.reason == reason
-    if retry is None:
-        assert v.retry_after_s is None
-    else:
-        assert v.retry_after_s == pytest.approx(retry)
-    if reason is not None:
-        assert v.message.startswith("bucket 'short' is at capacity: ")
+    assert _reason(v) == reason
+    if reason is None:
+        assert isinstance(v, Terms)
+        return
+    assert isinstance(v, Refused)
+    assert v.retry_after_s == (None if retry is None else pytest.approx(retry))
+    assert v.message.startswith("bucket 'short' is at capacity: ")
 
 
 def test_refusal_message_reads_as_a_sentence() -> None:
@@ -112,8 +117,9 @@ CAPPED = dataclasses.replace(POLICY, max_queue=4, max_concurrency=10)
 )
 def test_caps(kw: dict[str, object], reason: RejectReason | None, retry: float | None) -> None:
     v = judge(_inputs(policy=CAPPED, **kw))
-    assert v.reason == reason
-    assert v.retry_after_s == (None if retry is None else pytest.approx(retry))
+    assert _reason(v) == reason
+    if isinstance(v, Refused):
+        assert v.retry_after_s == (None if retry is None else pytest.approx(retry))
 
 
 E2E = dataclasses.replace(POLICY, e2e_slo_s=1.0)
@@ -136,21 +142,21 @@ def test_end_to_end_and_degraded_mode(
     degraded: bool,
 ) -> None:
     v = judge(_inputs(policy=policy, **kw))
-    assert v.reason == reason
-    if reason is None:
+    assert _reason(v) == reason
+    if isinstance(v, Terms):
         assert (v.max_tokens, v.degraded) == (max_tokens, degraded)
         assert v.reserve_tokens <= v.max_tokens
 
 
 def test_e2e_refusal_that_waiting_fixes_has_a_retry() -> None:
     v = judge(_inputs(policy=E2E, max_tokens=71, reserve_tokens=71, wait_s=0.3))
-    assert v.reason == RejectReason.SLO_E2E
+    assert _reason(v) == RejectReason.SLO_E2E
     assert v.retry_after_s == pytest.approx(0.1)  # 0.3 + 0.8 - 1.0
 
 
 def test_e2e_refusal_that_only_a_smaller_allowance_fixes() -> None:
     v = judge(_inputs(policy=E2E))  # 0.1 + 100 * 0.01 = 1.1 s > 1.0 s with no wait
-    assert v.reason == RejectReason.SLO_E2E
+    assert _reason(v) == RejectReason.SLO_E2E
     assert v.retry_after_s is None
     assert v.message.endswith("lower max_tokens")
 
