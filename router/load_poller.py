@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import aiohttp
 
@@ -40,10 +40,11 @@ log = logging.getLogger("lpu_router.load")
 
 
 class LoadSink(Protocol):
-    """Who takes the reports: the timeline controller."""
+    """Who takes the reports: the timeline controller. The poller hands over validated
+    reports only (the prober parsed them with :meth:`LoadReport.from_mapping`)."""
 
-    def observe_load(self, bucket: str, backend: str, report: LoadReport | Mapping[str, Any],
-                     now: float, *, sent_at: float | None = None) -> None: ...
+    def observe_load(self, bucket: str, backend: str, report: LoadReport, now: float, *,
+                     sent_at: float | None = None) -> None: ...
 
 
 class LoadPoller:
