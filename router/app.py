@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -83,6 +84,10 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
                         load_interval_s=config.admission.load_poll_interval_s)
     upstream = Upstream(config.timeouts)
     auth = Auth(config)
+    for b in config.buckets:  # one count of the requests in flight: the admitter's tickets
+        for url in b.backends:
+            metrics.in_flight.labels(b.name, url).set_function(
+                partial(admitter.in_flight, b.name, url))
     series = RequestSeries(metrics)
     attempts = AttemptLoop(admitter=admitter, pool=pool, upstream=upstream, metrics=metrics,
                            series=series, max_retries=config.server.max_retries,

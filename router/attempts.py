@@ -154,8 +154,6 @@ class AttemptLoop:
         ex.backend = backend
         predicted = decision.terms.predicted_ttft_s
         ex.predicted_ttft_ms = None if predicted is None else predicted * 1e3
-        in_flight = self._series.in_flight(bucket, backend)
-        in_flight.inc()
         outcome, tokens = Outcome.FAILED, None
         refused_ttft: float | None = None
         if deadline_s is None:  # nothing can refuse it any more
@@ -186,7 +184,6 @@ class AttemptLoop:
             self._admitted(ex, adm, placement, decision)  # gone while a backend had it
             raise
         finally:
-            in_flight.dec()
             if refused_ttft is not None:
                 ticket.refused(refused_ttft)
             else:

@@ -41,6 +41,7 @@ from router.body_rate import LARGE_BODY_BYTES, MAX_WAIT_S, LargeBodyRate
 from router.errors import REJECT_STATUS, error_response, retry_after_headers
 from router.metrics import RouterMetrics
 from router.outcomes import RejectReason
+from router.series import Children
 
 __all__ = ["LIFECYCLE", "Lifecycle", "close_when_leaving", "completion_guard"]
 
@@ -133,9 +134,11 @@ def completion_guard(lifecycle: Lifecycle, metrics: RouterMetrics, *,
     for it): refuse completions while draining; count them in progress; read their bodies
     within ``budget``, ``body_timeout_s`` and the ``large`` bodies' rate."""
 
+    rejected = Children(metrics.requests_rejected)
+
     def refuse(reason: RejectReason, error: APIError,
                headers: dict[str, str] | None = None) -> web.Response:
-        metrics.requests_rejected.labels("none", "standard", str(reason)).inc()
+        rejected("none", "standard", reason.value).inc()
         resp = error_response(error, headers)
         resp.force_close()
         return resp

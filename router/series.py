@@ -41,7 +41,7 @@ class Children(Generic[M]):
 class RequestSeries:
     """The series a completion request updates, with their children memoized."""
 
-    __slots__ = ("admitted", "completion_tokens", "e2e_seconds", "finished", "in_flight",
+    __slots__ = ("admitted", "completion_tokens", "e2e_seconds", "finished",
                  "prompt_tokens", "received", "rejected", "ttft_seconds")
 
     def __init__(self, metrics: RouterMetrics) -> None:
@@ -53,8 +53,6 @@ class RequestSeries:
         """{bucket, priority, reason}"""
         self.finished = Children(metrics.requests_finished)
         """{bucket, outcome}"""
-        self.in_flight = Children(metrics.in_flight)
-        """{bucket, backend}"""
         self.ttft_seconds = Children(metrics.ttft_seconds)
         """{bucket}"""
         self.e2e_seconds = Children(metrics.e2e_seconds)

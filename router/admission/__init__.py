@@ -150,6 +150,11 @@ class Admitter(Protocol):
         """The tenant's ``x-ratelimit-*`` numbers now (None without limits)."""
         ...
 
+    def in_flight(self, bucket: str, backend: str) -> int:
+        """Admitted requests on that replica whose ticket has not ended: the one count of
+        them (the ``lpu_router_in_flight`` gauge reads it at each scrape)."""
+        ...
+
     def snapshot(self) -> dict[str, Any]:
         """Plain data for ``GET /admin/buckets``."""
         ...

@@ -215,6 +215,9 @@ class TimelineAdmitter:
         limiter = self._tenants.get(tenant) if tenant is not None else None
         return limiter.state(self.clock()) if limiter is not None else None
 
+    def in_flight(self, bucket: str, backend: str) -> int:
+        return self._buckets[bucket].by_url[backend].in_flight
+
     def set_backend_health(self, bucket: str, backend: str, healthy: bool) -> None:
         b = self._buckets.get(bucket)
         rep = b.by_url.get(backend) if b is not None else None

@@ -78,8 +78,10 @@ class OffAdmitter:
             for b in settings.buckets
         }
 
-    def in_flight(self, bucket: str) -> int:
-        return self._buckets[bucket].total
+    def in_flight(self, bucket: str, backend: str | None = None) -> int:
+        """In flight on ``backend`` of ``bucket``, or in the whole bucket (None)."""
+        b = self._buckets[bucket]
+        return b.total if backend is None else b.in_flight[backend]
 
     def set_backend_health(self, bucket: str, backend: str, healthy: bool) -> None:
         state = self._buckets.get(bucket)
