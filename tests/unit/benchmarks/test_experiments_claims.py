@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.__main__ import build_parser
 from benchmarks.experiments import (
     exp1_queueing,
     exp2_admission,
@@ -24,7 +25,6 @@ from benchmarks.experiments import (
     exp7_hol,
 )
 from benchmarks.experiments.claims import Claim, listing, paragraph
-from benchmarks.__main__ import build_parser
 from benchmarks.experiments.sweep import (
     EXPERIMENTS,
     execute,
