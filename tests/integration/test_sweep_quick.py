@@ -68,3 +68,4 @@ def test_sweep_command_line() -> None:
     args = build_parser().parse_args(["sweep", "--only", "1,2", "--quick", "--out", "x"])
     assert args.only == "1,2" and args.quick and args.out == Path("x") and args.isolate is None
     assert build_parser().parse_args(["sweep", "--in-process"]).isolate is False
+    assert not args.check and build_parser().parse_args(["sweep", "--check"]).check
