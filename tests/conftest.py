@@ -16,25 +16,26 @@ is stopped when the test ends, the last started first):
 * ``router_process`` / ``emulator_process``: the same as real processes (``python -m router
   serve CONFIG`` returns a :class:`live_processes.Served`; ``python -m lpu_emulator`` returns
   the URLs);
-* ``manual_clock``: a :class:`stack.ManualClock` at 0.
+* ``manual_clock``: a :class:`ManualClock` at 0.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvloop
 
+__all__ = ["ManualClock"]
+
 if TYPE_CHECKING:
-    from live_processes import Served
+    from live_processes import Served, StartEmulatorProcess, StartRouterProcess
     from stack import (
         FakeBackend,
         Handler,
-        ManualClock,
         Stack,
         StartEmulators,
         StartFake,
@@ -99,7 +100,7 @@ def fake_backend(_started: contextlib.AsyncExitStack) -> StartFake:
 
 
 @pytest.fixture
-def router_process(_started: contextlib.AsyncExitStack) -> Callable[..., Awaitable[Served]]:
+def router_process(_started: contextlib.AsyncExitStack) -> StartRouterProcess:
     from live_processes import served_router
 
     async def start(config: Path, *args: str, **kw: Any) -> Served:
@@ -108,7 +109,7 @@ def router_process(_started: contextlib.AsyncExitStack) -> Callable[..., Awaitab
 
 
 @pytest.fixture
-def emulator_process(_started: contextlib.AsyncExitStack) -> Callable[..., Awaitable[list[str]]]:
+def emulator_process(_started: contextlib.AsyncExitStack) -> StartEmulatorProcess:
     from live_processes import emulator_process as serve_emulators
 
     async def start(*args: Any, **kw: Any) -> list[str]:
@@ -116,8 +117,22 @@ def emulator_process(_started: contextlib.AsyncExitStack) -> Callable[..., Await
     return start
 
 
+class ManualClock:
+    """A clock that moves only when told: ``clock()`` reads it, :meth:`advance` moves it (for
+    code that takes ``clock=``)."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock ``seconds`` forward; return the new time."""
+        self.t += seconds
+        return self.t
+
+
 @pytest.fixture
 def manual_clock() -> ManualClock:
-    from stack import ManualClock
-
     return ManualClock()

@@ -16,13 +16,13 @@ import contextlib
 import json
 import resource
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Served", "config_toml", "emulator_process", "router_process", "served_router",
-           "stop"]
+__all__ = ["Served", "StartEmulatorProcess", "StartRouterProcess", "config_toml",
+           "emulator_process", "router_process", "served_router", "stop"]
 
 _START_S = 20.0
 
@@ -42,6 +42,12 @@ class Served:
     def access(self) -> list[dict[str, Any]]:
         """The access log's JSON lines so far."""
         return [json.loads(line) for line in self.log if line.startswith('{"ts"')]
+
+
+StartRouterProcess = Callable[..., Awaitable["Served"]]
+"""The ``router_process`` fixture: ``await router_process(config, *args, log_level=...)``."""
+StartEmulatorProcess = Callable[..., Awaitable[list[str]]]
+"""The ``emulator_process`` fixture: ``await emulator_process(artifact, replicas=...)``."""
 
 
 def config_toml(backends: list[str], *, server: dict[str, Any] | None = None,

@@ -6,15 +6,15 @@ subprocess variants are in ``tests/live_processes.py``, the emulator's recorded 
 * :class:`Stack`: a running router app (URL, app, metric registry, config, backends) and
   :func:`serve_router` / :func:`router` / :func:`emulator_stack` / :func:`two_bucket_stack`,
   which start one;
-* the admission rig (:data:`SCALE`, :func:`emulators`, :func:`router_raw`): small emulated
-  buckets of ``llama-3.1-8b-2k`` at time scale 0.5, slot counts set on both sides;
+* the admission rig (:data:`SCALE`, :func:`rig_emulators`, :func:`router_raw`, :func:`router`):
+  small emulated buckets of ``llama-3.1-8b-2k`` at time scale 0.5, slot counts set on both
+  sides, behind a timeline bucket ``small``;
 * :func:`fake_backend`: an aiohttp backend whose completions a test writes;
 * clients: :func:`chat`, :func:`post`, raw sockets, :func:`error_code`;
 * the invariant every reliability test ends with (:func:`assert_settled`): every request the
   router admitted ended as exactly one of completed, failed or cancelled (``admitted ==
   completed + failed + cancelled`` per bucket), and once the load stops the in-flight gauges,
   the queue depth, the admitter's own counts and the running handlers are zero;
-* :class:`ManualClock`, for code that takes ``clock=``.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def service_s(tokens: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def emulators(*, slots: int, replicas: int = 1, output_length: OutputLength | None = None,
+async def rig_emulators(*, slots: int, replicas: int = 1, output_length: OutputLength | None = None,
                     seed: int = 0) -> AsyncIterator[list[str]]:
     """The admission rig's backends: ``replicas`` of ``slots`` slots each; yield their URLs."""
     options = emulator_options(SCALE, slots, output_length=output_length, seed=seed,
@@ -431,20 +431,3 @@ async def assert_settled(stack: Stack, *, within_s: float = 10.0) -> str:
             await asyncio.sleep(0.05)
     assert not problems, problems
     return text
-
-
-# -- a clock -------------------------------------------------------------------------------
-
-class ManualClock:
-    """A clock that moves only when told: ``clock()`` reads it, :meth:`advance` moves it."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> float:
-        """Move the clock ``seconds`` forward; return the new time."""
-        self.t += seconds
-        return self.t

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from open_loop import Planned, open_loop
 from recorded_schedule import fifo_problems, recorded
-from stack import chat, client_session, emulators, router, router_raw, service_s
+from stack import chat, client_session, rig_emulators, router, router_raw, service_s
 
 from router.app import UPSTREAM
 
@@ -24,7 +24,7 @@ D = service_s(TOKENS)
 
 async def test_admitted_streams_never_wait_in_the_router() -> None:
     async with (
-        emulators(slots=SLOTS) as urls,
+        rig_emulators(slots=SLOTS) as urls,
         router(router_raw(urls, slots=SLOTS, ttft_slo_s=4 * D)) as r,
         client_session() as session,
     ):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pytest
 from recorded_schedule import recorded_by_id
-from stack import PREFILL_S, chat, client_session, emulators, router, router_raw
+from stack import PREFILL_S, chat, client_session, rig_emulators, router, router_raw
 
 TOKENS = 200  # a generation of 200 * per-token time: far above any margin
 
 
 async def test_non_streamed_answers_do_not_feed_the_prediction_error() -> None:
     async with (
-        emulators(slots=2) as urls,
+        rig_emulators(slots=2) as urls,
         router(router_raw(urls, slots=2, ttft_slo_s=1.0)) as r,
         client_session() as session,
     ):

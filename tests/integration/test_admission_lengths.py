@@ -15,7 +15,7 @@ from stack import (
     PREFILL_S,
     chat,
     client_session,
-    emulators,
+    rig_emulators,
     router,
     router_raw,
     service_s,
@@ -34,7 +34,7 @@ async def test_early_completions_free_slots_and_the_timeline_drains() -> None:
     slo = 0.2
     worst_capacity = SLOTS / service_s(MAX_TOKENS)
     async with (
-        emulators(slots=SLOTS, output_length=OutputLength("geometric", mean=8.0),
+        rig_emulators(slots=SLOTS, output_length=OutputLength("geometric", mean=8.0),
                   seed=11) as urls,
         router(router_raw(urls, slots=SLOTS, ttft_slo_s=slo)) as r,
         client_session() as session,
@@ -85,7 +85,7 @@ async def test_degraded_mode_clamps_instead_of_refusing() -> None:
     asked = 200  # 218 ms of service: over the 150 ms end-to-end SLO even on an idle replica
     fits = 1 + math.floor((e2e - margin - PREFILL_S) / PER_TOKEN_S + 1e-9)
     async with (
-        emulators(slots=SLOTS) as urls,
+        rig_emulators(slots=SLOTS) as urls,
         router(_two_buckets(urls, e2e)) as r,
         client_session() as session,
     ):

@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 from recorded_schedule import fifo_problems, late_problems, recorded
-from stack import MODEL, client_session, emulators, router, router_raw, service_s
+from stack import MODEL, client_session, rig_emulators, router, router_raw, service_s
 
 from router.admission.controller import TimelineAdmitter
 from router.app import ADMITTER
@@ -45,7 +45,7 @@ async def _hold_the_slot(url: str, backend: str) -> asyncio.Task[None]:
 
 async def test_rate_limit_error_carries_retry_after_and_the_client_honours_it() -> None:
     async with (
-        emulators(slots=1) as urls,
+        rig_emulators(slots=1) as urls,
         router(router_raw(urls, slots=1, ttft_slo_s=SLO)) as r,
     ):
         admitter = r.app[ADMITTER]

@@ -17,7 +17,7 @@ from collections import Counter
 
 from open_loop import Planned, open_loop, poisson_times
 from recorded_schedule import fifo_problems, late_problems, recorded
-from stack import chat, client_session, emulators, router, router_raw, service_s
+from stack import chat, client_session, rig_emulators, router, router_raw, service_s
 
 SLOTS = 2
 TOKENS = 16
@@ -30,7 +30,7 @@ REASONS = ("slo_ttft", "queue_full", "utilization", "backend_deadline")
 
 async def test_overload_every_admitted_request_meets_its_slo() -> None:
     async with (
-        emulators(slots=SLOTS) as urls,
+        rig_emulators(slots=SLOTS) as urls,
         router(router_raw(urls, slots=SLOTS, ttft_slo_s=SLO)) as r,
         client_session() as session,
     ):

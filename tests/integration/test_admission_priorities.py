@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from open_loop import Planned, Shot, open_loop, poisson_times
 from recorded_schedule import fifo_problems, late_problems, recorded
-from stack import chat, client_session, emulators, router, router_raw, service_s
+from stack import chat, client_session, rig_emulators, router, router_raw, service_s
 
 SLOTS = 2
 TOKENS = 16
@@ -36,7 +36,7 @@ async def test_batch_is_refused_before_interactive() -> None:
     plan += [Planned(t, "batch-flex", chat(TOKENS, stream=True, service_tier="flex"), KEY)
              for t in poisson_times(CAPACITY / 2, DURATION_S, seed=7)]
     async with (
-        emulators(slots=SLOTS) as urls,
+        rig_emulators(slots=SLOTS) as urls,
         router(router_raw(urls, slots=SLOTS, ttft_slo_s=SLO, extra=TENANTS)) as r,
         client_session() as session,
     ):

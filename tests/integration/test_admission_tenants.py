@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import aiohttp
-from stack import MODEL, client_session, emulators, router, router_raw
+from stack import MODEL, client_session, rig_emulators, router, router_raw
 
 RPM = 4
 TPM = 400
@@ -44,7 +44,7 @@ def _limits(headers: dict[str, str]) -> tuple[int, int]:
 
 async def test_ratelimit_headers_count_down_and_the_limit_is_a_429() -> None:
     async with (
-        emulators(slots=4) as urls,
+        rig_emulators(slots=4) as urls,
         router(router_raw(urls, slots=4, ttft_slo_s=1.0, extra=TENANTS)) as r,
         client_session() as session,
     ):
@@ -83,7 +83,7 @@ async def test_ratelimit_headers_count_down_and_the_limit_is_a_429() -> None:
 
 async def test_admin_buckets_needs_the_admin_key() -> None:
     async with (
-        emulators(slots=2) as urls,
+        rig_emulators(slots=2) as urls,
         router(router_raw(urls, slots=2, ttft_slo_s=1.0, extra=TENANTS)) as r,
         client_session() as session,
     ):

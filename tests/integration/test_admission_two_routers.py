@@ -19,7 +19,7 @@ from live_processes import served_router
 from open_loop import Planned, open_loop, poisson_times
 from prometheus_client.parser import text_string_to_metric_families
 from recorded_schedule import fifo_problems, late_problems, recorded
-from stack import ARTIFACT, MODEL, SCALE, chat, client_session, emulators, service_s
+from stack import ARTIFACT, MODEL, SCALE, chat, client_session, rig_emulators, service_s
 
 SLOTS = 1
 REPLICAS = 2
@@ -65,7 +65,7 @@ async def _counter(session_url: str, name: str, labels: dict[str, str]) -> float
 
 @pytest.mark.timeout(60)
 async def test_two_routers_share_the_backends_and_keep_every_promise(tmp_path: Path) -> None:
-    async with emulators(slots=SLOTS, replicas=REPLICAS) as urls:
+    async with rig_emulators(slots=SLOTS, replicas=REPLICAS) as urls:
         config = tmp_path / "router.toml"
         config.write_text(_config(urls), "utf-8")
         async with (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from live_processes import emulator_process, router_process
+from live_processes import StartEmulatorProcess, StartRouterProcess
 from stack import MODEL, assert_invariant, chat, error_code
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,10 +26,12 @@ def _large(n: int) -> bytes:
     return head[:cut] + b"a " * ((n - len(head)) // 2) + head[cut:]
 
 
-async def test_large_bodies_past_the_rate_wait_their_retry_after(tmp_path: Path) -> None:
-    async with emulator_process() as urls:
-        cfg = tmp_path / "router.toml"
-        cfg.write_text(f"""
+async def test_large_bodies_past_the_rate_wait_their_retry_after(
+        tmp_path: Path, emulator_process: StartEmulatorProcess,
+        router_process: StartRouterProcess) -> None:
+    urls = await emulator_process()
+    cfg = tmp_path / "router.toml"
+    cfg.write_text(f"""
 [server]
 port = 0
 max_body_bytes = {2 * MB}
@@ -43,34 +45,35 @@ artifact = "llama-3.1-8b-2k"
 time_scale = 0.05
 backends = ["{urls[0]}"]
 """)
-        async with router_process(cfg) as (_, port), aiohttp.ClientSession() as s:
-            url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            body = _large(MB)
-            hdrs = {"Content-Type": "application/json"}
+    port = (await router_process(cfg)).port
+    async with aiohttp.ClientSession() as s:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        body = _large(MB)
+        hdrs = {"Content-Type": "application/json"}
 
-            async def large() -> tuple[int, bytes, dict[str, str]]:
-                async with s.post(url, data=body, headers=hdrs) as r:
-                    return r.status, await r.read(), dict(r.headers)
+        async def large() -> tuple[int, bytes, dict[str, str]]:
+            async with s.post(url, data=body, headers=hdrs) as r:
+                return r.status, await r.read(), dict(r.headers)
 
-            # The bucket holds 2 MB and refills 1 MiB/s: two are read at once, the third
-            # waits ~0.95 s (under MAX_WAIT_S) and is read then, two more would wait longer.
-            sent = [asyncio.create_task(large()) for _ in range(5)]
-            async with s.post(url, json=chat(4)) as r:  # small bodies never wait
-                assert r.status == 200
-            answers = await asyncio.gather(*sent)
-            statuses = sorted(status for status, _, _ in answers)
-            assert statuses == [400, 400, 400, 503, 503], statuses
-            for status, raw, headers in answers:
-                if status == 400:  # read and parsed: too long for the 2k shape
-                    assert error_code(raw) == "context_length_exceeded"
-                else:
-                    assert error_code(raw) == "large_body_rate_exceeded"
-                    assert int(headers["Retry-After"]) >= 1
-            retry_ms = max(int(h["retry-after-ms"]) for st, _, h in answers if st == 503)
-            await asyncio.sleep(retry_ms / 1e3)
-            status, raw, _ = await large()  # sent again at its Retry-After: taken
-            assert status == 400 and error_code(raw) == "context_length_exceeded"
-            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
-                text = await r.text()
-            assert_invariant(text)
-            assert 'reason="body_rate"} 2.0' in text
+        # The bucket holds 2 MB and refills 1 MiB/s: two are read at once, the third
+        # waits ~0.95 s (under MAX_WAIT_S) and is read then, two more would wait longer.
+        sent = [asyncio.create_task(large()) for _ in range(5)]
+        async with s.post(url, json=chat(4)) as r:  # small bodies never wait
+            assert r.status == 200
+        answers = await asyncio.gather(*sent)
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses == [400, 400, 400, 503, 503], statuses
+        for status, raw, headers in answers:
+            if status == 400:  # read and parsed: too long for the 2k shape
+                assert error_code(raw) == "context_length_exceeded"
+            else:
+                assert error_code(raw) == "large_body_rate_exceeded"
+                assert int(headers["Retry-After"]) >= 1
+        retry_ms = max(int(h["retry-after-ms"]) for st, _, h in answers if st == 503)
+        await asyncio.sleep(retry_ms / 1e3)
+        status, raw, _ = await large()  # sent again at its Retry-After: taken
+        assert status == 400 and error_code(raw) == "context_length_exceeded"
+        async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+            text = await r.text()
+        assert_invariant(text)
+        assert 'reason="body_rate"} 2.0' in text
