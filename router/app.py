@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from lpu_protocol.tokens import ESTIMATE_UNDERCOUNT_MARGIN, EstimateCounter, HFTokenizerCounter
 from router.admin import AdminBuckets
+from router.admission import Health
 from router.admission.controller import TimelineAdmitter
 from router.admission.off import OffAdmitter
 from router.admission.settings import AdmissionMode, AdmissionSettings
@@ -60,11 +61,12 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 
 
 def make_admitter(settings: AdmissionSettings, *, clock: Callable[[], float],
-                  metrics: RouterMetrics) -> OffAdmitter | TimelineAdmitter:
-    """``off`` -> :class:`OffAdmitter`; ``timeline`` -> :class:`TimelineAdmitter`."""
+                  metrics: RouterMetrics, health: Health) -> OffAdmitter | TimelineAdmitter:
+    """``off`` -> :class:`OffAdmitter`; ``timeline`` -> :class:`TimelineAdmitter`; both read
+    each replica's health from ``health`` (the backend pool)."""
     if settings.mode is AdmissionMode.TIMELINE:
-        return TimelineAdmitter(settings, clock=clock, metrics=metrics)
-    return OffAdmitter(settings)
+        return TimelineAdmitter(settings, clock=clock, metrics=metrics, health=health)
+    return OffAdmitter(settings, health)
 
 
 def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monotonic,
@@ -75,10 +77,9 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
                else EstimateCounter())
     margin = ESTIMATE_UNDERCOUNT_MARGIN if isinstance(counter, EstimateCounter) else 0.0
     table = BucketTable(config.buckets, margin=margin)
-    admitter = make_admitter(config.admission, clock=clock, metrics=metrics)
+    pool = BackendPool(config.buckets, config.health, clock=clock, metrics=metrics)
+    admitter = make_admitter(config.admission, clock=clock, metrics=metrics, health=pool.replica)
     timeline = admitter if isinstance(admitter, TimelineAdmitter) else None
-    pool = BackendPool(config.buckets, config.health, clock=clock, metrics=metrics,
-                       on_change=admitter.set_backend_health)
     poller = LoadPoller(pool, timeline, prober=Prober(config.health, clock=clock), clock=clock,
                         interval_s=config.health.interval_s,
                         load_interval_s=config.admission.load_poll_interval_s)

@@ -12,9 +12,11 @@ active check succeeded and it is not ejected:
   after which it is used again (recovery) unless a check says otherwise. Any success resets the
   count.
 
-Replicas start up (optimistically) and are checked at once. Every change of state is published to
-``on_change(bucket, url, up)`` (the admitter's ``set_backend_health``) and to the
-``lpu_router_backend_up`` gauge. Time comes from the injected ``clock``.
+Replicas start up (optimistically) and are checked at once. The pool is the one owner of
+health: admission reads each replica's :class:`Replica` (:meth:`BackendPool.replica`), never a
+copy. Every change of state is published to the ``lpu_router_backend_up`` and
+``lpu_router_slots`` gauges (and to ``on_change(bucket, url, up)``, when given, for an observer).
+Time comes from the injected ``clock``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class BackendPool:
 
     def __init__(self, buckets: Sequence[BucketConfig], health: HealthConfig, *,
                  clock: Callable[[], float], metrics: RouterMetrics,
-                 on_change: Callable[[str, str, bool], None]) -> None:
+                 on_change: Callable[[str, str, bool], None] | None = None) -> None:
         self._health = health
         self._clock = clock
         self._metrics = metrics
@@ -60,8 +62,20 @@ class BackendPool:
             (b.name, url): Replica(b.name, url) for b in buckets for url in b.backends
         }
         self._buckets = {b.name: b.backends for b in buckets}
+        self._slots = {(b.name, s.url): s.slots for b in buckets for s in b.policy.replicas}
         for r in self._replicas.values():
             metrics.backend_up.labels(r.bucket, r.url).set(1)
+        for b in buckets:
+            self._publish_slots(b.name)
+
+    def replica(self, bucket: str, url: str) -> Replica:
+        """The health record of one replica (its ``up`` is current; admission reads it)."""
+        return self._replicas[(bucket, url)]
+
+    def _publish_slots(self, bucket: str) -> None:
+        self._metrics.slots.labels(bucket).set(sum(
+            self._slots.get((bucket, url), 0) for url in self._buckets[bucket]
+            if self._replicas[(bucket, url)].up))
 
     def replicas(self, bucket: str) -> tuple[Replica, ...]:
         return tuple(self._replicas[(bucket, url)] for url in self._buckets[bucket])
@@ -123,4 +137,6 @@ class BackendPool:
                 r.up = up
                 self._metrics.backend_up.labels(r.bucket, r.url).set(1 if up else 0)
                 log.info("backend %s in bucket %s is %s", r.url, r.bucket, "up" if up else "down")
-                self._on_change(r.bucket, r.url, up)
+                self._publish_slots(r.bucket)
+                if self._on_change is not None:
+                    self._on_change(r.bucket, r.url, up)

@@ -15,6 +15,7 @@ waits for anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
@@ -26,11 +27,14 @@ __all__ = [
     "Admitted",
     "Admitter",
     "Decision",
+    "Health",
     "Priority",
     "RateLimitState",
     "Refused",
     "Terms",
     "Ticket",
+    "Up",
+    "always_up",
 ]
 
 
@@ -72,6 +76,31 @@ class RateLimitState:
     limit_tokens: int | None = None
     remaining_tokens: int | None = None
     reset_tokens_s: float = 0.0
+
+
+class Up(Protocol):
+    """One replica's health as its owner (:class:`router.pool.BackendPool`) keeps it:
+    admission reads it, never keeps a copy."""
+
+    @property
+    def up(self) -> bool: ...
+
+
+Health = Callable[[str, str], Up]
+"""The health of a ``(bucket, url)`` replica: :meth:`router.pool.BackendPool.replica`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _AlwaysUp:
+    up: bool = True
+
+
+def always_up(bucket: str, url: str) -> Up:
+    """Health without a pool (benchmarks, unit tests): every replica is up."""
+    return _ALWAYS_UP
+
+
+_ALWAYS_UP = _AlwaysUp()
 
 
 class Ticket(Protocol):

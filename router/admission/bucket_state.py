@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from router.admission import Health, always_up
 from router.admission.margin import AdmissionMargin
 from router.admission.prediction import OutputLengthModel
 from router.admission.settings import MARGIN_CAP_SLO_FRACTION, AdmissionSettings, BucketPolicy
@@ -25,10 +26,11 @@ class BucketState:
 
     def __init__(
         self, policy: BucketPolicy, settings: AdmissionSettings, metrics: RouterMetrics | None,
-        now: float,
+        now: float, health: Health = always_up,
     ) -> None:
         self.policy = policy
-        self.replicas = [ReplicaTimeline(shape) for shape in policy.replicas]
+        self.replicas = [ReplicaTimeline(shape, health(policy.name, shape.url))
+                         for shape in policy.replicas]
         self.by_url = {rep.url: rep for rep in self.replicas}
         self.window_s = settings.utilization_window_s
         self.windows = {rep.url: BusyWindow(self.window_s) for rep in self.replicas}
@@ -65,7 +67,6 @@ class BucketState:
             self._wait_hist = metrics.predicted_wait_seconds.labels(name)
             self._error_hist = metrics.prediction_error_seconds.labels(name)
             self._queue_gauge = metrics.queue_depth.labels(name)
-            self.set_slots_gauge()
 
     def utilization(self, now: float) -> float:
         """Busy slot time over capacity in the window, over healthy replicas (cached briefly)."""
@@ -140,11 +141,6 @@ class BucketState:
     def set_queue_gauge(self) -> None:
         if self._metrics is not None:
             self._queue_gauge.set(sum(rep.queued for rep in self.replicas))
-
-    def set_slots_gauge(self) -> None:
-        if self._metrics is not None:
-            slots = sum(rep.shape.slots for rep in self.replicas if rep.healthy)
-            self._metrics.slots.labels(self.policy.name).set(slots)
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Plain data for ``GET /admin/buckets`` (times in seconds, relative to now)."""

@@ -30,7 +30,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lpu_protocol.load_report import LoadReport
-from router.admission import AdmissionRequest, Admitted, Decision, RateLimitState, Refused
+from router.admission import (
+    AdmissionRequest,
+    Admitted,
+    Decision,
+    Health,
+    RateLimitState,
+    Refused,
+    always_up,
+)
 from router.admission.bucket_state import BucketState
 from router.admission.decision import Inputs, judge
 from router.admission.priority import rule_table
@@ -138,11 +146,13 @@ class TimelineAdmitter:
         *,
         clock: Callable[[], float] = time.monotonic,
         metrics: RouterMetrics | None = None,
+        health: Health = always_up,
     ) -> None:
         self.settings = settings
         self.clock = clock
         now = clock()
-        self._buckets = {b.name: BucketState(b, settings, metrics, now) for b in settings.buckets}
+        self._buckets = {b.name: BucketState(b, settings, metrics, now, health)
+                         for b in settings.buckets}
         self._rules = rule_table(settings.priorities)
         self._tenants = {t.name: TenantLimiter(t, now) for t in settings.tenants
                          if t.requests_per_minute is not None or t.tokens_per_minute is not None}
@@ -217,13 +227,6 @@ class TimelineAdmitter:
 
     def in_flight(self, bucket: str, backend: str) -> int:
         return self._buckets[bucket].by_url[backend].in_flight
-
-    def set_backend_health(self, bucket: str, backend: str, healthy: bool) -> None:
-        b = self._buckets.get(bucket)
-        rep = b.by_url.get(backend) if b is not None else None
-        if b is not None and rep is not None and rep.healthy != healthy:
-            rep.healthy = healthy
-            b.set_slots_gauge()
 
     def observe_load(
         self, bucket: str, backend: str, report: LoadReport | Mapping[str, Any], now: float,

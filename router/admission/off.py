@@ -19,9 +19,12 @@ from router.admission import (
     AdmissionRequest,
     Admitted,
     Decision,
+    Health,
     RateLimitState,
     Refused,
     Terms,
+    Up,
+    always_up,
 )
 from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape
 from router.outcomes import Outcome, RejectReason
@@ -33,7 +36,8 @@ __all__ = ["OffAdmitter", "OffTicket"]
 class _Bucket:
     policy: BucketPolicy
     in_flight: dict[str, int]
-    healthy: dict[str, bool]
+    health: dict[str, Up]
+    """Each replica's health, owned by the backend pool."""
     rotation: int = 0
     total: int = 0
 
@@ -68,12 +72,12 @@ class OffTicket:
 class OffAdmitter:
     """Implements :class:`router.admission.Admitter` without prediction."""
 
-    def __init__(self, settings: AdmissionSettings) -> None:
+    def __init__(self, settings: AdmissionSettings, health: Health = always_up) -> None:
         self._buckets = {
             b.name: _Bucket(
                 policy=b,
                 in_flight={r.url: 0 for r in b.replicas},
-                healthy={r.url: True for r in b.replicas},
+                health={r.url: health(b.name, r.url) for r in b.replicas},
             )
             for b in settings.buckets
         }
@@ -82,11 +86,6 @@ class OffAdmitter:
         """In flight on ``backend`` of ``bucket``, or in the whole bucket (None)."""
         b = self._buckets[bucket]
         return b.total if backend is None else b.in_flight[backend]
-
-    def set_backend_health(self, bucket: str, backend: str, healthy: bool) -> None:
-        state = self._buckets.get(bucket)
-        if state is not None and backend in state.healthy:
-            state.healthy[backend] = healthy
 
     def decide(self, req: AdmissionRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         b = self._buckets[req.bucket]
@@ -102,7 +101,7 @@ class OffAdmitter:
         for i in range(n):
             rep = replicas[(b.rotation + i) % n]
             url = rep.url
-            if url in exclude or not b.healthy[url]:
+            if url in exclude or not b.health[url].up:
                 continue
             if best is None or b.in_flight[url] < best_load:
                 best, best_load = rep, b.in_flight[url]

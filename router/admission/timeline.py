@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lpu_protocol.load_report import LoadReport
+from router.admission import Up, always_up
 from router.admission.settings import ReplicaShape
 
 __all__ = ["ReplicaTimeline", "Reservation"]
@@ -99,9 +100,10 @@ class ReplicaTimeline:
     goes backwards between calls.
     """
 
-    def __init__(self, shape: ReplicaShape) -> None:
+    def __init__(self, shape: ReplicaShape, health: Up | None = None) -> None:
         self.shape = shape
-        self.healthy = True
+        self.health: Up = health if health is not None else always_up(shape.url, shape.url)
+        """The replica's health, owned by the backend pool: read, never copied."""
         self.ready = True
         """False while the backend's last report said it is not ready."""
         self.last_report: LoadReport | None = None
@@ -122,6 +124,10 @@ class ReplicaTimeline:
     @property
     def url(self) -> str:
         return self.shape.url
+
+    @property
+    def healthy(self) -> bool:
+        return self.health.up
 
     @property
     def eligible(self) -> bool:

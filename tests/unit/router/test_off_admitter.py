@@ -6,14 +6,21 @@ from router.admission import AdmissionRequest
 from router.admission.off import OffAdmitter
 from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape
 from router.outcomes import Outcome, RejectReason
+from router.pool import Replica
 
 URLS = ("http://a", "http://b", "http://c")
 
 
+HEALTH = {url: Replica("s", url) for url in URLS}
+"""The pool's health records the admitter reads (set ``up`` to change a replica's health)."""
+
+
 def _admitter(cap: int | None = None) -> OffAdmitter:
+    for r in HEALTH.values():
+        r.up = True
     policy = BucketPolicy(name="s", replicas=tuple(ReplicaShape(u, 4, 0.1, 0.001) for u in URLS),
                           ttft_slo_s=1.0, max_concurrency=cap)
-    return OffAdmitter(AdmissionSettings(buckets=(policy,)))
+    return OffAdmitter(AdmissionSettings(buckets=(policy,)), lambda bucket, url: HEALTH[url])
 
 
 REQ = AdmissionRequest(bucket="s", prompt_tokens=10, max_tokens=20)
@@ -46,10 +53,10 @@ def test_concurrency_cap_refuses_with_a_hint() -> None:
 
 def test_skips_unhealthy_and_excluded_replicas() -> None:
     adm = _admitter()
-    adm.set_backend_health("s", "http://a", False)
+    HEALTH["http://a"].up = False
     d = adm.decide(REQ, frozenset({"http://b"}))
     assert d.backend == "http://c"
-    adm.set_backend_health("s", "http://c", False)
+    HEALTH["http://c"].up = False
     none = adm.decide(REQ, frozenset({"http://b"}))
     assert not none.admitted and none.reason is RejectReason.NO_BACKEND
 

@@ -44,10 +44,14 @@ def test_passive_ejection_and_recovery() -> None:
     pool.report_success("s", A)
     pool.report_failure("s", A)
     assert pool.is_up("s", A)  # the success reset the count
+    slots = reg.get_sample_value("lpu_router_slots", {"bucket": "s"})
+    assert slots is not None and slots > 0
     pool.report_failure("s", A)
     assert not pool.is_up("s", A) and _up(reg, A) == 0
+    assert not pool.replica("s", A).up  # the record admission reads
     assert changes == [("s", A, False)]
     assert pool.ready() == {"s": 1}
+    assert reg.get_sample_value("lpu_router_slots", {"bucket": "s"}) == slots / 2
     clock.now += 4.9
     assert not pool.is_up("s", A)
     clock.now += 0.2

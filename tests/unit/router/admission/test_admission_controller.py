@@ -21,6 +21,7 @@ from router.admission.settings import (
 )
 from router.metrics import make_metrics
 from router.outcomes import Outcome, RejectReason
+from router.pool import Replica
 
 
 class Clock:
@@ -90,13 +91,16 @@ def test_cancellation_of_a_queued_request_moves_later_ones() -> None:
 
 
 def test_several_replicas_pick_least_ttft_spread_ties_and_honour_exclude() -> None:
-    a, _ = _admitter(dataclasses.replace(BUCKET, replicas=(R0, R1)))
+    health = {url: Replica("short", url) for url in ("http://r0", "http://r1")}
+    bucket = dataclasses.replace(BUCKET, replicas=(R0, R1))
+    a = TimelineAdmitter(AdmissionSettings(buckets=(bucket,), margin_s=0.0), clock=Clock(),
+                         health=lambda bucket, url: health[url])
     backends = [a.decide(_req()).backend or "" for _ in range(4)]
     assert sorted(backends) == ["http://r0", "http://r0", "http://r1", "http://r1"]
     assert backends[:2] == ["http://r0", "http://r1"]  # ties go to the emptier replica
     d = a.decide(_req(), exclude=frozenset({"http://r0"}))
     assert d.backend == "http://r1" and d.predicted_wait_s == pytest.approx(0.2)
-    a.set_backend_health("short", "http://r1", False)
+    health["http://r1"].up = False  # the pool's record: the admitter keeps no copy
     assert a.decide(_req(), exclude=frozenset({"http://r0"})).reason == RejectReason.NO_BACKEND
 
 
@@ -244,7 +248,6 @@ def test_metrics_and_snapshot() -> None:
         "reason": "slo_ttft"}) == 1
     assert get("lpu_router_queue_depth", {"bucket": "short"}) == 4
     assert get("lpu_router_admission_limit", {"bucket": "short", "limit": "max_queue"}) == 5
-    assert get("lpu_router_slots", {"bucket": "short"}) == 2
     assert get("lpu_router_predicted_wait_seconds_count", {"bucket": "short"}) == 6
     snap = a.snapshot()["buckets"]["short"]
     assert snap["queue_depth"] == 4 and snap["in_flight"] == 6
