@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import Counter
+from prometheus_client.samples import Sample
 
 from router.admission import Health, always_up
 from router.admission.margin import AdmissionMargin
@@ -19,6 +21,14 @@ from router.metrics import RouterMetrics
 from router.outcomes import RejectReason
 
 __all__ = ["BucketState"]
+
+
+def _samples(counter: Counter, bucket: str) -> Iterator[Sample]:
+    """The ``_total`` samples of ``counter`` for ``bucket``."""
+    for metric in counter.collect():
+        for s in metric.samples:
+            if s.name.endswith("_total") and s.labels.get("bucket") == bucket:
+                yield s
 
 
 class BucketState:
@@ -48,10 +58,6 @@ class BucketState:
         self._util_until = float("-inf")
         self.utilization_at = now
         """When the cached utilization figure was measured (router clock)."""
-        self.admitted = 0
-        self.degraded = 0
-        self.rejected: dict[str, int] = {}
-        self.finished: dict[str, int] = {}
         self._metrics = metrics
         self._decisions: dict[tuple[str, str, str], Counter] = {}
         if metrics is not None:
@@ -106,15 +112,12 @@ class BucketState:
         self, priority: str, reason: RejectReason | None, *, degraded: bool = False,
         wait_s: float = 0.0, queued: int | None = None,
     ) -> None:
-        if reason is None:
-            self.admitted += 1
-            self.degraded += degraded
-            label = ("admitted", "degraded" if degraded else "none")
-        else:
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1
-            label = ("rejected", str(reason))
         if self._metrics is None:
             return
+        if reason is None:
+            label = ("admitted", "degraded" if degraded else "none")
+        else:
+            label = ("rejected", str(reason))
         key = (priority, *label)
         child = self._decisions.get(key)
         if child is None:
@@ -135,12 +138,29 @@ class BucketState:
         if self._metrics is not None:
             self._error_hist.observe(error_s)
 
-    def count(self, outcome: str) -> None:
-        self.finished[outcome] = self.finished.get(outcome, 0) + 1
-
     def set_queue_gauge(self) -> None:
         if self._metrics is not None:
             self._queue_gauge.set(sum(rep.queued for rep in self.replicas))
+
+    def _counts(self) -> dict[str, Any]:
+        """The bucket's decisions and finished requests, read from the metrics (the one
+        count of them; none without a registry)."""
+        if self._metrics is None:
+            return {}
+        name = self.policy.name
+        admitted = degraded = 0
+        rejected: dict[str, int] = {}
+        for s in _samples(self._metrics.decisions, name):
+            if s.labels["decision"] == "admitted":
+                admitted += int(s.value)
+                degraded += int(s.value) if s.labels["reason"] == "degraded" else 0
+            else:
+                reason = s.labels["reason"]
+                rejected[reason] = rejected.get(reason, 0) + int(s.value)
+        finished = {s.labels["outcome"]: int(s.value)
+                    for s in _samples(self._metrics.requests_finished, name)}
+        return {"admitted": admitted, "degraded": degraded, "rejected": rejected,
+                "finished": finished}
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Plain data for ``GET /admin/buckets`` (times in seconds, relative to now)."""
@@ -160,7 +180,6 @@ class BucketState:
                        "degraded_min_tokens": p.degraded_min_tokens},
             "learned_output_tokens": self.lengths.estimate,
             "margin": self.margin.snapshot(),
-            "counts": {"admitted": self.admitted, "degraded": self.degraded,
-                       "rejected": dict(self.rejected), "finished": dict(self.finished)},
+            "counts": self._counts(),
             "replicas": [rep.snapshot(now) for rep in self.replicas],
         }

@@ -115,7 +115,6 @@ class TimelineTicket:
                 b.lengths.observe(completion_tokens)
             if self._limiter is not None:
                 self._limiter.refund(self._max_tokens - completion_tokens, now)
-        b.count(str(outcome))
         b.set_queue_gauge()
 
     def refused(self, predicted_ttft_s: float) -> None:

@@ -183,7 +183,9 @@ def test_utilization_guard_sheds_batch_first() -> None:
 
 
 def test_backend_refusal_corrects_the_timeline() -> None:
-    a, _ = _admitter(dataclasses.replace(BUCKET, replicas=(R0, R1)))
+    two = dataclasses.replace(BUCKET, replicas=(R0, R1))
+    a = TimelineAdmitter(AdmissionSettings(buckets=(two,), margin_s=0.0), clock=Clock(),
+                         metrics=make_metrics(CollectorRegistry()))
     d = a.decide(_req())
     assert d.ticket is not None and d.backend == "http://r0"
     d.ticket.refused(0.45)  # another router filled it: start at 0.35
@@ -193,7 +195,9 @@ def test_backend_refusal_corrects_the_timeline() -> None:
     snap = a.snapshot()["buckets"]["short"]
     r0 = snap["replicas"][0]
     assert r0["reserved"] == 0 and r0["predicted_wait_s"] == pytest.approx(0.35)
+    # The counts are the metrics': one admission, then its backend's refusal.
     assert snap["counts"]["rejected"] == {"backend_deadline": 1}
+    assert snap["counts"]["admitted"] == 2  # the refused attempt and its retry
 
 
 def test_load_reports_merge_other_routers_work() -> None:
