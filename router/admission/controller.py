@@ -190,8 +190,8 @@ class TimelineAdmitter:
                     reason, message, max(retry, s.min_retry_after_s)))
         wait = best_ttft - best.shape.prefill_s
         terms = judge(Inputs(
-            policy=b.policy, rule=rule, wait_s=wait, prefill_s=best.shape.prefill_s,
-            per_token_s=best.shape.per_token_s, max_tokens=req.max_tokens,
+            policy=b.policy, rule=rule, wait_s=wait, timings=best.shape.timings,
+            max_tokens=req.max_tokens,
             reserve_tokens=b.lengths.reserve_tokens(req.max_tokens),
             wait_budget_s=req.wait_budget_s, queued=queued, in_flight=in_flight,
             utilization=b.utilization(now), utilization_age_s=now - b.utilization_at,

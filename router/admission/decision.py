@@ -64,6 +64,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lpu_protocol.artifact import Timings
 from router.admission import Refused, Terms
 from router.admission.priority import scaled_cap, utilization_threshold
 from router.admission.settings import BucketPolicy, PriorityRule
@@ -80,8 +81,8 @@ class Inputs:
     policy: BucketPolicy
     rule: PriorityRule
     wait_s: float
-    prefill_s: float
-    per_token_s: float
+    timings: Timings
+    """The replica's compiled schedule: prefill and per-token times."""
     max_tokens: int
     reserve_tokens: int
     wait_budget_s: float
@@ -102,6 +103,10 @@ class Inputs:
     """Time the request already spent at the router; it shortens both bounds."""
     utilization_age_s: float = 0.0
     """How long ago ``utilization`` was measured (seconds; it is cached briefly)."""
+
+    @property
+    def prefill_s(self) -> float:
+        return self.timings.prefill_s
 
 
 def judge(x: Inputs) -> Terms | Refused:
@@ -139,7 +144,7 @@ def judge(x: Inputs) -> Terms | Refused:
     max_tokens, reserve, degraded = x.max_tokens, x.reserve_tokens, False
     if p.e2e_slo_s is not None:
         e_bound = p.e2e_slo_s + x.wait_budget_s - x.elapsed_s
-        service = x.prefill_s + (max(reserve, 1) - 1) * x.per_token_s
+        service = x.timings.service_s(reserve)
         if x.wait_s + service + x.margin_s > e_bound:
             fit = _largest_fitting(x, e_bound)
             floor = p.degraded_min_tokens
@@ -212,8 +217,8 @@ def _e2e_clears_in(x: Inputs) -> float | None:
     floor = p.degraded_min_tokens
     if floor is not None and x.max_tokens >= max(floor, 1):
         tokens = min(tokens, max(floor, 1))  # degraded mode accepts this few
-    allowed_wait = (p.e2e_slo_s + x.wait_budget_s - x.margin_s - x.prefill_s
-                    - (tokens - 1) * x.per_token_s)
+    allowed_wait = (p.e2e_slo_s + x.wait_budget_s - x.margin_s
+                    - x.timings.service_s(tokens))
     if allowed_wait < 0:
         return None
     return max(0.0, x.wait_s - allowed_wait)
@@ -224,8 +229,8 @@ def _largest_fitting(x: Inputs, e_bound: float) -> int:
     room = e_bound - x.margin_s - x.wait_s - x.prefill_s
     if room < 0:
         return 0
-    if x.per_token_s <= 0:
+    if x.timings.per_token_s <= 0:
         return x.max_tokens
     # The tiny epsilon keeps an exact fit (room a whole number of tokens) from
     # being lost to float rounding.
-    return min(x.max_tokens, 1 + math.floor(room / x.per_token_s + 1e-9))
+    return min(x.max_tokens, 1 + math.floor(room / x.timings.per_token_s + 1e-9))

@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lpu_protocol.artifact import Timings
 from lpu_protocol.openai_api import APIError, parse_request
 from router.admission import Priority, Refused, Terms
 from router.admission.decision import Inputs, judge
@@ -107,8 +108,8 @@ def _inputs(d: dict[str, Any]) -> Inputs:
                           target_utilization=d["target"], max_queue=d["max_queue"],
                           max_concurrency=d["max_conc"], degraded_min_tokens=d["degraded"])
     rule = next(r for r in DEFAULT_PRIORITY_RULES if r.priority is d["priority"])
-    return Inputs(policy=policy, rule=rule, wait_s=d["wait"], prefill_s=d["prefill"],
-                  per_token_s=d["per_token"], max_tokens=d["max_tokens"],
+    return Inputs(policy=policy, rule=rule, wait_s=d["wait"],
+                  timings=Timings(d["prefill"], d["per_token"]), max_tokens=d["max_tokens"],
                   reserve_tokens=min(d["reserve"], d["max_tokens"]),
                   wait_budget_s=d["budget"], queued=d["queued"], in_flight=d["in_flight"],
                   utilization=d["util"], next_queue_exit_s=lambda k: d["exit"],

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from lpu_protocol.artifact import Timings
 from router.admission import Priority, Refused, Terms
 from router.admission.decision import Inputs, judge
 from router.admission.settings import BucketPolicy, PriorityRule, ReplicaShape
@@ -33,7 +34,7 @@ def _kth(times: tuple[float, ...]) -> Callable[[int], float | None]:
 
 def _inputs(**kw: object) -> Inputs:
     base = Inputs(
-        policy=POLICY, rule=FULL, wait_s=0.0, prefill_s=0.1, per_token_s=0.01, max_tokens=101,
+        policy=POLICY, rule=FULL, wait_s=0.0, timings=Timings(0.1, 0.01), max_tokens=101,
         reserve_tokens=101, wait_budget_s=0.0, queued=0, in_flight=0, utilization=0.0,
         next_queue_exit_s=_kth(QUEUE_STARTS), next_slot_exit_s=_kth(SLOT_ENDS), margin_s=0.0,
         window_s=10.0, min_retry_after_s=0.01,
@@ -51,7 +52,7 @@ def _inputs(**kw: object) -> Inputs:
         ({"wait_s": 0.3, "rule": BATCH}, RejectReason.SLO_TTFT, 0.15),  # batch gets 0.25 s
         ({"wait_s": 0.15, "rule": BATCH}, None, None),
         ({"wait_s": 1.3, "wait_budget_s": 1.0}, None, None),  # on_demand may wait
-        ({"prefill_s": 0.6}, RejectReason.SLO_TTFT, None),  # waiting cannot help
+        ({"timings": Timings(0.6, 0.01)}, RejectReason.SLO_TTFT, None),  # waiting cannot help
         # The guard sheds only requests that would queue: a free slot now is taken, however
         # busy the window was; one that would wait retries when its slot frees (the slots
         # stay busy till then, so utilization cannot fall before).
