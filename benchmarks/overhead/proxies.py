@@ -86,7 +86,8 @@ def start_router(workdir: Path, upstream: str) -> Target:
     if not line.startswith("lpu-router serving on "):
         service.stop()
         raise RuntimeError(f"the router did not start: {line!r}")
-    return Target("router", url_in(line), service)
+    # The tree: any helper process the router starts counts as its cost.
+    return Target("router", url_in(line), service, tree=True)
 
 
 def nginx_path() -> str | None:

@@ -164,7 +164,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         f" /v1/chat/completions with max_tokens {s['max_tokens']}, to a canned upstream (a raw"
         " asyncio protocol that answers at once) directly and through each proxy. CPU is the"
         " proxy process's user + system time from /proc over the run, per 2xx response."
-        + ("" if doc["nginx"] == "ran" else f" nginx: {doc['nginx']}."),
+        + ("" if doc["nginx"] == "ran" else f" nginx: {doc['nginx']}.")
+        + _rounds_note(s.get("rounds", 1)),
         "",
     ]
     for cell in doc["cells"]:
@@ -199,6 +200,14 @@ def conclude(cells: Sequence[dict[str, Any]], targets: Targets = Targets()) -> l
         cell["router_vs_relay_rounds"] = [comparison_dict(c) for c in rounds]
         cell["router_vs_relay"] = comparison_dict(combine(rounds, targets)) if rounds else None
     return verdict(comparisons_of(cells, targets), targets)
+
+
+def _rounds_note(rounds: int) -> str:
+    if rounds < 2:
+        return ""
+    return (f" The whole matrix ran {rounds} times: each table gives the median of each figure"
+            f" over the {rounds} rounds (requests and errors: totals), each router-against-relay"
+            " line the median of the ratios taken within each round, [min to max].")
 
 
 def _spread(rounds: Sequence[Mapping[str, Any]], key: str, fmt: str) -> str:
