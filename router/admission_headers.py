@@ -16,6 +16,13 @@ from __future__ import annotations
 
 import math
 
+from lpu_protocol.headers import (
+    X_LPU_MAX_TOKENS_CLAMPED,
+    X_LPU_MAX_TOKENS_CLAMPED_FROM,
+    X_LPU_PREDICTED_TTFT_MS,
+    X_LPU_PREDICTED_WAIT_MS,
+    X_LPU_REJECT_REASON,
+)
 from router.admission import RateLimitState
 from router.errors import retry_after_headers
 from router.outcomes import RejectReason
@@ -69,10 +76,10 @@ def refusal_headers(reason: RejectReason, retry_after_s: float | None, *,
                     predicted_ttft_s: float = 0.0) -> dict[str, str]:
     """Headers of a refusal; the predictions only when the controller made them (> 0)."""
     out = retry_after_headers(retry_after_s)
-    out["x-lpu-reject-reason"] = str(reason)
+    out[X_LPU_REJECT_REASON] = str(reason)
     if predicted_ttft_s > 0:
-        out["x-lpu-predicted-wait-ms"] = _ms(predicted_wait_s)
-        out["x-lpu-predicted-ttft-ms"] = _ms(predicted_ttft_s)
+        out[X_LPU_PREDICTED_WAIT_MS] = _ms(predicted_wait_s)
+        out[X_LPU_PREDICTED_TTFT_MS] = _ms(predicted_ttft_s)
     return out
 
 
@@ -80,9 +87,9 @@ def admitted_headers(predicted_ttft_s: float, *, clamped: str | None = None,
                      clamped_from: int | None = None) -> dict[str, str]:
     """Headers of an admitted request; ``clamped``: why its allowance was lowered
     (``bucket_cap`` | ``degraded``), ``clamped_from``: the allowance the client asked for."""
-    out = {"x-lpu-predicted-ttft-ms": _ms(predicted_ttft_s)}
+    out = {X_LPU_PREDICTED_TTFT_MS: _ms(predicted_ttft_s)}
     if clamped is not None:
-        out["x-lpu-max-tokens-clamped"] = clamped
+        out[X_LPU_MAX_TOKENS_CLAMPED] = clamped
     if clamped_from is not None:
-        out["x-lpu-max-tokens-clamped-from"] = str(clamped_from)
+        out[X_LPU_MAX_TOKENS_CLAMPED_FROM] = str(clamped_from)
     return out

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from lpu_protocol.headers import X_LPU_BUCKET, X_LPU_MAX_TOKENS, X_LPU_MAX_TOKENS_CLAMPED_FROM
 from lpu_protocol.openai_api import CompletionRequest, forward_body
 from router.access_log import Exchange
 from router.admission import AdmissionRequest, Admitted, Admitter, Refused
@@ -206,8 +207,8 @@ class AttemptLoop:
                      decision: Admitted, upstream: aiohttp.ClientResponse) -> RelayResult:
         """Relay the backend's answer with the router's own headers."""
         terms = decision.terms
-        own = {"x-request-id": ex.request_id, "x-lpu-bucket": placement.bucket.name,
-               "x-lpu-max-tokens": str(terms.max_tokens)}
+        own = {"x-request-id": ex.request_id, X_LPU_BUCKET: placement.bucket.name,
+               X_LPU_MAX_TOKENS: str(terms.max_tokens)}
         clamped_from = placement.clamped_from
         if clamped_from is None and terms.degraded:
             clamped_from = placement.max_tokens
@@ -217,7 +218,7 @@ class AttemptLoop:
             own |= admitted_headers(terms.predicted_ttft_s, clamped=clamped,
                                     clamped_from=clamped_from)
         elif clamped_from is not None:
-            own["x-lpu-max-tokens-clamped-from"] = str(clamped_from)
+            own[X_LPU_MAX_TOKENS_CLAMPED_FROM] = str(clamped_from)
         if decision.ratelimit is not None:
             own |= ratelimit_headers(decision.ratelimit)
         ticket, ttft = decision.ticket, self._series.ttft_seconds(placement.bucket.name)

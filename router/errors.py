@@ -45,6 +45,7 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
+from lpu_protocol.headers import X_LPU_PREDICTED_TTFT_MS, X_LPU_REJECT_REASON
 from lpu_protocol.openai_api import APIError
 from router.outcomes import RejectReason
 
@@ -81,7 +82,7 @@ class Rejection(Exception):
         self.error = error
         self.retry_after_s = retry_after_s
         self.headers: dict[str, str] = dict(headers) if headers is not None else {
-            **retry_after_headers(retry_after_s), "x-lpu-reject-reason": str(reason)}
+            **retry_after_headers(retry_after_s), X_LPU_REJECT_REASON: str(reason)}
         """The response's headers: by default ``Retry-After`` and ``x-lpu-reject-reason``;
         given ones (e.g. with the admission prediction behind the refusal) replace them."""
 
@@ -174,7 +175,7 @@ def map_upstream_status(status: int, body: bytes,
             message = str(json.loads(body)["error"]["message"])
         return UpstreamFailure("deadline", 429, message, retryable=True, health=False,
                                reason=RejectReason.BACKEND_DEADLINE,
-                               predicted_ttft_s=_header_ms(headers, "x-lpu-predicted-ttft-ms"))
+                               predicted_ttft_s=_header_ms(headers, X_LPU_PREDICTED_TTFT_MS))
     if status >= 500:
         if _blames_request(body):
             return None

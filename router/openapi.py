@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lpu_protocol.headers import X_LPU_BUCKET, X_LPU_MAX_TOKENS
 from lpu_protocol.openai_api import CHAT_ROLES, MAX_ALLOWANCE
 from lpu_protocol.param_policy import ExtraParams, ParamPolicy
 from router.config import RouterConfig
@@ -41,9 +42,9 @@ _RETRY_HEADERS = {
 }
 _PROXY_HEADERS = {
     "x-request-id": {"schema": {"type": "string"}},
-    "x-lpu-bucket": {"description": "The compiled shape that served the request.",
+    X_LPU_BUCKET: {"description": "The compiled shape that served the request.",
                      "schema": {"type": "string"}},
-    "x-lpu-max-tokens": {"description": "The output allowance forwarded.",
+    X_LPU_MAX_TOKENS: {"description": "The output allowance forwarded.",
                          "schema": {"type": "string"}},
 }
 

@@ -39,6 +39,7 @@ from aiohttp.typedefs import LooseHeaders
 from multidict import CIMultiDict
 from yarl import URL
 
+from lpu_protocol.headers import X_LPU_DEADLINE_MS
 from router.config import TimeoutConfig
 from router.errors import Draining, UpstreamFailure, map_client_error, map_upstream_status
 from router.outcomes import Outcome
@@ -55,7 +56,7 @@ HOP_BY_HOP = frozenset({
 # a client's Content-Encoding (router.body_encoding) and forwards the body decoded.
 _NOT_UPSTREAM = HOP_BY_HOP | {"authorization", "x-api-key", "api-key", "host", "content-length",
                               "content-encoding", "accept-encoding", "cookie", "x-request-id",
-                              "x-lpu-deadline-ms", "content-type"}
+                              X_LPU_DEADLINE_MS, "content-type"}
 # Never copied back: the router sets its own framing and identity, and a backend's cookies are
 # not the client's (one upstream session serves every client).
 _NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length", "server", "date", "x-request-id", "set-cookie"}
@@ -90,7 +91,7 @@ def upstream_headers(incoming: Mapping[str, str], request_id: str,
     out += (("x-request-id", request_id), ("Content-Type", "application/json"),
             ("Accept-Encoding", "identity"))
     if deadline_s is not None:
-        out.append(("x-lpu-deadline-ms", f"{deadline_s * 1e3:.1f}"))
+        out.append((X_LPU_DEADLINE_MS, f"{deadline_s * 1e3:.1f}"))
     return out
 
 
