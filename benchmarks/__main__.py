@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from benchmarks import (
+    admission_decision,
     emulator_fidelity,
     hostile_prompts,
     planner,
@@ -30,6 +31,7 @@ _COMMANDS: dict[str, ModuleType] = {
     "hostile-prompts": hostile_prompts,
     "overhead": overhead,
     "emulator-fidelity": emulator_fidelity,
+    "decision-cost": admission_decision,
 }
 
 
