@@ -9,7 +9,7 @@ load with :mod:`benchmarks.loadgen`, and writes ``<NAME>.md``, ``<NAME>.png`` an
 writes the index (``README.md``).
 
 No experiment imports another (experiment 2 is two modules, ``exp2_admission`` and its
-second part ``exp2_lengths``). What several share lives in a module named for what it
+second part ``variable_lengths``). What several share lives in a module named for what it
 holds: ``rig`` (the processes under test), ``drive`` (load and records as arrays),
 ``policies`` (the admission policies compared), ``schedule`` (the exact FIFO schedule of a
 run), ``stats`` (intervals), ``claims`` (prose from the numbers), ``output`` (the files),

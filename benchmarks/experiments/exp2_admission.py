@@ -6,7 +6,7 @@ capacity; TTFT SLO ``cfg.ttft_slo_s``. The four policies (``none``, ``cap``, ``t
 ``timeline``) are those of :mod:`benchmarks.experiments.policies`; for ``timeline`` the
 adaptive margin is recorded per point from ``/admin/buckets``.
 
-A second part (:mod:`benchmarks.experiments.exp2_lengths`) repeats the comparison with
+A second part (:mod:`benchmarks.experiments.variable_lengths`) repeats the comparison with
 variable output lengths, where a static cap must be tuned to a length it cannot know.
 
 Goodput: completions meeting the TTFT SLO per second of the measured window. SLO
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.experiments import ExperimentResult, SweepConfig, exp2_lengths
+from benchmarks.experiments import ExperimentResult, SweepConfig, variable_lengths
 from benchmarks.experiments.claims import (
     Claim,
     config,
@@ -111,7 +111,7 @@ def claims(data: Mapping[str, Any]) -> list[Claim]:
 
 def summarize(data: Mapping[str, Any]) -> str:
     """Experiment 2's summary: the figures past capacity, :func:`claims`, and the second
-    part's (:func:`benchmarks.experiments.exp2_lengths.summary`)."""
+    part's (:func:`benchmarks.experiments.variable_lengths.summary`)."""
     points: list[dict[str, Any]] = list(data.get("points") or [])
     cap = _capacity(data)
     loads = sorted({p["load"] for p in points})
@@ -132,7 +132,7 @@ def summarize(data: Mapping[str, Any]) -> str:
         " delay the router sees after its decision, not the time before it)", [
             f"{int(p['violations'])} ({pct(p['violation_share'])}) at {p['load']:g}x, margin"
             f" {ms(p.get('margin_s'))} ms" for p in misses], sep=", ")
-    lengths = exp2_lengths.summary(list(data.get("length_points") or []))
+    lengths = variable_lengths.summary(list(data.get("length_points") or []))
     return paragraph([headline, sentences(claims(data)), note, lengths])
 
 
@@ -175,7 +175,8 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
                     point["margin_s"] = (await bucket_snapshot(url, "main"))["margin"]["seconds"]
                 points.append(point)
     length_loads = (1.5,) if quick else (1.0, 1.5)
-    length_points = await exp2_lengths.run_points(cfg, SLOTS, length_loads, duration_s, warmup_s)
+    length_points = await variable_lengths.run_points(cfg, SLOTS, length_loads, duration_s,
+                                                      warmup_s)
     rows = [[p["policy"], f"{p['load']:.1f}", f"{p['offered_rps']:.1f}",
              fmt_pct(p["rejected_share"]), f"{p['goodput_rps']:.1f}",
              f"{p['throughput_rps']:.1f}", fmt_ms(p["p50_admitted"]), fmt_ms(p["p99_admitted"]),
@@ -187,8 +188,8 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
                       "completed (req/s)", "p50 TTFT admitted (ms)", "p99 TTFT admitted (ms)",
                       "SLO violations (share of admitted)", "SLO attainment (of offered)",
                       "failed", "margin at end (ms)"], rows)
-    table += ("\n" + exp2_lengths.intro(cfg, SLOTS, duration_s) + "\n\n"
-              + exp2_lengths.table(length_points))
+    table += ("\n" + variable_lengths.intro(cfg, SLOTS, duration_s) + "\n\n"
+              + variable_lengths.table(length_points))
     intro = (
         f"Router with one emulator replica (c = {SLOTS}), Poisson arrivals for"
         f" {duration_s:g} s per point (the first {warmup_s:g} s not counted), TTFT SLO"
@@ -199,9 +200,9 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
                        "static_cap": static_cap(cfg, SLOTS), "duration_s": duration_s,
                        "warmup_s": warmup_s, "isolate": cfg.isolate},
             "points": points, "length_points": length_points,
-            "length_config": {"max_tokens": exp2_lengths.MAX_TOKENS,
-                              "mean_tokens": exp2_lengths.MEAN_TOKENS,
-                              "mean_service_s": exp2_lengths.mean_service_s(cfg)}}
+            "length_config": {"max_tokens": variable_lengths.MAX_TOKENS,
+                              "mean_tokens": variable_lengths.MEAN_TOKENS,
+                              "mean_service_s": variable_lengths.mean_service_s(cfg)}}
     summary = summarize(data)
     return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table, summary=summary,
                             figure=_plot(cfg, points), data=data,

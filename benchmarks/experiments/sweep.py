@@ -38,12 +38,12 @@ from benchmarks.experiments import (
     SweepConfig,
     exp1_queueing,
     exp2_admission,
-    exp2_lengths,
     exp3_rejection,
     exp4_burstiness,
     exp5_batching,
     exp6_step,
     exp7_hol,
+    variable_lengths,
 )
 from benchmarks.experiments.claims import Claim, sentences
 from benchmarks.experiments.output import machine
@@ -69,7 +69,7 @@ def _claims_of(*modules: ModuleType) -> Callable[[Docs], list[Claim]]:
 def _length_claims(docs: Docs) -> list[Claim]:
     doc = docs.get(exp2_admission.NAME)
     points = list(doc.get("length_points") or []) if doc else []
-    return exp2_lengths.claims(points) if points else []
+    return variable_lengths.claims(points) if points else []
 
 
 _BULLETS: tuple[tuple[str, Callable[[Docs], list[Claim]]], ...] = (

@@ -17,12 +17,12 @@ from benchmarks.__main__ import build_parser
 from benchmarks.experiments import (
     exp1_queueing,
     exp2_admission,
-    exp2_lengths,
     exp3_rejection,
     exp4_burstiness,
     exp5_batching,
     exp6_step,
     exp7_hol,
+    variable_lengths,
 )
 from benchmarks.experiments.claims import Claim, listing, paragraph
 from benchmarks.experiments.sweep import (
@@ -187,10 +187,10 @@ def test_claim_follows_the_numbers(mod: ModuleType, good: dict[str, Any], index:
 ], ids=["cap-mean-misses", "cap-worst-loses", "learned-keeps"])
 def test_length_claims_follow_the_numbers(good: list[dict[str, Any]], index: int,
                                           bad: list[dict[str, Any]], words: str) -> None:
-    assert exp2_lengths.claims(good)[index].holds
-    contradicted = exp2_lengths.claims(bad)[index]
+    assert variable_lengths.claims(good)[index].holds
+    contradicted = variable_lengths.claims(bad)[index]
     assert words in contradicted.text and not contradicted.holds
-    assert contradicted.sentence() in exp2_lengths.summary(bad)
+    assert contradicted.sentence() in variable_lengths.summary(bad)
 
 
 def _no_empty_sentence(text: str) -> None:

@@ -13,11 +13,11 @@ from benchmarks import theory
 from benchmarks.experiments import SweepConfig
 from benchmarks.experiments.batching_proxy import release_times
 from benchmarks.experiments.drive import Measured
-from benchmarks.experiments.exp2_lengths import MAX_TOKENS, mean_service_s, worst_service_s
 from benchmarks.experiments.exp3_rejection import predicted_rejection
 from benchmarks.experiments.policies import static_cap, token_bucket_passes
 from benchmarks.experiments.rig import Pool, router_config, to_toml
 from benchmarks.experiments.schedule import exact_ttft, fifo_starts, mean_wait_band
+from benchmarks.experiments.variable_lengths import MAX_TOKENS, mean_service_s, worst_service_s
 from benchmarks.records import RequestRecord
 from router.config import parse_config
 

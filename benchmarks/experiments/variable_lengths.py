@@ -1,6 +1,6 @@
-"""Experiment 2, second part: variable output lengths, where a static cap must be tuned to a
-length it cannot know. (Experiment 2 is this module and :mod:`exp2_admission`, its entry
-point, which runs :func:`run_points`; no other experiment imports either.)
+"""Variable output lengths, where a static cap must be tuned to a length it cannot know: the
+second part of experiment 2 (:mod:`exp2_admission` runs :func:`run_points`). Not an
+experiment of its own: no experiment module imports another.
 
 The same replica (c = 4 slots, TTFT SLO ``cfg.ttft_slo_s``), but every request asks for
 ``MAX_TOKENS`` and the emulator stops it after a seeded geometric number of tokens with mean
