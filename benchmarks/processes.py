@@ -2,8 +2,8 @@
 
 Every benchmark that runs a server, a router or a load generator in its own process does it
 through :func:`start` (one implementation of "ready", "stop" and "CPU seconds"), so a process
-that fails to come up fails the same way everywhere: a :class:`StartError` naming the command
-and the last lines it wrote.
+that fails to come up fails the same way everywhere: a :class:`StartError` with what it printed
+and, when its stderr goes to a file, the end of that file.
 
 Ready means one of:
 
@@ -13,9 +13,10 @@ Ready means one of:
 * ``ready_url=URL``: ``GET URL`` answered 200 (for programs that print nothing, as nginx).
 
 After ready, a thread keeps reading stdout (so a chatty child never blocks on a full pipe); what
-it read is returned by :meth:`Service.stop`. Stopping is SIGTERM, then SIGKILL after
-``timeout_s``. Async callers run :func:`start` and :meth:`Service.stop` in a thread
-(``asyncio.to_thread``): both block only for the child's start-up or shut-down.
+it read is returned by :meth:`Service.stop`. Each process leads a session of its own; stopping
+is SIGTERM to its process group, then SIGKILL after ``timeout_s``. Async callers run
+:func:`start` and :meth:`Service.stop` in a thread (``asyncio.to_thread``): both block only for
+the child's start-up or shut-down.
 
 CPU is read from Linux ``/proc``: utime + stime of a process (:func:`cpu_seconds`) or of a
 process and all its descendants (:func:`tree_cpu_seconds`, for nginx's master and worker).
