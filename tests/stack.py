@@ -26,7 +26,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -38,7 +38,7 @@ from lpu_emulator.faults import FaultSettings
 from lpu_emulator.lengths import OutputLength
 from lpu_emulator.server import EmulatorOptions, start_emulators
 from lpu_protocol.artifact import builtin_artifact
-from router.admission.off import OffAdmitter
+from router.admission import Admitter
 from router.app import ADMITTER, build_app
 from router.config import RouterConfig, parse_config
 from router.lifecycle import LIFECYCLE
@@ -398,18 +398,11 @@ def assert_invariant(metrics_text: str) -> None:
 
 
 def _admitter_problems(stack: Stack) -> list[str]:
-    admitter = stack.app[ADMITTER]
+    admitter = cast(Admitter, stack.app[ADMITTER])
     out: list[str] = []
-    if isinstance(admitter, OffAdmitter):
-        for b in stack.config.buckets:
-            if admitter.in_flight(b.name):
-                out.append(f"off admitter: {admitter.in_flight(b.name)} in flight in {b.name}")
-    snapshot = getattr(admitter, "snapshot", None)
-    if callable(snapshot):
-        for name, b in snapshot()["buckets"].items():
-            if b["in_flight"] or b.get("queue_depth"):
-                out.append(f"{name}: in_flight {b['in_flight']},"
-                           f" queue {b.get('queue_depth')}")
+    for name, b in admitter.snapshot()["buckets"].items():
+        if b["in_flight"] or b.get("queue_depth"):
+            out.append(f"{name}: in_flight {b['in_flight']}, queue {b.get('queue_depth')}")
     if stack.app[LIFECYCLE].in_progress:
         out.append(f"{stack.app[LIFECYCLE].in_progress} completion handlers still running")
     return out
