@@ -50,9 +50,14 @@ class Exchange:
     ttft_s: float | None = None
 
     def log(self, now: float) -> None:
-        if not log.isEnabledFor(logging.INFO):
-            return
-        line = {
+        """Queue the request's line (its end: ``now``). The exchange must not change after
+        this call: the line is made from it later, on the log listener's thread."""
+        if log.isEnabledFor(logging.INFO):
+            log.info(_Line(self, now))
+
+    def fields(self, now: float) -> dict[str, Any]:
+        """The line's fields, in their order."""
+        return {
             "ts": round(self.wall_start, 3),
             "request_id": self.request_id,
             "route": self.route,
@@ -71,7 +76,6 @@ class Exchange:
             "ttft_ms": _ms(None if self.ttft_s is None else self.ttft_s * 1e3),
             "e2e_ms": _ms((now - self.started) * 1e3),
         }
-        log.info(_Line(line))
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -79,15 +83,16 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class _Line(Deferred):
-    """One access line: its fields now (immutable values), its JSON text when written."""
+    """One access line: the finished exchange, its JSON text made when written."""
 
-    __slots__ = ("fields",)
+    __slots__ = ("exchange", "now")
 
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.fields = fields
+    def __init__(self, exchange: Exchange, now: float) -> None:
+        self.exchange = exchange
+        self.now = now
 
     def __str__(self) -> str:
-        return _encode(self.fields)
+        return _encode(self.exchange.fields(self.now))
 
 
 _MODEL_CHARS = 128

@@ -140,6 +140,13 @@ def start(level: int | str, stream: TextIO | None = None) -> None:
     global _output
     if _output is not None:
         raise RuntimeError("the log listener is already running in this process")
+    # Lines carry the message only (LINE_FORMAT): skip what each record would otherwise collect
+    # on the logging thread, the caller's frame (a stack walk) above all. These are the logging
+    # HOWTO's "Optimization" switches.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     writer = _Writer(stream)
     lines: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
     enqueue = _Enqueue(lines)
