@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import Counter
 from prometheus_client.samples import Sample
 
-from router.admission import Health, always_up
+from router.admission import Health, Priority, always_up
 from router.admission.margin import AdmissionMargin
 from router.admission.prediction import OutputLengthModel
 from router.admission.settings import MARGIN_CAP_SLO_FRACTION, AdmissionSettings, BucketPolicy
@@ -59,7 +59,8 @@ class BucketState:
         self.utilization_at = now
         """When the cached utilization figure was measured (router clock)."""
         self._metrics = metrics
-        self._decisions: dict[tuple[str, str, str], Counter] = {}
+        self._decisions: dict[tuple[Priority, RejectReason | bool], Counter] = {}
+        """Counter children by (priority, reason), or (priority, degraded) for admissions."""
         if metrics is not None:
             name = policy.name
             limits = {"ttft_slo_seconds": policy.ttft_slo_s, "e2e_slo_seconds": policy.e2e_slo_s,
@@ -72,7 +73,12 @@ class BucketState:
             self._margin_gauge.set(self.margin.value)
             self._wait_hist = metrics.predicted_wait_seconds.labels(name)
             self._error_hist = metrics.prediction_error_seconds.labels(name)
-            self._queue_gauge = metrics.queue_depth.labels(name)
+            # Read at each scrape, not set on the request path: the queue changes at every
+            # decision and completion, the utilization at every refresh, a scrape comes
+            # every few seconds.
+            metrics.queue_depth.labels(name).set_function(self.queued)
+            metrics.utilization.labels(name).set_function(self._cached_utilization)
+            metrics.headroom.labels(name).set_function(self._cached_headroom)
 
     def utilization(self, now: float) -> float:
         """Busy slot time over capacity in the window, over healthy replicas (cached briefly)."""
@@ -95,11 +101,19 @@ class BucketState:
         self._util = min(1.0, busy / capacity) if capacity > 0 else 0.0
         self.utilization_at = now
         self._util_until = now + self._refresh_s
-        if self._metrics is not None:
-            name = self.policy.name
-            self._metrics.utilization.labels(name).set(self._util)
-            self._metrics.headroom.labels(name).set(self.policy.target_utilization - self._util)
         return self._util
+
+    def _cached_utilization(self) -> float:
+        """The utilization last computed (the gauge's value at a scrape)."""
+        return self._util
+
+    def _cached_headroom(self) -> float:
+        return self.policy.target_utilization - self._util
+
+    def queued(self) -> int:
+        """Own reservations waiting for a slot over the bucket (as of each replica's last
+        event: a scrape does not move the timelines)."""
+        return sum(rep.queued for rep in self.replicas)
 
     def next_exit(self, now: float, k: int, *, queue: bool) -> float | None:
         """Seconds until the ``k``-th (>= 1, earliest first) queued request starts
@@ -108,27 +122,26 @@ class BucketState:
             rep.queued_starts() if queue else rep.ends() for rep in self.replicas))
         return max(0.0, times[-1] - now) if len(times) == k else None
 
-    def record_decision(
-        self, priority: str, reason: RejectReason | None, *, degraded: bool = False,
-        wait_s: float = 0.0, queued: int | None = None,
-    ) -> None:
+    def record_admitted(self, priority: Priority, degraded: bool, wait_s: float) -> None:
+        """Count one admission (degraded or not) and observe its predicted wait (seconds)."""
         if self._metrics is None:
             return
-        if reason is None:
-            label = ("admitted", "degraded" if degraded else "none")
-        else:
-            label = ("rejected", str(reason))
-        key = (priority, *label)
-        child = self._decisions.get(key)
+        child = self._decisions.get((priority, degraded))
         if child is None:
-            child = self._decisions[key] = self._metrics.decisions.labels(
-                self.policy.name, *key
-            )
+            child = self._decisions[priority, degraded] = self._metrics.decisions.labels(
+                self.policy.name, str(priority), "admitted", "degraded" if degraded else "none")
         child.inc()
-        if reason is None:
-            self._wait_hist.observe(wait_s)
-        if queued is not None:
-            self._queue_gauge.set(queued)
+        self._wait_hist.observe(wait_s)
+
+    def record_refused(self, priority: Priority, reason: RejectReason) -> None:
+        """Count one refusal for ``reason``."""
+        if self._metrics is None:
+            return
+        child = self._decisions.get((priority, reason))
+        if child is None:
+            child = self._decisions[priority, reason] = self._metrics.decisions.labels(
+                self.policy.name, str(priority), "rejected", str(reason))
+        child.inc()
 
     def observe_prediction_error(self, error_s: float) -> None:
         """Actual minus predicted TTFT of one admitted request (seconds): the metric, and
@@ -137,10 +150,6 @@ class BucketState:
             self._margin_gauge.set(self.margin.value)
         if self._metrics is not None:
             self._error_hist.observe(error_s)
-
-    def set_queue_gauge(self) -> None:
-        if self._metrics is not None:
-            self._queue_gauge.set(sum(rep.queued for rep in self.replicas))
 
     def _counts(self) -> dict[str, Any]:
         """The bucket's decisions and finished requests, read from the metrics (the one
@@ -174,7 +183,7 @@ class BucketState:
             "utilization": util,
             "target_utilization": p.target_utilization,
             "headroom": p.target_utilization - util,
-            "queue_depth": sum(rep.queued for rep in self.replicas),
+            "queue_depth": self.queued(),
             "in_flight": sum(rep.in_flight for rep in self.replicas),
             "limits": {"max_queue": p.max_queue, "max_concurrency": p.max_concurrency,
                        "degraded_min_tokens": p.degraded_min_tokens},

@@ -70,7 +70,7 @@ class TimelineTicket:
         self._res = res
         self._decided_at = res.admitted_at
         self._predicted_ttft = predicted_ttft
-        self._priority = str(req.priority)
+        self._priority = req.priority
         self._prompt_tokens = req.prompt_tokens
         self._max_tokens = max_tokens
         self._reserve_tokens = reserve_tokens
@@ -115,7 +115,6 @@ class TimelineTicket:
                 b.lengths.observe(completion_tokens)
             if self._limiter is not None:
                 self._limiter.refund(self._max_tokens - completion_tokens, now)
-        b.set_queue_gauge()
 
     def refused(self, predicted_ttft_s: float) -> None:
         """The backend answered 429 ``deadline_unreachable`` predicting that TTFT (seconds).
@@ -132,8 +131,7 @@ class TimelineTicket:
         rep.refused(self._res, now + reported_ttft_s - rep.shape.prefill_s, now)
         if self._limiter is not None:
             self._limiter.refund(self._prompt_tokens + self._max_tokens, now, request=True)
-        self._bucket.record_decision(self._priority, RejectReason.BACKEND_DEADLINE)
-        self._bucket.set_queue_gauge()
+        self._bucket.record_refused(self._priority, RejectReason.BACKEND_DEADLINE)
 
 
 class TimelineAdmitter:
@@ -210,13 +208,12 @@ class TimelineAdmitter:
         if limiter is not None:
             limiter.consume(req.prompt_tokens + terms.max_tokens, now)
             ratelimit = limiter.state(now)
-        b.record_decision(str(req.priority), None, degraded=terms.degraded, wait_s=wait,
-                          queued=queued + (0 if res.started else 1))
+        b.record_admitted(req.priority, terms.degraded, wait)
         return Admitted(best.url, ticket, terms, wait, ratelimit)
 
     @staticmethod
     def _refuse(b: BucketState, req: AdmissionRequest, refused: Refused) -> Refused:
-        b.record_decision(str(req.priority), refused.reason)
+        b.record_refused(req.priority, refused.reason)
         return refused
 
     def ratelimit(self, tenant: str | None) -> RateLimitState | None:
@@ -244,7 +241,6 @@ class TimelineAdmitter:
         rep.merge_report(lr, now, now if sent_at is None else min(sent_at, now))
         busy = min(1.0, lr.running / lr.slots) if lr.slots > 0 else 0.0
         b.windows[backend].add_sample(busy, now)
-        b.set_queue_gauge()
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data for ``GET /admin/buckets``: per bucket, its timelines, load and limits."""
