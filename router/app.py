@@ -12,7 +12,9 @@ Reading this one function tells what exists and who talks to whom:
   ``timeline``, the timeline);
 * the request path: the completion handlers (:mod:`router.handlers`), the attempt loop
   (:mod:`router.attempts`) and the completion guard (:mod:`router.lifecycle`: drain, bodies);
-* the routes, behind the one edge middleware (request ids, error shapes, body limit).
+* the routes, each behind the edge (:class:`router.edge.Edge`: request ids, error shapes,
+  route counts; a wrapper, not a middleware, so no request pays for a middleware chain), and
+  a last catch-all route answering 404 / 405 in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from router.body_memory import BodyBudget
 from router.body_rate import LargeBodyRate
 from router.buckets import BucketTable
 from router.config import RouterConfig
-from router.edge import edge_middleware
+from router.edge import Edge
 from router.endpoints import Endpoints
 from router.handlers import Proxy
 from router.lifecycle import LIFECYCLE, Lifecycle, close_when_leaving, completion_guard
@@ -137,10 +139,8 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
                                budget=bodies, large=large,
                                max_body_bytes=config.server.max_body_bytes)
 
-    app = web.Application(
-        client_max_size=config.server.max_body_bytes,
-        middlewares=[edge_middleware(metrics, config.server.max_body_bytes)],
-    )
+    edge = Edge(metrics, config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
     app[METRICS] = metrics
     app[POOL] = pool
     app[ADMITTER] = admitter
@@ -149,16 +149,22 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     app.cleanup_ctx.append(client_session)
     app.on_shutdown.append(mark_not_ready)
     app.on_response_prepare.append(close_when_leaving(lifecycle))
-    app.add_routes([
-        web.post("/v1/chat/completions", guarded(proxy.chat)),
-        web.post("/v1/completions", guarded(proxy.completions)),
-        web.get("/v1/models", endpoints.models),
-        web.get("/metrics", endpoints.metrics),
-        web.get("/healthz", endpoints.healthz),
-        web.get("/health", endpoints.healthz),
-        web.get("/readyz", endpoints.readyz),
-        web.get("/admin/backends", endpoints.backends),
-        web.get("/admin/buckets", admin.buckets),
-        web.get("/openapi.json", openapi_handler(config)),
-    ])
+    routes = [
+        ("POST", "/v1/chat/completions", guarded(proxy.chat)),
+        ("POST", "/v1/completions", guarded(proxy.completions)),
+        ("GET", "/v1/models", endpoints.models),
+        ("GET", "/metrics", endpoints.metrics),
+        ("GET", "/healthz", endpoints.healthz),
+        ("GET", "/health", endpoints.healthz),
+        ("GET", "/readyz", endpoints.readyz),
+        ("GET", "/admin/backends", endpoints.backends),
+        ("GET", "/admin/buckets", admin.buckets),
+        ("GET", "/openapi.json", openapi_handler(config)),
+    ]
+    for method, path, handler in routes:
+        if method == "GET":  # and HEAD, as web.get gives
+            app.router.add_get(path, edge.wrap(path, handler))
+        else:
+            app.router.add_route(method, path, edge.wrap(path, handler))
+    app.router.add_route("*", "/{path:.*}", edge.unrouted)  # last: 404 / 405 in OpenAI's shape
     return app

@@ -168,9 +168,7 @@ class AttemptLoop:
             try:
                 result = await self._relay(request, ex, placement, decision, upstream)
             finally:
-                # Unread content means the client left or the stream broke: drop the
-                # connection so the backend sees the cancel at once.
-                upstream.close()
+                self._upstream.close(upstream)
             outcome, tokens = result.outcome, result.completion_tokens
             return result
         except UpstreamFailure as f:  # before the client got a byte

@@ -58,7 +58,8 @@ class BodyBudget:
                  on_empty: Callable[[], None] | None = None) -> None:
         self.limit = limit
         self.held = 0
-        self._gauge = gauge
+        if gauge is not None:  # read at each scrape: nothing to update per request
+            gauge.set_function(lambda: self.held)
         self._on_empty = on_empty
         self._since_empty = 0
         self._trim_due = False
@@ -69,13 +70,9 @@ class BodyBudget:
             raise OverBudget(self.limit)
         self.held += n
         self._since_empty += n
-        if self._gauge is not None:
-            self._gauge.set(self.held)
 
     def release(self, n: int) -> None:
         self.held -= n
-        if self._gauge is not None:
-            self._gauge.set(self.held)
         if self.held == 0 and self._since_empty >= TRIM_AFTER_BYTES and not self._trim_due:
             self._trim_due = True
             asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._empty)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ from router.config import TimeoutConfig
 from router.errors import Draining, UpstreamFailure, map_client_error, map_upstream_status
 from router.outcomes import Outcome
 
-__all__ = ["HOP_BY_HOP", "RelayResult", "Upstream", "Usage", "clean_headers", "relay",
+__all__ = ["HOP_BY_HOP", "RelayResult", "Upstream", "Usage", "relay",
            "upstream_headers", "usage"]
 
 HOP_BY_HOP = frozenset({
@@ -64,18 +63,6 @@ _USAGE = b'"usage"'
 _USAGE_MAX = 4096
 """Bytes after a ``"usage"`` key that its object may take (a usage object is ~100-300 bytes)."""
 _DECODER = json.JSONDecoder()
-
-
-def clean_headers(headers: Mapping[str, str], drop: frozenset[str] | set[str]) -> CIMultiDict[str]:
-    """``headers`` minus ``drop`` and minus any header the ``Connection`` header names."""
-    connection = headers.get("Connection")
-    if connection:
-        drop = drop | {h.strip().lower() for h in connection.split(",")}
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in headers.items():
-        if k.lower() not in drop:
-            out.add(k, v)
-    return out
 
 
 def upstream_headers(incoming: Mapping[str, str], request_id: str,
@@ -123,8 +110,8 @@ class Upstream:
             total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
         )
         self.session: aiohttp.ClientSession | None = None
-        # Responses being relayed, so the drain deadline can end them (weak: no bookkeeping).
-        self._open: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
+        # Responses being relayed, so the drain deadline can end them; :meth:`close` drops each.
+        self._open: set[aiohttp.ClientResponse] = set()
         # Tasks waiting in open() (for a status line, or an error body), and those of them the
         # drain deadline cancelled: their cancel is the deadline's, not the client's.
         self._opening: set[asyncio.Task[Any]] = set()
@@ -172,6 +159,12 @@ class Upstream:
             self._ended.discard(task)
         self._open.add(resp)
         return resp
+
+    def close(self, resp: aiohttp.ClientResponse) -> None:
+        """The relay of ``resp`` ended: drop its connection if content is left unread (the
+        client left or the stream broke: the backend sees the cancel at once)."""
+        self._open.discard(resp)
+        resp.close()
 
     async def _post(self, target: URL, body: bytes, headers: LooseHeaders
                     ) -> aiohttp.ClientResponse:
@@ -257,14 +250,14 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
     generation late in the timeline). The caller closes ``upstream``. Client disconnects
     surface as ``ConnectionResetError`` or cancellation and are not caught here.
     """
-    out_headers = clean_headers(upstream.headers, _NOT_DOWNSTREAM)
-    out_headers.update(headers)
     if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
         try:
             raw = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise map_client_error(exc, got_headers=True) from exc
-        resp = web.Response(status=upstream.status, body=raw, headers=out_headers)
+        resp = web.Response(status=upstream.status, body=raw)
+        _copy_headers(upstream.headers, resp.headers)
+        resp.headers.update(headers)
         if upstream.status >= 400:
             return RelayResult(resp, Outcome.FAILED)
         used = usage(raw)
@@ -272,9 +265,24 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
             return RelayResult(resp, Outcome.COMPLETED)
         return RelayResult(resp, Outcome.COMPLETED, used.completion_tokens,
                            prompt_tokens=used.prompt_tokens)
+    out_headers: CIMultiDict[str] = CIMultiDict()
+    _copy_headers(upstream.headers, out_headers)
+    out_headers.update(headers)
     out_headers["X-Accel-Buffering"] = "no"
     out_headers["Cache-Control"] = "no-cache"
     return await _relay_events(request, upstream, out_headers, on_first_byte)
+
+
+def _copy_headers(upstream: Mapping[str, str], out: CIMultiDict[str]) -> None:
+    """The backend's response headers the client may see (not ``_NOT_DOWNSTREAM``, nor what
+    its ``Connection`` header names), added to ``out``."""
+    drop = _NOT_DOWNSTREAM
+    connection = upstream.get("Connection")
+    if connection:
+        drop = drop | {h.strip().lower() for h in connection.split(",")}
+    for k, v in upstream.items():
+        if k.lower() not in drop:
+            out.add(k, v)
 
 
 async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse,
