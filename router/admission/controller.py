@@ -169,7 +169,7 @@ class TimelineAdmitter:
             q, n, start = rep.poll(now)
             queued += q
             in_flight += n
-            if not (rep.healthy and rep.ready) or rep.url in exclude:
+            if not (rep.health.up and rep.ready) or (exclude and rep.shape.url in exclude):
                 continue
             ttft = start - now + rep.shape.prefill_s
             if best is None or ttft < best_ttft or (ttft == best_ttft and n < best_load):
@@ -186,9 +186,10 @@ class TimelineAdmitter:
                 reason, retry, message = over
                 return self._refuse(b, req, Refused(
                     reason, message, max(retry, s.min_retry_after_s)))
-        wait = best_ttft - best.shape.prefill_s
+        shape = best.shape
+        wait = best_ttft - shape.prefill_s
         terms = judge(Inputs(
-            policy=b.policy, rule=rule, wait_s=wait, timings=best.shape.timings,
+            policy=b.policy, rule=rule, wait_s=wait, timings=shape.timings,
             max_tokens=req.max_tokens,
             reserve_tokens=b.lengths.reserve_tokens(req.max_tokens),
             wait_budget_s=req.wait_budget_s, queued=queued, in_flight=in_flight,
@@ -200,7 +201,7 @@ class TimelineAdmitter:
         ))
         if isinstance(terms, Refused):
             return self._refuse(b, req, terms)
-        res = best.reserve(next(self._seq), best.shape.service_time(terms.reserve_tokens), now)
+        res = best.reserve(next(self._seq), shape.timings.service_s(terms.reserve_tokens), now)
         assert terms.predicted_ttft_s is not None, "the rule predicts every admission"
         ticket = TimelineTicket(self, b, best, res, req, terms.max_tokens, terms.reserve_tokens,
                                 terms.predicted_ttft_s, limiter)
@@ -209,7 +210,7 @@ class TimelineAdmitter:
             limiter.consume(req.prompt_tokens + terms.max_tokens, now)
             ratelimit = limiter.state(now)
         b.record_admitted(req.priority, terms.degraded, wait)
-        return Admitted(best.url, ticket, terms, wait, ratelimit)
+        return Admitted(shape.url, ticket, terms, wait, ratelimit)
 
     @staticmethod
     def _refuse(b: BucketState, req: AdmissionRequest, refused: Refused) -> Refused:

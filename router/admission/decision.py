@@ -113,34 +113,29 @@ def judge(x: Inputs) -> Terms | Refused:
     """Apply the rule of the module docstring: the terms of admission, or the refusal (its
     ``ratelimit`` unset: the caller knows the tenant)."""
     p, rule = x.policy, x.rule
-    ttft = x.wait_s + x.prefill_s
-    deadline = p.ttft_slo_s + x.wait_budget_s
-    klass = str(rule.priority)
-
-    def refuse(reason: RejectReason, what: str) -> Refused:
-        retry = retry_after(x)
-        hint = f"; retry in {retry:.3f} s" if retry is not None else ""
-        return Refused(reason, f"bucket '{p.name}' is at capacity: {what}{hint}", retry,
-                       predicted_wait_s=x.wait_s, predicted_ttft_s=ttft)
-
-    cap = scaled_cap(p.max_concurrency, rule.share)
-    if cap is not None and x.in_flight >= cap:
-        return refuse(RejectReason.CONCURRENCY,
-                      f"{x.in_flight} requests in flight, the limit for {klass} requests"
-                      f" is {cap}")
-    cap = scaled_cap(p.max_queue, rule.share)
-    if cap is not None and x.wait_s > 0 and x.queued >= cap:
-        return refuse(RejectReason.QUEUE_FULL,
-                      f"{x.queued} requests queued, the limit for {klass} requests is {cap}")
+    ttft = x.wait_s + x.timings.prefill_s
+    if p.max_concurrency is not None:
+        cap = scaled_cap(p.max_concurrency, rule.share)
+        if cap is not None and x.in_flight >= cap:
+            return _refuse(x, ttft, RejectReason.CONCURRENCY,
+                           f"{x.in_flight} requests in flight, the limit for"
+                           f" {rule.priority} requests is {cap}")
+    if p.max_queue is not None:
+        cap = scaled_cap(p.max_queue, rule.share)
+        if cap is not None and x.wait_s > 0 and x.queued >= cap:
+            return _refuse(x, ttft, RejectReason.QUEUE_FULL,
+                           f"{x.queued} requests queued, the limit for {rule.priority} requests"
+                           f" is {cap}")
     bound = rule.share * p.ttft_slo_s + x.wait_budget_s
     if ttft + x.margin_s > bound - x.elapsed_s:
         allowed = f"the SLO {p.ttft_slo_s:.3f} s"
         if rule.share < 1 or x.wait_budget_s > 0:
-            allowed = f"the {bound:.3f} s allowed for {klass} requests (SLO {p.ttft_slo_s:.3f} s)"
+            allowed = (f"the {bound:.3f} s allowed for {rule.priority} requests"
+                       f" (SLO {p.ttft_slo_s:.3f} s)")
         spent = f" after {x.elapsed_s:.3f} s spent" if x.elapsed_s >= 0.001 else ""
-        return refuse(RejectReason.SLO_TTFT,
-                      f"predicted time to first token {ttft:.3f} s (+{x.margin_s:.3f} s margin)"
-                      f"{spent} exceeds {allowed}")
+        return _refuse(x, ttft, RejectReason.SLO_TTFT,
+                       f"predicted time to first token {ttft:.3f} s (+{x.margin_s:.3f} s margin)"
+                       f"{spent} exceeds {allowed}")
     max_tokens, reserve, degraded = x.max_tokens, x.reserve_tokens, False
     if p.e2e_slo_s is not None:
         e_bound = p.e2e_slo_s + x.wait_budget_s - x.elapsed_s
@@ -156,14 +151,25 @@ def judge(x: Inputs) -> Terms | Refused:
                         f" the SLO {e_bound:.3f} s")
                 if _e2e_clears_in(x) is None:  # waiting cannot help, a smaller allowance can
                     what += "; lower max_tokens"
-                return refuse(RejectReason.SLO_E2E, what)
-    threshold = utilization_threshold(rule, p.target_utilization)
-    if x.wait_s > x.margin_s and x.utilization >= threshold:
-        return refuse(RejectReason.UTILIZATION,
-                      f"utilization {x.utilization:.0%} is at or above the {threshold:.0%}"
-                      f" where {klass} requests are shed while a queue forms (predicted wait"
-                      f" {x.wait_s:.3f} s)")
-    return Terms(max_tokens, reserve, ttft, deadline, degraded)
+                return _refuse(x, ttft, RejectReason.SLO_E2E, what)
+    # The guard's threshold is read only while a queue forms: a request that starts at once
+    # is never refused for utilization.
+    if x.wait_s > x.margin_s:
+        threshold = utilization_threshold(rule, p.target_utilization)
+        if x.utilization >= threshold:
+            return _refuse(x, ttft, RejectReason.UTILIZATION,
+                           f"utilization {x.utilization:.0%} is at or above the {threshold:.0%}"
+                           f" where {rule.priority} requests are shed while a queue forms"
+                           f" (predicted wait {x.wait_s:.3f} s)")
+    return Terms(max_tokens, reserve, ttft, p.ttft_slo_s + x.wait_budget_s, degraded)
+
+
+def _refuse(x: Inputs, ttft: float, reason: RejectReason, what: str) -> Refused:
+    """The refusal for ``reason``, its message ending with the retry hint."""
+    retry = retry_after(x)
+    hint = f"; retry in {retry:.3f} s" if retry is not None else ""
+    return Refused(reason, f"bucket '{x.policy.name}' is at capacity: {what}{hint}", retry,
+                   predicted_wait_s=x.wait_s, predicted_ttft_s=ttft)
 
 
 def retry_after(x: Inputs) -> float | None:

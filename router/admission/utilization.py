@@ -50,21 +50,25 @@ class BusyWindow:
 
     def add_interval(self, start: float, end: float, now: float) -> None:
         """A slot was busy from ``start`` to ``end`` (<= ``now``); record its part in the window."""
-        lo = max(start, now - self.window_s)
+        lo = now - self.window_s
+        if start > lo:
+            lo = start
         if end <= lo:
             return
         w = self._width
+        n = self._n
+        index, value = self._index, self._value
         i = math.floor(lo / w)
-        while True:
+        while True:  # once per bin the interval touches (per request: a few)
             b_lo = i * w
             b_hi = b_lo + w
-            overlap = min(end, b_hi) - max(lo, b_lo)
+            overlap = (end if end < b_hi else b_hi) - (lo if lo > b_lo else b_lo)
             if overlap > 0:
-                slot = i % self._n
-                if self._index[slot] != i:
-                    self._index[slot] = i
-                    self._value[slot] = 0.0
-                self._value[slot] += overlap
+                slot = i % n
+                if index[slot] != i:
+                    index[slot] = i
+                    value[slot] = 0.0
+                value[slot] += overlap
             if b_hi >= end:
                 return
             i += 1
