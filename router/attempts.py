@@ -195,7 +195,7 @@ class AttemptLoop:
             return
         ex.admitted = True
         bucket = placement.bucket.name
-        self._series.admitted(bucket, adm.priority.value).inc()
+        self._series.admitted(bucket, adm.priority).inc()
         if placement.clamped_from is not None:
             self._clamped(bucket, "bucket_cap").inc()
         if decision.terms.degraded:

@@ -107,7 +107,8 @@ class Proxy:
             except APIError as exc:
                 raise Rejection(RejectReason.INVALID_REQUEST, exc) from None
             ex.model = req.model
-            placement, counted = await self._place(req, ex.tenant)
+            bound = prompt_bound(req)
+            placement, counted = await self._place(req, bound, ex.tenant)
             ex.bucket = placement.bucket.name
             ex.prompt_tokens = counted
             try:
@@ -115,10 +116,10 @@ class Proxy:
             except APIError as exc:
                 raise Rejection(RejectReason.INVALID_REQUEST, exc) from None
             priority, budget = self._priority(request, req, tenant)
-            ex.priority = priority.value
+            ex.priority = priority  # a StrEnum is its value (and skips the enum descriptor)
             adm = AdmissionRequest(
                 bucket=placement.bucket.name,
-                prompt_tokens=counted if counted is not None else prompt_bound(req),
+                prompt_tokens=counted if counted is not None else bound,
                 max_tokens=placement.max_tokens, priority=priority, tenant=ex.tenant,
                 wait_budget_s=budget)
             return await self._serve(request, ex, req, placement, adm, path)
@@ -127,12 +128,12 @@ class Proxy:
         finally:
             ex.log(self._clock())
 
-    async def _place(self, req: CompletionRequest, tenant: str | None
+    async def _place(self, req: CompletionRequest, bound: int, tenant: str | None
                      ) -> tuple[Placement, int | None]:
         """The bucket and allowance, and the prompt's count when one was needed (None: the
-        bound settled the placement)."""
+        prompt's upper ``bound`` settled the placement)."""
         if tenant not in self._metered:
-            settled = self._table.settled(req.model, prompt_bound(req), req.max_tokens)
+            settled = self._table.settled(req.model, bound, req.max_tokens)
             if settled is not None:
                 return settled, None
         # Exact up to the model's largest shape, then "at least": bounded work, paced.
@@ -184,9 +185,9 @@ class Proxy:
 
     def _refused(self, ex: Exchange, r: Rejection) -> web.Response:
         """A request refused before it was admitted: its error, with its headers."""
-        ex.reject_reason = r.reason.value
+        ex.reject_reason = r.reason
         ex.status = r.error.status
-        self._series.rejected(ex.bucket or "none", ex.priority, r.reason.value).inc()
+        self._series.rejected(ex.bucket or "none", ex.priority, r.reason).inc()
         headers = r.headers
         if ex.tenant is not None:
             headers |= self._limits(ex.tenant)
@@ -204,14 +205,14 @@ class Proxy:
         series = self._series
         completion = result.completion_tokens if result is not None else None
         reported = result.prompt_tokens if result is not None else None
-        ex.outcome = outcome.value
+        ex.outcome = outcome
         ex.completion_tokens = completion
         if reported is not None:
             ex.prompt_tokens = reported
         elif ex.prompt_tokens is None:  # placed by its bound, and the backend said nothing
             ex.prompt_tokens = prompt_tokens(req, self._counter)
         series.prompt_tokens(name).inc(ex.prompt_tokens)
-        series.finished(name, outcome.value).inc()
+        series.finished(name, outcome).inc()
         if completion:
             series.completion_tokens(name).inc(completion)
         if outcome is Outcome.COMPLETED:

@@ -138,7 +138,7 @@ def completion_guard(lifecycle: Lifecycle, metrics: RouterMetrics, *,
 
     def refuse(reason: RejectReason, error: APIError,
                headers: dict[str, str] | None = None) -> web.Response:
-        rejected("none", "standard", reason.value).inc()
+        rejected("none", "standard", reason).inc()
         resp = error_response(error, headers)
         resp.force_close()
         return resp
