@@ -122,9 +122,10 @@ class Ticket(Protocol):
         Idempotent, and a no-op after ``finish``."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Terms:
-    """What the rule grants an admitted request (pure numbers, no state)."""
+    """What the rule grants an admitted request (pure numbers, no state). Not mutated (not
+    frozen only because a frozen dataclass costs a microsecond per decision to build)."""
 
     max_tokens: int
     """Allowance to forward (lower than asked when degraded mode clamped it)."""
@@ -138,9 +139,10 @@ class Terms:
     degraded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admitted:
-    """Send the request to ``backend``; ``ticket`` holds its slot until it ends."""
+    """Send the request to ``backend``; ``ticket`` holds its slot until it ends. Not mutated
+    (not frozen: see :class:`Terms`)."""
 
     backend: str
     ticket: Ticket
@@ -150,9 +152,10 @@ class Admitted:
     admitted: ClassVar[bool] = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Refused:
-    """Refuse the request now, with the reason's status and ``Retry-After``."""
+    """Refuse the request now, with the reason's status and ``Retry-After``. Not mutated
+    (not frozen: see :class:`Terms`; under overload refusing is the hot path)."""
 
     reason: RejectReason
     message: str

@@ -92,9 +92,7 @@ class BucketState:
                 continue
             win = self.windows[rep.url]
             slots = rep.shape.slots
-            own = win.finished_busy(now)
-            for r in rep.running():
-                own += now - (r.start if r.start > lo else lo)
+            own = rep.running_busy(lo, now, win.finished_busy(now))
             reported = win.reported_busy(now)
             busy += own if reported is None else max(own, reported * slots)
             capacity += slots * w

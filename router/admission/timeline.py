@@ -288,6 +288,18 @@ class ReplicaTimeline:
         c = self.shape.slots
         floor = self._floor
         since = self._ends_since
+        if not queue and floor is None:
+            # What the general way below gives here (light load, no binding report): the
+            # latest c ends of the started reservations, padded.
+            before = self._ends_before
+            if not before:
+                tail = since[-c:]
+            elif not since:
+                tail = before[-c:]
+            else:
+                tail = sorted(before[-c:] + since[-c:])[-c:]
+            self._tail = _padded(tail, c)
+            return
         heap = self._ends_before[-c:]  # ascending: a valid heap once padded to c
         pending = floor is not None
         if since:
@@ -317,6 +329,14 @@ class ReplicaTimeline:
     def _drop_started(self, r: Reservation) -> None:
         ends = self._ends_before if r.admitted_at < self._floor_after else self._ends_since
         del ends[bisect_left(ends, r.end)]
+
+    def running_busy(self, since: float, now: float, acc: float = 0.0) -> float:
+        """``acc`` plus the seconds since ``since`` (or since its start, if later) that each
+        running reservation has held its slot until ``now``: one pass, no generator."""
+        for r in self._items.values():
+            if r.started:
+                acc += now - (r.start if r.start > since else since)
+        return acc
 
     def running(self) -> Iterator[Reservation]:
         """Own reservations predicted (or seen) to hold a slot now."""
