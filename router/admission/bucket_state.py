@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import Counter
@@ -58,6 +58,12 @@ class BucketState:
         self._util_until = float("-inf")
         self.utilization_at = now
         """When the cached utilization figure was measured (router clock)."""
+        self.decided_at = now
+        """When the decision being made was asked (router clock): what the rule's
+        ``next_*_exit_s`` count from. The controller sets it before each decision."""
+        # Bound once: the rule's Inputs take them at every decision.
+        self.next_queue_exit_s: Callable[[int], float | None] = self._next_queue_exit
+        self.next_slot_exit_s: Callable[[int], float | None] = self._next_slot_exit
         self._metrics = metrics
         self._decisions: dict[tuple[Priority, RejectReason | bool], Counter] = {}
         """Counter children by (priority, reason), or (priority, degraded) for admissions."""
@@ -119,6 +125,12 @@ class BucketState:
         times = heapq.nsmallest(k, itertools.chain.from_iterable(
             rep.queued_starts() if queue else rep.ends() for rep in self.replicas))
         return max(0.0, times[-1] - now) if len(times) == k else None
+
+    def _next_queue_exit(self, k: int) -> float | None:
+        return self.next_exit(self.decided_at, k, queue=True)
+
+    def _next_slot_exit(self, k: int) -> float | None:
+        return self.next_exit(self.decided_at, k, queue=False)
 
     def record_admitted(self, priority: Priority, degraded: bool, wait_s: float) -> None:
         """Count one admission (degraded or not) and observe its predicted wait (seconds)."""

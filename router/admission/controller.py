@@ -188,16 +188,16 @@ class TimelineAdmitter:
                     reason, message, max(retry, s.min_retry_after_s)))
         shape = best.shape
         wait = best_ttft - shape.prefill_s
+        b.decided_at = now
+        # Positional, in the field order of Inputs: seventeen keywords cost more than the rule.
         terms = judge(Inputs(
-            policy=b.policy, rule=rule, wait_s=wait, timings=shape.timings,
-            max_tokens=req.max_tokens,
-            reserve_tokens=b.lengths.reserve_tokens(req.max_tokens),
-            wait_budget_s=req.wait_budget_s, queued=queued, in_flight=in_flight,
-            utilization=b.utilization(now), utilization_age_s=now - b.utilization_at,
-            next_queue_exit_s=lambda k: b.next_exit(now, k, queue=True),
-            next_slot_exit_s=lambda k: b.next_exit(now, k, queue=False),
-            elapsed_s=req.elapsed_s, margin_s=b.margin.value,
-            window_s=s.utilization_window_s, min_retry_after_s=s.min_retry_after_s,
+            b.policy, rule, wait, shape.timings,  # policy, rule, wait_s, timings
+            req.max_tokens, b.lengths.reserve_tokens(req.max_tokens),  # max_, reserve_tokens
+            req.wait_budget_s, queued, in_flight,  # wait_budget_s, queued, in_flight
+            b.utilization(now),  # utilization
+            b.next_queue_exit_s, b.next_slot_exit_s,  # from decided_at
+            b.margin.value, s.utilization_window_s, s.min_retry_after_s,  # margin_s, window_s,
+            req.elapsed_s, now - b.utilization_at,  # elapsed_s, utilization_age_s
         ))
         if isinstance(terms, Refused):
             return self._refuse(b, req, terms)

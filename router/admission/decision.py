@@ -76,7 +76,9 @@ __all__ = ["Inputs", "judge", "retry_after"]
 @dataclass(slots=True)
 class Inputs:
     """Everything the rule reads, for one request on its best replica. Not mutated
-    (not frozen only because a frozen dataclass costs microseconds to build)."""
+    (not frozen only because a frozen dataclass costs microseconds to build). The
+    controller builds it positionally (keywords cost more than the rule): the field order
+    is part of the contract."""
 
     policy: BucketPolicy
     rule: PriorityRule
