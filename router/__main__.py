@@ -63,7 +63,7 @@ def _check(path: str) -> RouterConfig | None:
 
 def _run(coro: Coroutine[Any, Any, None], log_level: str) -> None:
     """Run ``coro`` on uvloop, the process's one log listener running around it."""
-    from router import log_queue
+    from router import access_log, log_queue
     from router.process import raise_fd_limit, return_freed_memory
 
     # Before any socket or large buffer: see router/process.py for why.
@@ -80,6 +80,7 @@ def _run(coro: Coroutine[Any, Any, None], log_level: str) -> None:
         else:
             uvloop.run(coro)
     finally:
+        access_log.flush()
         log_queue.stop()
 
 

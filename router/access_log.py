@@ -5,16 +5,19 @@ Fields: ``request_id``, ``route``, ``model``, ``bucket``, ``backend``, ``priorit
 ``status``, ``prompt_tokens``, ``completion_tokens``, ``predicted_ttft_ms``, ``ttft_ms``,
 ``e2e_ms``, ``ts`` (Unix seconds at arrival). Never the API key: the tenant's name only.
 
-The event loop only snapshots the fields into a dict and queues the record; the JSON encoding
-and the write happen on the log listener's thread (:mod:`router.log_queue`). Measured with
-``timeit`` on the 2-core dev machine, per line on the loop: 5.6 us so, 8.8 us with the encoding
-on the loop, 14 us for the synchronous write to a pipe this replaced (docs/router.md has the
-whole process's figures). A handler that reads the record in-process gets the same line from
-``record.getMessage()``.
+The event loop only keeps the finished exchange: the lines of the requests that end in one turn
+of the loop leave as one record, at the end of that turn (``call_soon``), whose message is those
+lines, one per request; the JSON encoding and the write happen on the log listener's thread
+(:mod:`router.log_queue`). A record per line cost ~20 us of CPU per request in the whole router
+(the record, the queue, the thread's hand-over; ``lpu-bench overhead`` with and without the
+access log); a record per turn costs that once for all the turn's lines. A handler that reads
+the records in-process gets the lines from ``record.getMessage()`` (split them at newlines);
+:func:`flush` logs what is pending at once (the process's exit calls it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from typing import Any
 
 from router.log_queue import Deferred
 
-__all__ = ["Exchange"]
+__all__ = ["Exchange", "flush"]
 
 log = logging.getLogger("lpu_router.access")
 
@@ -52,8 +55,14 @@ class Exchange:
     def log(self, now: float) -> None:
         """Queue the request's line (its end: ``now``). The exchange must not change after
         this call: the line is made from it later, on the log listener's thread."""
-        if log.isEnabledFor(logging.INFO):
-            log.info(_Line(self, now))
+        if not log.isEnabledFor(logging.INFO):
+            return
+        _pending.append((self, now))
+        if len(_pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(flush)
+            except RuntimeError:  # no loop: at once
+                flush()
 
     def fields(self, now: float) -> dict[str, Any]:
         """The line's fields, in their order."""
@@ -82,17 +91,28 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 """``json.dumps(fields, separators=(",", ":"))``, without building an encoder per line."""
 
 
-class _Line(Deferred):
-    """One access line: the finished exchange, its JSON text made when written."""
+_pending: list[tuple[Exchange, float]] = []
+"""Exchanges that ended in this turn of the loop, with their end times."""
 
-    __slots__ = ("exchange", "now")
 
-    def __init__(self, exchange: Exchange, now: float) -> None:
-        self.exchange = exchange
-        self.now = now
+def flush() -> None:
+    """Log the pending lines now, as one record."""
+    global _pending
+    if _pending:
+        lines, _pending = _pending, []
+        log.info(_Lines(lines))
+
+
+class _Lines(Deferred):
+    """Access lines: finished exchanges, their JSON text (one line each) made when written."""
+
+    __slots__ = ("exchanges",)
+
+    def __init__(self, exchanges: list[tuple[Exchange, float]]) -> None:
+        self.exchanges = exchanges
 
     def __str__(self) -> str:
-        return _encode(self.exchange.fields(self.now))
+        return "\n".join([_encode(ex.fields(now)) for ex, now in self.exchanges])
 
 
 _MODEL_CHARS = 128

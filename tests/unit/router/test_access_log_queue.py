@@ -172,7 +172,7 @@ def test_lines_queued_while_the_listener_writes_go_out_in_one_write() -> None:
 def test_a_disabled_access_logger_queues_nothing(stream: _Stream,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[object] = []
-    monkeypatch.setattr(access_log, "_Line", made.append)
+    monkeypatch.setattr(access_log, "_Lines", made.append)
     logger = logging.getLogger("lpu_router.access")
     level = logger.level
     logger.setLevel(logging.WARNING)
