@@ -36,9 +36,11 @@ class BucketState:
 
     def __init__(
         self, policy: BucketPolicy, settings: AdmissionSettings, metrics: RouterMetrics | None,
-        now: float, health: Health = always_up,
+        now: float, health: Health = always_up, *, clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` (the controller's) lets a scrape refresh the utilization figure."""
         self.policy = policy
+        self._clock = clock
         self.replicas = [ReplicaTimeline(shape, health(policy.name, shape.url))
                          for shape in policy.replicas]
         self.by_url = {rep.url: rep for rep in self.replicas}
@@ -108,11 +110,14 @@ class BucketState:
         return self._util
 
     def _cached_utilization(self) -> float:
-        """The utilization last computed (the gauge's value at a scrape)."""
-        return self._util
+        """The gauge's value at a scrape: the figure as a decision would read it now.
+
+        Decisions read it only while a queue forms (the controller), so at light load the
+        scrape is what keeps the gauge current."""
+        return self._util if self._clock is None else self.utilization(self._clock())
 
     def _cached_headroom(self) -> float:
-        return self.policy.target_utilization - self._util
+        return self.policy.target_utilization - self._cached_utilization()
 
     def queued(self) -> int:
         """Own reservations waiting for a slot over the bucket (as of each replica's last

@@ -25,6 +25,7 @@ own, and they meet only through the backends' reports).
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -148,7 +149,7 @@ class TimelineAdmitter:
         self.settings = settings
         self.clock = clock
         now = clock()
-        self._buckets = {b.name: BucketState(b, settings, metrics, now, health)
+        self._buckets = {b.name: BucketState(b, settings, metrics, now, health, clock=clock)
                          for b in settings.buckets}
         self._rules = rule_table(settings.priorities)
         self._tenants = {t.name: TenantLimiter(t, now) for t in settings.tenants
@@ -189,15 +190,23 @@ class TimelineAdmitter:
         shape = best.shape
         wait = best_ttft - shape.prefill_s
         b.decided_at = now
+        margin = b.margin.value
+        if wait > margin:
+            util, util_age = b.utilization(now), now - b.utilization_at
+        else:
+            # The rule reads utilization only while a queue forms (the guard, and a refusal's
+            # retry when it is sooner than the wait, which it then cannot be): measuring it
+            # at light load was a sixth of the decision.
+            util, util_age = math.nan, 0.0
         # Positional, in the field order of Inputs: seventeen keywords cost more than the rule.
         terms = judge(Inputs(
             b.policy, rule, wait, shape.timings,  # policy, rule, wait_s, timings
             req.max_tokens, b.lengths.reserve_tokens(req.max_tokens),  # max_, reserve_tokens
             req.wait_budget_s, queued, in_flight,  # wait_budget_s, queued, in_flight
-            b.utilization(now),  # utilization
+            util,  # utilization
             b.next_queue_exit_s, b.next_slot_exit_s,  # from decided_at
-            b.margin.value, s.utilization_window_s, s.min_retry_after_s,  # margin_s, window_s,
-            req.elapsed_s, now - b.utilization_at,  # elapsed_s, utilization_age_s
+            margin, s.utilization_window_s, s.min_retry_after_s,  # margin_s, window_s, min_retry
+            req.elapsed_s, util_age,  # elapsed_s, utilization_age_s
         ))
         if isinstance(terms, Refused):
             return self._refuse(b, req, terms)

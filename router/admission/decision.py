@@ -91,6 +91,9 @@ class Inputs:
     queued: int
     in_flight: int
     utilization: float
+    """The bucket's utilization in [0, 1]. Read only while a queue forms (``wait_s >
+    margin_s``: the guard, and a refusal's retry when sooner than the wait, which it then
+    cannot be), so the controller may pass NaN otherwise and not measure it."""
     next_queue_exit_s: Callable[[int], float | None]
     """Seconds until the k-th queued request (earliest first) starts; None with fewer than
     k queued. Asked on refusal only."""
