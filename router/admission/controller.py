@@ -51,6 +51,8 @@ from router.outcomes import Outcome, RejectReason
 
 __all__ = ["TimelineAdmitter", "TimelineTicket"]
 
+_COMPLETED = Outcome.COMPLETED  # an enum member costs a class lookup, once per request here
+
 
 class TimelineTicket:
     """One admitted request's reservation. Implements :class:`router.admission.Ticket`."""
@@ -112,7 +114,7 @@ class TimelineTicket:
             b.windows[rep.url].add_interval(r.start, now, now)
         rep.release(r, now)
         if completion_tokens is not None:
-            if outcome is Outcome.COMPLETED:
+            if outcome is _COMPLETED:
                 b.lengths.observe(completion_tokens)
             if self._limiter is not None:
                 self._limiter.refund(self._max_tokens - completion_tokens, now)

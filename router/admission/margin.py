@@ -44,7 +44,7 @@ __all__ = ["AdmissionMargin"]
 class AdmissionMargin:
     """The margin in force for one bucket (seconds) and the errors it is learned from."""
 
-    __slots__ = ("_count", "_measured", "_refresh_every", "_ring", "_since_refresh", "_value",
+    __slots__ = ("_adaptive", "_count", "_measured", "_refresh_every", "_ring", "_since_refresh", "_value",
                  "cap_s", "floor_s", "outliers", "policy", "quantile")
 
     def __init__(
@@ -61,6 +61,7 @@ class AdmissionMargin:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.policy = policy
+        self._adaptive = policy is MarginPolicy.ADAPTIVE  # a bool: an enum member is a lookup
         self.floor_s = floor_s
         self.quantile = quantile
         self.cap_s = cap_s
@@ -92,7 +93,7 @@ class AdmissionMargin:
         """Record one prediction error (seconds; late is positive). Returns whether the
         margin in force changed. Non-finite errors are ignored, errors above ``cap_s`` are
         counted as outliers only; ``fixed`` records nothing."""
-        if self.policy is not MarginPolicy.ADAPTIVE or not math.isfinite(error_s):
+        if not self._adaptive or not math.isfinite(error_s):
             return False
         if error_s > self.cap_s:
             self.outliers += 1

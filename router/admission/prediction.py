@@ -50,6 +50,8 @@ class OutputLengthModel:
         if not 0 < quantile <= 1:
             raise ValueError(f"quantile must be in (0, 1], got {quantile}")
         self.policy = policy
+        self._learned = policy is PredictionPolicy.LEARNED
+        """Only learned decisions read the quantile (a bool: an enum member costs a lookup)."""
         self.quantile = quantile
         self.min_samples = max(1, min_samples)
         self._ring = np.zeros(max(capacity, self.min_samples), dtype=np.int64)
@@ -73,7 +75,7 @@ class OutputLengthModel:
         self._ring[self._count % len(self._ring)] = max(1, completion_tokens)
         self._count += 1
         self._since_refresh += 1
-        if self.policy is PredictionPolicy.LEARNED:  # only learned decisions read it
+        if self._learned:
             self._refresh_if_due()
 
     def _refresh_if_due(self) -> None:
@@ -87,6 +89,6 @@ class OutputLengthModel:
 
     def reserve_tokens(self, max_tokens: int) -> int:
         """Output tokens to reserve a slot for, never above ``max_tokens``."""
-        if self.policy is PredictionPolicy.LEARNED and self._estimate is not None:
+        if self._learned and self._estimate is not None:
             return min(max_tokens, self._estimate)
         return max_tokens

@@ -194,10 +194,13 @@ class ReplicaTimeline:
         """The request's first token showed it started at ``start``: pin it there."""
         if r.seq not in self._items:
             return
-        self.advance(now)  # what rebuild does first; lets a start that has come count as one
-        pinned = max(start, r.admitted_at)
+        q = self._queue
+        if q and q[0].start <= now:  # what rebuild does first: a start that has come counts
+            self.advance(now)
+        pinned = start if start >= r.admitted_at else r.admitted_at
         # Later than predicted, on a slot that frees after now: see the module docstring.
-        short = self._settled and r.started and pinned >= r.start and r.end > now
+        short = (self._settled and r.started and pinned >= r.start
+                 and r.start + r.duration_s > now)
         if short:
             self._drop_started(r)
         r.start = pinned
@@ -322,13 +325,14 @@ class ReplicaTimeline:
             heap = _later_per_slot(heap, floor)
         self._tail = heap
 
+    # Twice per request each: ``r.start + r.duration_s`` is ``r.end`` without the property call.
     def _add_started(self, r: Reservation) -> None:
         insort(self._ends_before if r.admitted_at < self._floor_after else self._ends_since,
-               r.end)
+               r.start + r.duration_s)
 
     def _drop_started(self, r: Reservation) -> None:
         ends = self._ends_before if r.admitted_at < self._floor_after else self._ends_since
-        del ends[bisect_left(ends, r.end)]
+        del ends[bisect_left(ends, r.start + r.duration_s)]
 
     def running_busy(self, since: float, now: float, acc: float = 0.0) -> float:
         """``acc`` plus the seconds since ``since`` (or since its start, if later) that each
