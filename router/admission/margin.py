@@ -44,8 +44,8 @@ __all__ = ["AdmissionMargin"]
 class AdmissionMargin:
     """The margin in force for one bucket (seconds) and the errors it is learned from."""
 
-    __slots__ = ("_adaptive", "_count", "_measured", "_refresh_every", "_ring", "_since_refresh", "_value",
-                 "cap_s", "floor_s", "outliers", "policy", "quantile")
+    __slots__ = ("_adaptive", "_count", "_measured", "_refresh_every", "_ring", "_since_refresh",
+                 "_value", "cap_s", "floor_s", "outliers", "policy", "quantile")
 
     def __init__(
         self, policy: MarginPolicy, floor_s: float, *, quantile: float = 0.99,
