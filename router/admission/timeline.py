@@ -311,12 +311,16 @@ class ReplicaTimeline:
                 pending = False
             heap = sorted(heap + since[-c:])[-c:]
         heap = _padded(heap, c)
+        after = self._floor_after
+        replace = heapq.heapreplace  # the loop runs per queued reservation, twice per request
         for r in queue:
-            if pending and floor is not None and r.admitted_at >= self._floor_after:
+            if pending and r.admitted_at >= after:
+                assert floor is not None  # what pending means
                 heap = _later_per_slot(heap, floor)
                 pending = False
-            start = heap[0] if heap[0] > now else now
-            heapq.heapreplace(heap, start + r.duration_s)
+            first = heap[0]
+            start = first if first > now else now
+            replace(heap, start + r.duration_s)
             r.start = start
             r.started = start <= now
         while queue and queue[0].started:  # FIFO starts ascend: the started lead the queue
