@@ -150,8 +150,10 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     app.on_shutdown.append(mark_not_ready)
     app.on_response_prepare.append(close_when_leaving(lifecycle))
     routes = [
-        ("POST", "/v1/chat/completions", guarded(proxy.chat)),
-        ("POST", "/v1/completions", guarded(proxy.completions)),
+        ("POST", "/v1/chat/completions", guarded(partial(proxy.handle, kind="chat",
+                                                         path="/v1/chat/completions"))),
+        ("POST", "/v1/completions", guarded(partial(proxy.handle, kind="completion",
+                                                    path="/v1/completions"))),
         ("GET", "/v1/models", endpoints.models),
         ("GET", "/metrics", endpoints.metrics),
         ("GET", "/healthz", endpoints.healthz),

@@ -89,14 +89,10 @@ class Proxy:
                                   if t.policy.tokens_per_minute is not None)
         """Tenants with a tokens-per-minute limit: their prompts are always counted."""
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self.handle(request, "chat", "/v1/chat/completions")
-
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.handle(request, "completion", "/v1/completions")
-
     async def handle(self, request: web.Request, kind: Literal["chat", "completion"],
                      path: str) -> web.StreamResponse:
+        """``POST path`` (``/v1/chat/completions`` with ``kind="chat"``, ``/v1/completions``
+        with ``"completion"``)."""
         ex = Exchange(request_id=request[REQUEST_ID], route=path, started=self._clock(),
                       wall_start=time.time())
         try:

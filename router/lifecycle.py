@@ -143,41 +143,39 @@ def completion_guard(lifecycle: Lifecycle, metrics: RouterMetrics, *,
         resp.force_close()
         return resp
 
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if lifecycle.draining:
-            return refuse(RejectReason.SHUTTING_DOWN, _shutting_down(), {"Retry-After": "1"})
-        length = request.content_length
-        wait = 0.0
-        if large is not None and length is not None and length >= LARGE_BODY_BYTES:
-            wait = large.reserve(length)
-            if wait > MAX_WAIT_S:  # sent again after this, it waits at most MAX_WAIT_S
-                return refuse(RejectReason.BODY_RATE, large.error(),
-                              retry_after_headers(wait - MAX_WAIT_S))
-        held = Reservation(budget)
-        lifecycle.entered()
-        try:
-            if wait:  # the body waits in the kernel: TCP holds the sender back meanwhile
-                await asyncio.sleep(wait)
-            try:
-                if request.content.is_eof():
-                    await read_body(request, held, max_body_bytes)
-                else:
-                    async with asyncio.timeout(body_timeout_s):
-                        await read_body(request, held, max_body_bytes)
-            except OverBudget as exc:
-                return refuse(RejectReason.BODY_MEMORY, exc.error, {"Retry-After": "1"})
-            except TimeoutError:
-                return refuse(RejectReason.INVALID_REQUEST, _body_timeout(body_timeout_s))
-            if large is not None and length is None and held.taken >= LARGE_BODY_BYTES:
-                large.charge(held.taken)  # chunked: known only now
-            return await handler(request)
-        finally:
-            held.close()
-            lifecycle.left()
-
     def wrap(handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            return await guard(request, handler)
+            if lifecycle.draining:
+                return refuse(RejectReason.SHUTTING_DOWN, _shutting_down(), {"Retry-After": "1"})
+            length = request.content_length
+            wait = 0.0
+            if large is not None and length is not None and length >= LARGE_BODY_BYTES:
+                wait = large.reserve(length)
+                if wait > MAX_WAIT_S:  # sent again after this, it waits at most MAX_WAIT_S
+                    return refuse(RejectReason.BODY_RATE, large.error(),
+                                  retry_after_headers(wait - MAX_WAIT_S))
+            held = Reservation(budget)
+            lifecycle.entered()
+            try:
+                if wait:  # the body waits in the kernel: TCP holds the sender back meanwhile
+                    await asyncio.sleep(wait)
+                try:
+                    if request.content.is_eof():
+                        await read_body(request, held, max_body_bytes)
+                    else:
+                        async with asyncio.timeout(body_timeout_s):
+                            await read_body(request, held, max_body_bytes)
+                except OverBudget as exc:
+                    return refuse(RejectReason.BODY_MEMORY, exc.error, {"Retry-After": "1"})
+                except TimeoutError:
+                    return refuse(RejectReason.INVALID_REQUEST, _body_timeout(body_timeout_s))
+                if large is not None and length is None and held.taken >= LARGE_BODY_BYTES:
+                    large.charge(held.taken)  # chunked: known only now
+                return await handler(request)
+            finally:
+                held.close()
+                lifecycle.left()
+
         return guarded
 
     return wrap
