@@ -16,7 +16,9 @@ runs (one replica of 64 slots, the default priority rules, adaptive margin):
 request: 32 of 64 in flight) and at a loaded point (every slot running and 16
 requests queued), each without and with a metrics registry (the counters,
 histograms and gauges the controller keeps). The first token of a request is
-reported when its prefill is over, its finish at about 70% of its allowance.
+reported when its prefill is over, its finish at about 70% of its allowance. Each
+point runs without and with ``/load`` reports every 50 ms (the backend reporting the
+schedule the router predicts), which keep a floor under the timeline as in production.
 
 Figures are the best (``--best``: the machine is shared, the least disturbed run
 is the cost) or the median over ``--repeats`` runs, in microseconds, measured with
@@ -36,6 +38,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from benchmarks.machine import describe
+from lpu_protocol.load_report import LoadReport
 from router.admission import AdmissionRequest, Admitted, Decision, Ticket
 from router.admission.controller import TimelineAdmitter
 from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape
@@ -54,6 +57,8 @@ CYCLE_SLOTS = 64
 """Slots of the one replica of the per-request table (the router's light-load case)."""
 LIGHT_IN_FLIGHT = CYCLE_SLOTS // 2
 LOADED_QUEUE = 16
+REPORT_EVERY_S = 0.05
+"""The router's default ``load_poll_interval_s``."""
 
 
 class _Clock:
@@ -108,8 +113,19 @@ def _run(replicas: int, cycles: int) -> tuple[float, float, float]:
     return cycle_ns / cycles / 1e3, decide_ns / cycles / 1e3, refuse_ns / cycles / 1e3
 
 
-def _cycle(cycles: int, *, loaded: bool, metrics: bool) -> float:
-    """Microseconds per ``decide`` + ``first_token`` + ``finish`` of one request."""
+def _report(a: TimelineAdmitter, now: float) -> LoadReport:
+    """The backend's ``/load`` answer when it runs exactly what this router predicts: its
+    slot free times are the router's own (read off the timeline: the benchmark plays the
+    backend)."""
+    view = a._buckets["b"].replicas[0].snapshot(now)
+    return LoadReport(CYCLE_SLOTS, view["running"], view["queued"],
+                      tuple(view["slot_free_in_s"]), PREFILL_S, PER_TOKEN_S)
+
+
+def _cycle(cycles: int, *, loaded: bool, metrics: bool, reports: bool = False) -> float:
+    """Microseconds per ``decide`` + ``first_token`` + ``finish`` of one request; with
+    ``reports``, a ``/load`` report merged every ``REPORT_EVERY_S`` (not timed: it is
+    per poll, not per request) keeps a floor under the timeline, as in production."""
     clock = _Clock()
     shape = ReplicaShape("http://r0", CYCLE_SLOTS, PREFILL_S, PER_TOKEN_S)
     # Loaded, every slot is busy: a target of 1 keeps the guard from shedding the queue.
@@ -131,8 +147,12 @@ def _cycle(cycles: int, *, loaded: bool, metrics: bool) -> float:
         live.append(d.ticket)
         clock.t += step
     total = 0
+    next_report = clock.t
     for _ in range(cycles):
         clock.t += step
+        if reports and clock.t >= next_report:
+            a.observe_load("b", shape.url, _report(a, clock.t), clock.t)
+            next_report = clock.t + REPORT_EVERY_S
         t0 = time.perf_counter_ns()
         d = a.decide(req)
         live[-lag].first_token()
@@ -158,15 +178,17 @@ def execute(args: argparse.Namespace) -> int:
     print(f"{args.cycles} cycles x {args.repeats} repeats"
           f" ({'best' if args.best else 'medians'})")
     print(f"per request, 1 replica of {CYCLE_SLOTS} slots: decide + first_token + finish, us")
-    print(f"{'load':>22} {'no metrics':>11} {'metrics':>8}")
+    print(f"{'load':>22} {'reports':>8} {'no metrics':>11} {'metrics':>8}")
     requests = []
     for loaded, label in ((False, f"light ({LIGHT_IN_FLIGHT} in flight)"),
                           (True, f"loaded (queue {LOADED_QUEUE})")):
-        bare, metered = (pick([_cycle(args.cycles, loaded=loaded, metrics=m)
-                               for _ in range(args.repeats)]) for m in (False, True))
-        requests.append({"load": "loaded" if loaded else "light", "slots": CYCLE_SLOTS,
-                         "cycle_us": bare, "cycle_metrics_us": metered})
-        print(f"{label:>22} {bare:>11.2f} {metered:>8.2f}")
+        for reports in (False, True):
+            bare, metered = (
+                pick([_cycle(args.cycles, loaded=loaded, metrics=m, reports=reports)
+                      for _ in range(args.repeats)]) for m in (False, True))
+            requests.append({"load": "loaded" if loaded else "light", "slots": CYCLE_SLOTS,
+                             "reports": reports, "cycle_us": bare, "cycle_metrics_us": metered})
+            print(f"{label:>22} {'yes' if reports else 'no':>8} {bare:>11.2f} {metered:>8.2f}")
     print(f"{SLOTS} slots per replica, queue ~{QUEUE_PER_REPLICA} per replica, no metrics")
     print(f"{'replicas':>8} {'decide+finish us':>17} {'decide us':>10} {'refused us':>11}")
     rows = []

@@ -307,7 +307,7 @@ class ReplicaTimeline:
         pending = floor is not None
         if since:
             if floor is not None:
-                heap = _later_per_slot(_padded(heap, c), floor)
+                heap = _later_than_floor(heap, floor)
                 pending = False
             heap = sorted(heap + since[-c:])[-c:]
         heap = _padded(heap, c)
@@ -389,6 +389,14 @@ class ReplicaTimeline:
 def _padded(ends: list[float], c: int) -> list[float]:
     """``ends`` (ascending, at most ``c``) with never-used slots in front: a sorted tail."""
     return ends if len(ends) == c else [_NEG_INF] * (c - len(ends)) + ends
+
+
+def _later_than_floor(ends: list[float], floor: list[float]) -> list[float]:
+    """:func:`_later_per_slot` of ``_padded(ends, len(floor))`` for ascending ``ends``:
+    the same list, without sorting what is sorted or comparing never-used slots (each takes
+    the floor's value), twice per request while a report's floor binds."""
+    p = len(floor) - len(ends)
+    return floor[:p] + [a if a > b else b for a, b in zip(ends, floor[p:], strict=True)]
 
 
 def _later_per_slot(heap: list[float], floor: list[float]) -> list[float]:
