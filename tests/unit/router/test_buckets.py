@@ -100,3 +100,26 @@ def test_estimate_margin_keeps_room_free() -> None:
 
 def test_over_cap_enum_values() -> None:
     assert {o.value for o in OverCap} == {"clamp", "refuse"}
+
+
+@pytest.mark.parametrize(("bound", "requested"), [
+    (100, 100), (1000, 1024), (1025, 1024), (100, 2000), (100, None), (1500, None),
+    (100, 5000), (0, None),
+], ids=["tiny", "exactly-short", "past-short", "over-short-cap", "default", "default-too-big",
+        "over-cap", "empty"])
+def test_a_settled_placement_is_what_any_smaller_count_would_get(bound: int,
+                                                                 requested: int | None) -> None:
+    """``settled`` answers only when the bound fits the smallest shape as asked; then every
+    count up to the bound places the request exactly there (so no count is needed)."""
+    settled = CLAMP.settled("m", bound, requested)
+    placed = CLAMP.place("m", bound, requested)
+    if settled is None:  # the count matters: the bound lands past the smallest shape as asked
+        assert placed.bucket.name != "short" or placed.clamped_from is not None
+        return
+    assert settled.bucket.name == "short"
+    for count in {0, bound // 2, bound}:
+        assert CLAMP.place("m", count, requested) == settled
+
+
+def test_settled_without_the_model_leaves_it_to_placement() -> None:
+    assert CLAMP.settled("nope", 10, None) is None
