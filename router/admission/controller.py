@@ -197,8 +197,8 @@ class TimelineAdmitter:
             util, util_age = b.utilization(now), now - b.utilization_at
         else:
             # The rule reads utilization only while a queue forms (the guard, and a refusal's
-            # retry when it is sooner than the wait, which it then cannot be): measuring it
-            # at light load was a sixth of the decision.
+            # retry when it is sooner than the wait, which it then cannot be); measuring it
+            # was the largest part of a light-load decision.
             util, util_age = math.nan, 0.0
         # Positional, in the field order of Inputs: seventeen keywords cost more than the rule.
         terms = judge(Inputs(
