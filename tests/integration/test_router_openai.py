@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from openai import AsyncOpenAI
-from stack import MODEL, Stack, two_bucket_stack
+from stack import MODEL, Stack, StartFake, StartRouter, router_config, two_bucket_stack
 
 MSG = [{"role": "user", "content": "Say something."}]
 
@@ -146,3 +147,32 @@ async def test_api_keys_when_configured() -> None:
             assert r.choices
         async with aiohttp.ClientSession() as s, s.get(stack.url + "/admin/backends") as resp:
             assert resp.status == 401
+
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": 777, "completion_tokens": 1}, None],
+                         ids=["reported", "not-reported"])
+async def test_prompt_tokens_come_from_the_backends_usage(
+        fake_backend: StartFake, router_stack: StartRouter, usage: dict[str, int] | None) -> None:
+    """A short prompt is placed by its byte bound, uncounted: the prompt-token counter holds
+    what the backend reported (777, no count gives that), and the router's own count only when
+    the backend reported nothing."""
+    async def completion(request: web.Request) -> web.Response:
+        body: dict[str, object] = {
+            "id": "x", "object": "chat.completion", "created": 0, "model": MODEL,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "ok"}}]}
+        if usage is not None:
+            body["usage"] = usage
+        return web.json_response(body)
+
+    fake = await fake_backend(completion)
+    stack = await router_stack(router_config([fake.url]))
+    async with AsyncOpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0) as c:
+        await c.chat.completions.create(model=MODEL, messages=MSG,  # type: ignore[arg-type]
+                                        max_tokens=3)
+    counted = stack.metric("lpu_router_prompt_tokens_total", {"bucket": "short"})
+    if usage is not None:
+        assert counted == 777
+    else:  # the router counts at the end: the template's tokens and the message's
+        assert 9 < counted < 50
