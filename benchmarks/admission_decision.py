@@ -17,8 +17,9 @@ request: 32 of 64 in flight) and at a loaded point (every slot running and 16
 requests queued), each without and with a metrics registry (the counters,
 histograms and gauges the controller keeps). The first token of a request is
 reported when its prefill is over, its finish at about 70% of its allowance. Each
-point runs without and with ``/load`` reports every 50 ms (the backend reporting the
-schedule the router predicts), which keep a floor under the timeline as in production.
+point runs without and with ``/load`` reports every 50 ms (a backend that frees each slot
+when the benchmark finishes its request), which keep a floor under the timeline as in
+production.
 
 Figures are the best (``--best``: the machine is shared, the least disturbed run
 is the cost) or the median over ``--repeats`` runs, in microseconds, measured with
@@ -113,13 +114,15 @@ def _run(replicas: int, cycles: int) -> tuple[float, float, float]:
     return cycle_ns / cycles / 1e3, decide_ns / cycles / 1e3, refuse_ns / cycles / 1e3
 
 
-def _report(a: TimelineAdmitter, now: float) -> LoadReport:
-    """The backend's ``/load`` answer when it runs exactly what this router predicts: its
-    slot free times are the router's own (read off the timeline: the benchmark plays the
-    backend)."""
-    view = a._buckets["b"].replicas[0].snapshot(now)
-    return LoadReport(CYCLE_SLOTS, view["running"], view["queued"],
-                      tuple(view["slot_free_in_s"]), PREFILL_S, PER_TOKEN_S)
+def _report(decided: deque[float], hold_s: float, now: float) -> LoadReport:
+    """The backend's ``/load`` answer: it runs the oldest live requests (``decided``: when
+    each was admitted, oldest first) on its slots, FIFO, each until the benchmark finishes
+    it, ``hold_s`` after its admission; the rest wait."""
+    running = min(len(decided), CYCLE_SLOTS)
+    ends = [max(0.0, decided[i] + hold_s - now) for i in range(running)]
+    free = sorted([0.0] * (CYCLE_SLOTS - running) + ends)
+    return LoadReport(CYCLE_SLOTS, running, len(decided) - running, tuple(free),
+                      PREFILL_S, PER_TOKEN_S)
 
 
 def _cycle(cycles: int, *, loaded: bool, metrics: bool, reports: bool = False) -> float:
@@ -141,17 +144,19 @@ def _cycle(cycles: int, *, loaded: bool, metrics: bool, reports: bool = False) -
     # after the queue ahead of it has moved on when loaded.
     lag = min(depth - 1, (LOADED_QUEUE if loaded else 0) + int(PREFILL_S / step) + 1)
     live: deque[Ticket] = deque()
+    decided: deque[float] = deque()
     for _ in range(depth):
         d = a.decide(req)
         assert isinstance(d, Admitted), d
         live.append(d.ticket)
+        decided.append(clock.t)
         clock.t += step
     total = 0
     next_report = clock.t
     for _ in range(cycles):
         clock.t += step
         if reports and clock.t >= next_report:
-            a.observe_load("b", shape.url, _report(a, clock.t), clock.t)
+            a.observe_load("b", shape.url, _report(decided, depth * step, clock.t), clock.t)
             next_report = clock.t + REPORT_EVERY_S
         t0 = time.perf_counter_ns()
         d = a.decide(req)
@@ -160,6 +165,8 @@ def _cycle(cycles: int, *, loaded: bool, metrics: bool, reports: bool = False) -
         total += time.perf_counter_ns() - t0
         assert isinstance(d, Admitted), d
         live.append(d.ticket)
+        decided.popleft()
+        decided.append(clock.t)
     return total / cycles / 1e3
 
 
