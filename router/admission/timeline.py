@@ -303,14 +303,13 @@ class ReplicaTimeline:
                 tail = sorted(before[-c:] + since[-c:])[-c:]
             self._tail = _padded(tail, c)
             return
-        heap = self._ends_before[-c:]  # ascending: a valid heap once padded to c
+        heap = self._ends_before[-c:]  # ascending: a heap once padded to c
         pending = floor is not None
-        if since:
-            if floor is not None:
-                heap = _later_than_floor(heap, floor)
-                pending = False
-            heap = sorted(heap + since[-c:])[-c:]
-        heap = _padded(heap, c)
+        if pending and since:
+            assert floor is not None  # what pending means
+            heap = _later_than_floor(heap, floor)
+            pending = False
+        heap = _with_latest(heap, since, c)
         after = self._floor_after
         replace = heapq.heapreplace  # the loop runs per queued reservation, twice per request
         for r in queue:
@@ -389,6 +388,22 @@ class ReplicaTimeline:
 def _padded(ends: list[float], c: int) -> list[float]:
     """``ends`` (ascending, at most ``c``) with never-used slots in front: a sorted tail."""
     return ends if len(ends) == c else [_NEG_INF] * (c - len(ends)) + ends
+
+
+def _with_latest(ends: list[float], more: list[float], c: int) -> list[float]:
+    """The ``c`` latest of ``ends`` (ascending, at most ``c``; a list this may reuse) and
+    ``more`` (ascending), padded with never-used slots: a heap.
+
+    Since the last report ``more`` holds a few ends: each is pushed (O(log c) apiece); many
+    are merged by sorting. Both keep the same values."""
+    if len(more) > 8:
+        return _padded(sorted(ends + more[-c:])[-c:], c)
+    heap = _padded(ends, c)
+    replace = heapq.heapreplace
+    for e in more:
+        if e > heap[0]:
+            replace(heap, e)
+    return heap
 
 
 def _later_than_floor(ends: list[float], floor: list[float]) -> list[float]:
