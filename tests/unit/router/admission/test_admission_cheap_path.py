@@ -1,5 +1,6 @@
 """What the cheap admission path relies on: the rule never reads utilization unless a queue
-forms, and the gauges the request path no longer sets are right at a scrape."""
+forms, the gauges the request path no longer sets are right at a scrape, and the timeline's
+shortcut merges give what sorting everything gives."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import dataclasses
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from lpu_protocol.artifact import Timings
@@ -14,6 +17,7 @@ from router.admission import AdmissionRequest, Admitted, Priority, Refused
 from router.admission.controller import TimelineAdmitter
 from router.admission.decision import Inputs, judge
 from router.admission.settings import AdmissionSettings, BucketPolicy, PriorityRule, ReplicaShape
+from router.admission.timeline import _later_per_slot, _later_than_floor, _with_latest
 from router.metrics import make_metrics
 from router.outcomes import Outcome
 
@@ -80,10 +84,11 @@ def test_gauges_read_at_a_scrape_follow_the_schedule() -> None:
     get = m.registry.get_sample_value
     req = AdmissionRequest("short", prompt_tokens=10, max_tokens=11)  # holds a slot 0.2 s
     ds = [a.decide(req) for _ in range(3)]
-    assert all(isinstance(d, Admitted) for d in ds)
     assert get("lpu_router_queue_depth", {"bucket": "short"}) == 1
     clock.t = 0.1
-    ds[0].ticket.finish(Outcome.COMPLETED, 5)  # the queued request takes its slot now
+    first = ds[0]
+    assert isinstance(first, Admitted)
+    first.ticket.finish(Outcome.COMPLETED, 5)  # the queued request takes its slot now
     assert get("lpu_router_queue_depth", {"bucket": "short"}) == 0
     # No decision read utilization (none waited beyond the margin): the scrape measures it,
     # over the 1 s window of 2 slot-seconds.
@@ -91,3 +96,21 @@ def test_gauges_read_at_a_scrape_follow_the_schedule() -> None:
     busy = 0.1 + 0.2 + 0.1  # finished 0-0.1, running 0-0.2, running 0.1-0.2
     assert get("lpu_router_utilization", {"bucket": "short"}) == pytest.approx(busy / 2.0)
     assert get("lpu_router_headroom", {"bucket": "short"}) == pytest.approx(0.85 - busy / 2.0)
+
+
+_TIMES = st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.25, 0.5, 1.0, 2.0]), max_size=70)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ends=_TIMES, floor=_TIMES, more=_TIMES, c=st.sampled_from([1, 4, 8, 64]))
+def test_the_tails_merges_give_what_sorting_everything_gives(
+    ends: list[float], floor: list[float], more: list[float], c: int,
+) -> None:
+    ends, more = sorted(ends)[-c:], sorted(more)
+    floor = sorted(floor + [-math.inf] * c)[-c:]
+    padded = [-math.inf] * (c - len(ends)) + ends
+    assert _later_than_floor(ends, floor) == _later_per_slot(padded, floor)
+    expected = sorted(sorted(ends + more[-c:])[-c:] + [-math.inf] * c)[-c:]
+    kept = _with_latest(list(ends), more, c)
+    assert sorted(kept) == expected
+    assert all(kept[(i - 1) // 2] <= kept[i] for i in range(1, c))  # a heap
