@@ -186,8 +186,12 @@ def retry_after(x: Inputs) -> float | None:
     for t in times:
         if t is None:
             return None
-        latest = max(latest, t)
-    retry = max(latest + x.margin_s, x.min_retry_after_s)
+        if t > latest:
+            latest = t
+    # Comparisons, not max(): under overload the refusal is the path most requests take.
+    retry = latest + x.margin_s
+    if x.min_retry_after_s > retry:
+        retry = x.min_retry_after_s
     if retry < x.wait_s:
         # Retried before a slot frees, the request meets the guard; every slot stays busy
         # till then, so utilization can only have grown, by at most this much.
@@ -198,6 +202,8 @@ def retry_after(x: Inputs) -> float | None:
 
 
 def _concurrency_clears_in(x: Inputs) -> float | None:
+    if x.policy.max_concurrency is None:
+        return 0.0
     cap = scaled_cap(x.policy.max_concurrency, x.rule.share)
     if cap is None or x.in_flight < cap:
         return 0.0
@@ -205,6 +211,8 @@ def _concurrency_clears_in(x: Inputs) -> float | None:
 
 
 def _queue_clears_in(x: Inputs) -> float | None:
+    if x.policy.max_queue is None:
+        return 0.0
     cap = scaled_cap(x.policy.max_queue, x.rule.share)
     if cap is None or x.wait_s <= 0 or x.queued < cap:
         return 0.0
@@ -217,7 +225,8 @@ def _ttft_clears_in(x: Inputs) -> float | None:
     bound = x.rule.share * x.policy.ttft_slo_s + x.wait_budget_s
     if x.prefill_s + x.margin_s > bound:
         return None
-    return max(0.0, x.wait_s + x.prefill_s + x.margin_s - bound)
+    clears = x.wait_s + x.prefill_s + x.margin_s - bound
+    return clears if clears > 0.0 else 0.0
 
 
 def _e2e_clears_in(x: Inputs) -> float | None:
@@ -232,7 +241,8 @@ def _e2e_clears_in(x: Inputs) -> float | None:
                     - x.timings.service_s(tokens))
     if allowed_wait < 0:
         return None
-    return max(0.0, x.wait_s - allowed_wait)
+    clears = x.wait_s - allowed_wait
+    return clears if clears > 0.0 else 0.0
 
 
 def _largest_fitting(x: Inputs, e_bound: float) -> int:
