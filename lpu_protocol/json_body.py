@@ -26,6 +26,7 @@ whether a precise check is needed at all.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -40,6 +41,10 @@ MAX_DEPTH = 64
 
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = " \t\n\r"
+_WS_BYTES = (b" ", b"\t", b"\n", b"\r")
+_UNSAFE_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F]|00[2-7])")
+"""The start of a ``\\u`` escape of a surrogate half or of a printable ASCII character."""
+_ESCAPABLE = frozenset('"\\/')
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE_ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -93,8 +98,8 @@ class JSONBody:
     def __init__(self, raw: bytes, value: dict[str, Any], open_at: int,
                  spans: Mapping[str, tuple[tuple[int, int], ...]] | None = None, *,
                  key_at: Mapping[str, int] | None = None) -> None:
-        """``spans`` as :attr:`spans` says, or ``key_at``: for an ASCII ``raw``, where the
-        one literal ``"key"`` of each recorded member present starts."""
+        """``spans`` as :attr:`spans` says, or ``key_at``: where (byte offset) the one literal
+        ``"key"`` of each recorded member present starts, in a plain body (``_parse_plain``)."""
         self.raw = raw
         self.value = value
         self.open_at = open_at
@@ -106,7 +111,7 @@ class JSONBody:
     def spans(self) -> Mapping[str, tuple[tuple[int, int], ...]]:
         """Byte spans ``[start, end)`` of the values of the recorded members."""
         if self._spans is None:
-            self._spans = _value_spans(self.raw.decode("ascii"), self._key_at or {})
+            self._spans = _value_spans(self.raw, self._key_at or {})
         return self._spans
 
     def occurrences(self, key: str) -> int:
@@ -133,8 +138,13 @@ class JSONBody:
                 raise KeyError(f"the span of {key!r} was not recorded")
             edits += [(start, end, new) for start, end in where]
         if inserted:
-            edits.append((self.open_at, self.open_at, inserted if value else inserted[:-1]))
-        if len(edits) == 1:  # the common splice: one allowance set
+            at = self.open_at
+            if not value:
+                inserted = inserted[:-1]
+            if not edits:  # the common splice: the allowance added
+                return raw[:at] + inserted + raw[at:]
+            edits.append((at, at, inserted))
+        if len(edits) == 1:
             (start, end, new), = edits
             return raw[:start] + new + raw[end:]
         edits.sort()  # by start: no two edits start at the same offset
@@ -188,21 +198,23 @@ def parse_body(raw: bytes, record: frozenset[str] = frozenset()) -> JSONBody:
 def _parse_plain(raw: bytes, record: frozenset[str]) -> JSONBody | None:
     """The common body at C speed, or None when only the member-wise parse can tell.
 
-    Plain means ASCII without a ``\\u`` escape: then no text can hold a surrogate, every key is
-    spelled literally, and character offsets are byte offsets. ``json.loads``'s scanner parses
-    it in one call; a recorded key whose literal ``"key"`` occurs once is then the top-level
-    member itself (a top-level key must be spelled so, and a quote inside a string is
-    escaped), so its one occurrence gives its span. More occurrences (a duplicate, the same
-    name in a nested object), more brackets than :data:`MAX_DEPTH` and anything invalid go the
-    precise way, which also explains the error.
+    Plain means UTF-8 without a ``\\u`` escape of a surrogate or of an ASCII character: then no
+    text can hold a surrogate, and a recorded key (ASCII, see :func:`_needles`) is spelled
+    literally wherever it occurs. ``json.loads``'s scanner parses it in one call; a recorded
+    key whose literal ``"key"`` occurs once in the bytes is then the top-level member itself
+    (a top-level key must be spelled so, and a quote inside a string is escaped), so that
+    occurrence locates it. More occurrences (a duplicate, the same name in a nested object),
+    more brackets than :data:`MAX_DEPTH` and anything invalid go the precise way, which also
+    explains the error.
     """
-    # memchr finds a backslash at ~50 bytes/ns; the two-byte search runs only when one exists
-    # (an escaped newline or quote). Searches below run backwards: CPython's forward search
-    # for a needle of a few bytes is 3-4x slower than its reverse one (3.11, 4 KB bodies).
-    if not raw.isascii() or (b"\\" in raw and raw.rfind(b"\\u") >= 0):
+    # memchr finds a backslash at ~50 bytes/ns; the escape search runs only when one exists.
+    if b"\\" in raw and _UNSAFE_ESCAPE.search(raw) is not None:
         return None
-    text = raw.decode("ascii")
+    needles = _needles(record)
+    if needles is None:
+        return None
     try:
+        text = raw.decode("utf-8")
         if text[:1] == "{":
             value, end = _SCAN(text, 0)
             if end != len(text):  # trailing whitespace, or extra data: the wrapper decides
@@ -211,39 +223,78 @@ def _parse_plain(raw: bytes, record: frozenset[str]) -> JSONBody | None:
             value = _DECODER.decode(text)
     except (ValueError, RecursionError, StopIteration):
         return None
-    if not isinstance(value, dict) or _brackets_above(raw, MAX_DEPTH):
+    if not isinstance(value, dict) or (len(raw) > 2 * MAX_DEPTH and _brackets_above(raw)):
         return None
     key_at: dict[str, int] = {}
-    for key in record:
+    for key, needle in needles:
         if key in value:
-            needle = f'"{key}"'
-            at = text.rfind(needle)
-            if at < 0 or text.rfind(needle, 0, at + len(needle) - 1) >= 0:
+            # Backwards: CPython's forward search for a needle of a few bytes is 3-4x slower
+            # than its reverse one (3.11, 4 KB bodies).
+            at = raw.rfind(needle)
+            if at < 0 or raw.rfind(needle, 0, at + len(needle) - 1) >= 0:
                 return None
             key_at[key] = at
     return JSONBody(raw, value, 1 if text[:1] == "{" else _skip(text, 0) + 1, key_at=key_at)
 
 
-def _value_spans(text: str, key_at: Mapping[str, int]) -> dict[str, tuple[tuple[int, int], ...]]:
-    """The spans of the members whose keys start at ``key_at`` in a plain body's text."""
+@functools.lru_cache(maxsize=16)
+def _needles(record: frozenset[str]) -> tuple[tuple[str, bytes], ...] | None:
+    """Each recorded key with its literal ``"key"``, or None when a key could be spelled another
+    way than by an ASCII-character escape (then only the member-wise parse can find it): a
+    character outside printable ASCII (its ``\\u`` escape), ``/`` (``\\/``), ``"`` or ``\\``."""
+    if not all(key.isascii() and key.isprintable() and not _ESCAPABLE & set(key)
+               for key in record):
+        return None
+    return tuple((key, f'"{key}"'.encode()) for key in sorted(record))
+
+
+def _value_spans(raw: bytes, key_at: Mapping[str, int]) -> dict[str, tuple[tuple[int, int], ...]]:
+    """The spans of the members whose literal keys start at the byte offsets ``key_at`` in a
+    plain body."""
     spans: dict[str, tuple[tuple[int, int], ...]] = {}
     for key, at in key_at.items():
-        colon = _skip(text, at + len(key) + 2)
+        colon = _skip_bytes(raw, at + len(key) + 2)
         # The key's one literal is the member's key (see _parse_plain), so a colon follows.
-        assert text[colon] == ":", (key, at)
-        start = _skip(text, colon + 1)
-        spans[key] = ((start, _SCAN(text, start)[1]),)
+        assert raw[colon:colon + 1] == b":", (key, at)
+        start = _skip_bytes(raw, colon + 1)
+        spans[key] = ((start, _value_end(raw, start)),)
     return spans
 
 
-def _brackets_above(raw: bytes, limit: int) -> bool:
+def _value_end(raw: bytes, start: int) -> int:
+    """Where the JSON value at byte ``start`` of a valid UTF-8 body ends, decoding only a window
+    around it (growing until the value ends inside it): a member spliced late in a 4 MB body
+    costs no 4 MB decode on the loop."""
+    size = 64
+    while True:
+        window = raw[start:start + size].decode("utf-8", "ignore")  # ignored: a cut character
+        whole = start + size >= len(raw)
+        try:
+            _, end = _SCAN(window, 0)
+        except (ValueError, StopIteration):  # cut short: a string or container left open
+            end = len(window)
+        # A number cut by the window reads as a shorter one ("1.5e+" scans as 1): trust an end
+        # only with more than two characters of the window after it.
+        if whole or end + 2 < len(window):
+            return start + len(window[:end].encode())
+        size *= 4
+
+
+def _skip_bytes(raw: bytes, i: int) -> int:
+    """:func:`_skip` on bytes (JSON whitespace is ASCII)."""
+    while raw[i:i + 1] in _WS_BYTES:
+        i += 1
+    return i
+
+
+def _brackets_above(raw: bytes, limit: int = MAX_DEPTH) -> bool:
     """Whether ``raw`` holds more than ``limit`` opening brackets (so a value in it may nest
-    deeper than ``limit``). ``bytes.count`` walks byte by byte; past a few hundred bytes
-    memchr-driven ``find`` calls, one per bracket, stopping at ``limit``, are cheaper."""
-    if len(raw) <= 2 * limit:  # every container takes two bytes
-        return False
+    deeper than ``limit``; never in ``2 * limit`` bytes: a container takes two).
+    A short body is measured without its brackets (one C call, a third cheaper than two
+    ``bytes.count``, which walk byte by byte); past a few hundred bytes memchr-driven ``find``
+    calls, one per bracket, stopping at ``limit``, are cheaper."""
     if len(raw) < _FIND_BRACKETS_FROM:
-        return raw.count(b"[") + raw.count(b"{") > limit
+        return len(raw) - len(raw.translate(None, b"[{")) > limit
     seen = 0
     for bracket in b"[{":
         at = raw.find(bracket)

@@ -365,6 +365,9 @@ def parse_request(
     else:
         prompt, token_ids = _prompt(body.get("prompt"))
     opt = _options(body, _CHAT_CHECKS if chat else _CHECKS)
+    if not opt:  # (the defaults below, a fifth of the work when no member is optional)
+        return CompletionRequest(kind, model, body, wire, messages, prompt, token_ids,
+                                 extra_params=extra_params)
     allowance, param = _allowance(opt)
     # Positional: keywords cost a third more (0.8 us), and this runs once per request.
     return CompletionRequest(
