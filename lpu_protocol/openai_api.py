@@ -27,7 +27,6 @@ A user value quoted in an error message (a model name, a parameter name, a role)
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
@@ -211,7 +210,9 @@ def _int(key: str, v: object) -> int:
 def _number(key: str, v: object, lo: float, hi: float) -> None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise _bad_type(key, "a number", v)
-    if not (math.isfinite(v) and lo <= v <= hi):
+    # Compared as they are: an integer past float range is outside too (math.isfinite would
+    # raise OverflowError on it), infinities fail the range, and the body reader refuses NaN.
+    if not lo <= v <= hi:
         raise _bad_value(key, f"Invalid '{key}': {_echo(v)} is outside the range [{lo}, {hi}].")
 
 

@@ -82,3 +82,13 @@ def test_forward_body_of_a_fresh_request(raw: bytes, max_tokens: int, model: str
                                          want: bytes) -> None:
     req = parse_request(raw % M, "chat", params=None)  # its spans not asked for yet
     assert forward_body(req, max_tokens, model) == want % M
+
+
+@pytest.mark.parametrize("number", [b"9" * 400, b"-" + b"9" * 400, b"1e400", b"-1e400"],
+                         ids=["huge", "-huge", "inf", "-inf"])
+def test_a_number_past_float_range_is_out_of_range_not_a_failure(number: bytes) -> None:
+    raw = b'{"model": "m", %s, "temperature": %s}' % (M, number)
+    with pytest.raises(APIError) as info:
+        parse_request(raw, "chat")
+    assert (info.value.status, info.value.param, info.value.code) == (
+        400, "temperature", "invalid_value")
