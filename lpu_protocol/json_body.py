@@ -21,6 +21,10 @@ Both checks are cheap when nothing is wrong: a body with at most :data:`MAX_DEPT
 a member cannot nest deeper, and a lone surrogate can only come from a ``\\uD800``-``\\uDFFF``
 escape (raw surrogate bytes are not UTF-8), so one C-speed search of the raw bytes decides
 whether a precise check is needed at all.
+
+The common body (UTF-8 with no ``\\u`` escape of a surrogate or of an ASCII character, no
+duplicated recorded member) is read by one scanner call, and its spans are found only when a
+splice needs them (``_parse_plain``): 1.5-6 us for 0.1-4 KB bodies on this project's machines.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ class JSONBody:
 
     A plain body's spans (:func:`_parse_plain`) are found when first asked for: a proxy that
     forwards the bytes as they came, or inserts a member, never needs them, and finding them
-    is a third of the cost of parsing a small body.
+    costs ~0.35 us a member (a small body parses in ~1.5 us).
     """
 
     __slots__ = ("_key_at", "_spans", "open_at", "raw", "value")
