@@ -64,11 +64,12 @@ def _check(path: str) -> RouterConfig | None:
 def _run(coro: Coroutine[Any, Any, None], log_level: str) -> None:
     """Run ``coro`` on uvloop, the process's one log listener running around it."""
     from router import access_log, log_queue
-    from router.process import raise_fd_limit, return_freed_memory
+    from router.process import collect_less, raise_fd_limit, return_freed_memory
 
     # Before any socket or large buffer: see router/process.py for why.
     raise_fd_limit()
     return_freed_memory()
+    collect_less()
     # The loop never writes a log line itself (router/log_queue.py); stop() writes what is
     # still queued once the loop has drained, so a SIGTERM loses no access line.
     log_queue.start(log_level)

@@ -13,18 +13,28 @@
   the threshold (which also stops the raising) so read buffers and request bodies go back once
   answered, and :func:`trim_heap` hands the smaller blocks' free heap pages back
   (``malloc_trim``) once no body is held (router.body_memory).
+* **Garbage collection.** A proxied request allocates a few hundred container objects, so
+  with CPython's default first-generation threshold (700) the cyclic collector runs every
+  couple of requests. Almost all of those objects die by reference counting; the collections
+  find nothing and cost ~8 % of the router's CPU per request (``lpu-bench overhead``-style runs:
+  0.185-0.19 against 0.166-0.178 ms per request). :func:`collect_less` raises the thresholds:
+  the young generation is scanned every :data:`GC_THRESHOLDS` ``[0]`` allocations, at most a
+  few MB of young objects.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import resource
 
 __all__ = [
     "FD_RESERVE",
+    "GC_THRESHOLDS",
     "MMAP_THRESHOLD",
+    "collect_less",
     "connection_cap",
     "raise_fd_limit",
     "return_freed_memory",
@@ -38,6 +48,8 @@ FD_RESERVE = 64
 sockets, health and ``/load`` probes, logs, the tokenizer file."""
 MMAP_THRESHOLD = 128 * 1024
 """Allocations from this size up are mmapped, so they go back to the system when freed."""
+GC_THRESHOLDS = (50_000, 50, 100)
+"""``gc.set_threshold`` of the router process (CPython's default: 700, 10, 10)."""
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
@@ -102,3 +114,8 @@ def trim_heap() -> None:
     per request."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+def collect_less(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Run the cyclic garbage collector less often (see the module docstring)."""
+    gc.set_threshold(*thresholds)
