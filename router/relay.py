@@ -265,12 +265,7 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
             return RelayResult(resp, Outcome.COMPLETED)
         return RelayResult(resp, Outcome.COMPLETED, used.completion_tokens,
                            prompt_tokens=used.prompt_tokens)
-    out_headers: CIMultiDict[str] = CIMultiDict()
-    _copy_headers(upstream.headers, out_headers)
-    out_headers.update(headers)
-    out_headers["X-Accel-Buffering"] = "no"
-    out_headers["Cache-Control"] = "no-cache"
-    return await _relay_events(request, upstream, out_headers, on_first_byte)
+    return await _relay_events(request, upstream, headers, on_first_byte)
 
 
 def _copy_headers(upstream: Mapping[str, str], out: CIMultiDict[str]) -> None:
@@ -286,7 +281,7 @@ def _copy_headers(upstream: Mapping[str, str], out: CIMultiDict[str]) -> None:
 
 
 async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse,
-                        headers: CIMultiDict[str], on_first_byte: Callable[[], None]
+                        headers: Mapping[str, str], on_first_byte: Callable[[], None]
                         ) -> RelayResult:
     """The streaming half of :func:`relay`: whole SSE events, as they come."""
     content = upstream.content
@@ -297,7 +292,12 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse,
     # Headers wait for the first events only when those are already here: a client
     # still gets the headers (and the prediction in them) before a long prefill ends.
     kind = _EventStream if b"\n\n" in data else web.StreamResponse
-    stream = kind(status=upstream.status, headers=headers)
+    stream = kind(status=upstream.status)
+    out = stream.headers  # filled in place: one copy of the backend's headers, not three
+    _copy_headers(upstream.headers, out)
+    out.update(headers)
+    out["X-Accel-Buffering"] = "no"
+    out["Cache-Control"] = "no-cache"
     await stream.prepare(request)
     pending = b""
     last_usage = b""  # the last piece that names a usage (a reference, not a copy)
