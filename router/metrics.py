@@ -97,7 +97,8 @@ def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
             buckets=LATENCY_BUCKETS, registry=reg,
         ),
         prompt_tokens=Counter(
-            p + "prompt_tokens", "Prompt tokens of admitted requests (as counted).", ["bucket"],
+            p + "prompt_tokens",
+            "Prompt tokens of admitted requests (the backend's usage, else counted).", ["bucket"],
             registry=reg,
         ),
         completion_tokens=Counter(
