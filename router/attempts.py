@@ -125,9 +125,7 @@ class AttemptLoop:
             tried.add(backend)
             self._upstream_errors(bucket, backend, got.kind).inc()
             if got.reason is RejectReason.BACKEND_DEADLINE:
-                reported = got.predicted_ttft_s if got.predicted_ttft_s is not None \
-                    else (deadline or 0.0)
-                wait = max(0.0, reported - (deadline or 0.0))
+                wait = max(0.0, _reported_ttft(got, deadline) - (deadline or 0.0))
                 deadline_wait = wait if deadline_wait is None else min(deadline_wait, wait)
             else:
                 failures += 1
@@ -173,8 +171,7 @@ class AttemptLoop:
             return result
         except UpstreamFailure as f:  # before the client got a byte
             if f.reason is RejectReason.BACKEND_DEADLINE:
-                refused_ttft = f.predicted_ttft_s if f.predicted_ttft_s is not None \
-                    else (deadline_s or 0.0)
+                refused_ttft = _reported_ttft(f, deadline_s)
             else:
                 self._admitted(ex, adm, placement, decision)
             return f
@@ -241,6 +238,14 @@ class AttemptLoop:
                    f" now ({last.message}); retry in {retry:.3f} s")
         return Rejection(reason, refusal_error(reason, message), retry,
                          refusal_headers(reason, retry))
+
+
+def _reported_ttft(refusal: UpstreamFailure, deadline_s: float | None) -> float:
+    """The TTFT a backend that refused the deadline predicted; one that gave no figure
+    said no to the deadline itself, so at least that."""
+    if refusal.predicted_ttft_s is not None:
+        return refusal.predicted_ttft_s
+    return deadline_s or 0.0
 
 
 def _refusal(decision: Refused) -> Rejection:

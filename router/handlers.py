@@ -158,21 +158,17 @@ class Proxy:
             result = await self._attempts.run(request, ex, req, placement, adm, path)
         except Rejection:  # never admitted
             raise
-        except (asyncio.CancelledError, ConnectionResetError):
+        except BaseException as exc:
             if ex.admitted:
-                self._finish(ex, req, placement.bucket, Outcome.CANCELLED)
-            raise
-        except BaseException:
-            if ex.admitted:
-                self._finish(ex, req, placement.bucket, Outcome.FAILED)
+                gone = isinstance(exc, asyncio.CancelledError | ConnectionResetError)
+                self._finish(ex, req, placement.bucket,
+                             Outcome.CANCELLED if gone else Outcome.FAILED)
             raise
         if isinstance(result, RelayResult):
             self._finish(ex, req, placement.bucket, result.outcome, result)
-        else:
-            self._finish(ex, req, placement.bucket, Outcome.FAILED)
-        if isinstance(result, RelayResult):
             ex.status = result.response.status
             return result.response
+        self._finish(ex, req, placement.bucket, Outcome.FAILED)
         error = result.failure.api_error()
         ex.status = error.status
         ex.reject_reason = result.failure.kind

@@ -42,11 +42,9 @@ class RequestSeries:
     """The series a completion request updates, with their children memoized."""
 
     __slots__ = ("admitted", "completion_tokens", "e2e_seconds", "finished",
-                 "prompt_tokens", "received", "rejected", "ttft_seconds")
+                 "prompt_tokens", "rejected", "ttft_seconds")
 
     def __init__(self, metrics: RouterMetrics) -> None:
-        self.received = Children(metrics.requests_received)
-        """{route}"""
         self.admitted = Children(metrics.requests_admitted)
         """{bucket, priority}"""
         self.rejected = Children(metrics.requests_rejected)
