@@ -46,6 +46,7 @@ from router.endpoints import Endpoints
 from router.handlers import Proxy
 from router.lifecycle import LIFECYCLE, Lifecycle, close_when_leaving, completion_guard
 from router.load_poller import LoadPoller
+from router.loop_load import LoopLoad
 from router.metrics import RouterMetrics, make_metrics
 from router.openapi import openapi_handler
 from router.pool import BackendPool
@@ -117,6 +118,17 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
                 await probes
             upstream.session = None
 
+    # The worker's own saturation (busy share, lag): what the HPA scales on (docs/deploy.md).
+    loop_load = LoopLoad(metrics.loop_busy_seconds, metrics.loop_lag_seconds,
+                         metrics.event_loops)
+
+    async def sample_loop(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(loop_load.run(), name="lpu-router-loop-load")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     def not_ready() -> None:
         endpoints.shutting_down = True
 
@@ -147,6 +159,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     app[UPSTREAM] = upstream
     app[LIFECYCLE] = lifecycle
     app.cleanup_ctx.append(client_session)
+    app.cleanup_ctx.append(sample_loop)
     app.on_shutdown.append(mark_not_ready)
     app.on_response_prepare.append(close_when_leaving(lifecycle))
     routes = [

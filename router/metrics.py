@@ -61,6 +61,10 @@ class RouterMetrics:
     # The listener and request bodies (router.listener, router.lifecycle).
     connections_refused: Counter  # connections over server.max_connections, answered 503
     body_memory_bytes: Gauge  # completion request bodies held now (bytes)
+    # The event loop's own saturation (router.loop_load); pod-wide: busy summed, lag the worst.
+    loop_busy_seconds: Counter  # CPU seconds of the loop's thread
+    loop_lag_seconds: Gauge  # largest wake-up lag of the last second
+    event_loops: Gauge  # 1 per worker running the sampler (summed: workers in the pod)
 
 
 def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
@@ -164,5 +168,18 @@ def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
         body_memory_bytes=Gauge(
             p + "body_memory_bytes", "Bytes of completion request bodies the router holds"
             " (bounded by server.max_body_memory_bytes).", registry=reg,
+        ),
+        loop_busy_seconds=Counter(
+            p + "event_loop_busy_seconds", "CPU seconds the event loop's thread used;"
+            " rate() / event_loops is the busy share per worker (1.0: saturated).", registry=reg,
+        ),
+        loop_lag_seconds=Gauge(
+            p + "event_loop_lag_seconds", "Largest lag of the event loop's wake-ups over the"
+            " last second (the wait a request arriving then had).", registry=reg,
+            multiprocess_mode="livemax",
+        ),
+        event_loops=Gauge(
+            p + "event_loops", "Event loops (worker processes) sampling their load.",
+            registry=reg, multiprocess_mode="livesum",
         ),
     )
