@@ -7,7 +7,7 @@ edge. Every field is documented once, in ``router/example.toml`` and ``docs/rout
 
     [server]     host, port, max_body_bytes, tokenizer, admin_api_key, max_retries, drain_s,
                  max_connections, idle_timeout_s, body_timeout_s, max_header_bytes,
-                 max_body_memory_bytes, extra_params, extra_params_allow
+                 max_body_memory_bytes, extra_params, extra_params_allow, workers
     [timeouts]   connect_s, read_s, keepalive_s
     [health]     path, interval_s, timeout_s, eject_after_failures, eject_for_s
     [admission]  mode, margin_s, margin, margin_quantile, margin_window, prediction,
@@ -26,6 +26,7 @@ by ``time_scale``) and any of those keys given explicitly override the artifact'
 from __future__ import annotations
 
 import hashlib
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from router.bucket_config import BucketConfig, OverCap, parse_bucket, parse_para
 from router.config_fields import Fields
 
 __all__ = [
+    "MAX_WORKERS",
     "BucketConfig",
     "ConfigError",
     "HealthConfig",
@@ -58,7 +60,12 @@ __all__ = [
     "key_digest",
     "load_config",
     "parse_config",
+    "workers_count",
 ]
+
+
+MAX_WORKERS = 256
+"""``server.workers`` at most."""
 
 
 class ConfigError(ValueError):
@@ -95,6 +102,9 @@ class ServerConfig:
     large_body_bytes_per_s: int = 16 * 1024 * 1024
     """Bytes per second of large bodies (512 KiB or more) the router takes in
     (:mod:`router.body_rate`); past it 503 ``large_body_rate_exceeded`` with ``Retry-After``."""
+    workers: int = 1
+    """Worker processes serving the port (``"auto"`` in the file: the cores this process may
+    run on); more than 1 runs the supervisor of :mod:`router.workers`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,12 +247,37 @@ def _server(f: Fields, base_dir: Path | None) -> ServerConfig:
         params=parse_params(f, _SERVER.params),
         large_body_bytes_per_s=f.integer("large_body_bytes_per_s",
                                          _SERVER.large_body_bytes_per_s, lo=1024),
+        workers=_workers(f),
     )
     if cfg.max_body_memory_bytes < cfg.max_body_bytes:
         f.error("max_body_memory_bytes", f"must be at least server.max_body_bytes"
                 f" ({cfg.max_body_bytes}): a body of that size could never be read")
     f.finish()
     return cfg
+
+
+def workers_count(value: object) -> int:
+    """``server.workers`` / ``--workers``: an integer in [1, :data:`MAX_WORKERS`], or
+    ``"auto"``: the cores this process may run on (``os.sched_getaffinity``). Raises ValueError
+    saying what is wrong."""
+    if value == "auto":
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        return max(1, min(MAX_WORKERS, len(cores) if cores else os.cpu_count() or 1))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer or \"auto\", got {value!r}")
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"must be in [1, {MAX_WORKERS}] or \"auto\", got {value}")
+    return value
+
+
+def _workers(f: Fields) -> int:
+    if not f.has("workers"):
+        return _SERVER.workers
+    try:
+        return workers_count(f.raw("workers"))
+    except ValueError as exc:
+        f.error("workers", str(exc))
+        return _SERVER.workers
 
 
 def _timeouts(f: Fields) -> TimeoutConfig:
