@@ -19,6 +19,11 @@ average busy share per worker: the signal the HorizontalPodAutoscaler reads (dep
 docs/deploy.md "Autoscaling on saturation"). Busy time is CPU actually used; a loop starved of
 CPU by its neighbours shows as lag instead, which is why both are kept.
 
+A reload (SIGHUP, :mod:`router.server`) runs two app generations, so two samplers, on one
+thread for a while: they share that thread's :class:`CpuLedger`, so its CPU is counted once, and
+neither resets ``event_loops`` when it stops (the process is still one loop; a worker that ends
+leaves the pod's sum through the multiprocess directory's clean-up).
+
 Contract: :meth:`LoopLoad.tick` is pure bookkeeping on the two readings it is given (tested on a
 virtual clock); :meth:`LoopLoad.run` is the task, cancelled when the app stops.
 """
@@ -26,28 +31,58 @@ virtual clock); :meth:`LoopLoad.run` is the task, cancelled when the app stops.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
 
-__all__ = ["LoopLoad"]
+__all__ = ["CpuLedger", "LoopLoad", "thread_ledger"]
+
+
+class CpuLedger:
+    """The CPU seconds of one thread already counted, shared by the samplers running on it."""
+
+    __slots__ = ("active", "counted")
+
+    def __init__(self) -> None:
+        self.counted: float | None = None
+        self.active = 0
+        """Samplers running on the thread now (the first to start sets the baseline)."""
+
+    def take(self, cpu_now: float) -> float:
+        """CPU seconds used since the last reading taken (0 for the first, or a clock that
+        did not move), and ``cpu_now`` becomes the last reading."""
+        last = self.counted
+        if last is not None and cpu_now <= last:
+            return 0.0
+        self.counted = cpu_now
+        return 0.0 if last is None else cpu_now - last
+
+
+_LEDGERS: dict[int, CpuLedger] = {}
+
+
+def thread_ledger() -> CpuLedger:
+    """The calling thread's ledger."""
+    return _LEDGERS.setdefault(threading.get_ident(), CpuLedger())
 
 
 class LoopLoad:
     """Samples the running loop: busy CPU time into a counter, the worst recent lag into a gauge.
 
     ``clock`` is wall time (monotonic seconds), ``cpu`` the loop thread's CPU seconds; both are
-    read only on the loop's thread, by :meth:`run`.
+    read only on the loop's thread, by :meth:`run`. ``ledger``: the loop thread's CPU already
+    counted (None: :func:`thread_ledger` of the thread :meth:`run` runs on).
     """
 
-    __slots__ = ("_busy", "_clock", "_cpu", "_interval_s", "_lag", "_lags", "_last_cpu",
-                 "_loops")
+    __slots__ = ("_busy", "_clock", "_cpu", "_interval_s", "_lag", "_lags", "_ledger", "_loops")
 
     def __init__(self, busy: Counter, lag: Gauge, loops: Gauge, *, interval_s: float = 0.1,
                  window: int = 10, clock: Callable[[], float] = time.monotonic,
-                 cpu: Callable[[], float] = time.thread_time) -> None:
+                 cpu: Callable[[], float] = time.thread_time,
+                 ledger: CpuLedger | None = None) -> None:
         if interval_s <= 0 or window < 1:
             raise ValueError("interval_s must be > 0 and window >= 1")
         self._busy = busy
@@ -57,7 +92,7 @@ class LoopLoad:
         self._lags: deque[float] = deque(maxlen=window)
         self._clock = clock
         self._cpu = cpu
-        self._last_cpu: float | None = None
+        self._ledger = ledger
 
     @property
     def interval_s(self) -> float:
@@ -70,19 +105,27 @@ class LoopLoad:
         lag = max(0.0, now - expected)
         self._lags.append(lag)
         self._lag.set(max(self._lags))
-        if self._last_cpu is not None and cpu_now > self._last_cpu:
-            self._busy.inc(cpu_now - self._last_cpu)
-        self._last_cpu = cpu_now
+        if self._ledger is None:
+            self._ledger = thread_ledger()
+        used = self._ledger.take(cpu_now)
+        if used:
+            self._busy.inc(used)
         return lag
 
     async def run(self) -> None:
-        """Sample until cancelled; busy time counts from the start of this call."""
+        """Sample until cancelled; busy time counts from the start of the first sampler
+        running on this thread."""
+        if self._ledger is None:
+            self._ledger = thread_ledger()
+        ledger = self._ledger
+        if ledger.active == 0:
+            ledger.counted = self._cpu()
+        ledger.active += 1
         self._loops.set(1)
-        self._last_cpu = self._cpu()
         try:
             while True:
                 expected = self._clock() + self._interval_s
                 await asyncio.sleep(self._interval_s)
                 self.tick(expected, self._clock(), self._cpu())
         finally:
-            self._loops.set(0)
+            ledger.active -= 1
