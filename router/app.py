@@ -54,6 +54,7 @@ from router.probe import Prober
 from router.process import trim_heap
 from router.relay import Upstream
 from router.series import RequestSeries
+from router.worker_id import WorkerId
 
 __all__ = ["ADMITTER", "METRICS", "POOL", "UPSTREAM", "build_app", "make_admitter"]
 
@@ -73,9 +74,16 @@ def make_admitter(settings: AdmissionSettings, *, clock: Callable[[], float],
 
 
 def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monotonic,
-              registry: CollectorRegistry | None = None) -> web.Application:
-    """The router as an aiohttp application (serve it with ``handler_cancellation=True``)."""
-    metrics = make_metrics(registry)
+              registry: CollectorRegistry | None = None, metrics: RouterMetrics | None = None,
+              worker: WorkerId | None = None) -> web.Application:
+    """The router as an aiohttp application (serve it with ``handler_cancellation=True``).
+
+    ``metrics``: a catalog to use instead of a new one on ``registry`` (a worker process keeps
+    one for its lifetime: its series live in a shared file, and two generations' counters for
+    the same series would overwrite each other's counts). ``worker``: which worker this is
+    (``/admin/*`` says so); default worker 0 of 1, this process."""
+    metrics = make_metrics(registry) if metrics is None else metrics
+    worker = WorkerId.here() if worker is None else worker
     counter = (HFTokenizerCounter(config.server.tokenizer) if config.server.tokenizer
                else EstimateCounter())
     margin = ESTIMATE_UNDERCOUNT_MARGIN if isinstance(counter, EstimateCounter) else 0.0
@@ -100,9 +108,9 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
                            clock=clock)
     proxy = Proxy(config, table=table, counter=counter, admitter=admitter, attempts=attempts,
                   auth=auth, series=series, clock=clock)
-    admin = AdminBuckets(auth=auth, admitter=admitter)
+    admin = AdminBuckets(auth=auth, admitter=admitter, worker=worker)
     endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth,
-                          created=int(time.time()))
+                          created=int(time.time()), worker=worker)
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=config.timeouts.keepalive_s)

@@ -8,7 +8,11 @@
 * ``GET /readyz``: 200 when not shutting down and every bucket has a backend up, else 503; the
   body gives the backends up per bucket.
 * ``GET /admin/backends``: every replica's health state; needs the admin key when any API key
-  is configured (401 without a valid key, 403 for a tenant's key, as ``/admin/buckets``).
+  is configured (401 without a valid key, 403 for a tenant's key, as ``/admin/buckets``). Its
+  ``worker`` field and ``x-lpu-worker`` header say which worker process answered (each has its
+  own health state: one worker's view).
+* ``GET /metrics``: the Prometheus text; with worker processes, the whole pod's
+  (:meth:`router.metrics.RouterMetrics.exposition`).
 """
 
 from __future__ import annotations
@@ -17,25 +21,28 @@ import json
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from router.auth import Auth
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.pool import BackendPool
+from router.worker_id import WORKER_HEADER, WorkerId
 
 __all__ = ["Endpoints"]
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None
+          ) -> web.Response:
     return web.Response(status=status, body=json.dumps(data).encode(),
-                        content_type="application/json")
+                        content_type="application/json", headers=headers)
 
 
 class Endpoints:
     def __init__(self, config: RouterConfig, *, pool: BackendPool, metrics: RouterMetrics,
-                 auth: Auth, created: int) -> None:
+                 auth: Auth, created: int, worker: WorkerId) -> None:
         self._config = config
+        self._worker = worker
         self._pool = pool
         self._metrics = metrics
         self._auth = auth
@@ -61,7 +68,7 @@ class Endpoints:
         return _json({"object": "list", "data": data})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self._metrics.registry),
+        return web.Response(body=self._metrics.exposition(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -80,4 +87,5 @@ class Endpoints:
              "consecutive_failures": r.failures}
             for b in self._config.buckets for r in self._pool.replicas(b.name)
         ]
-        return _json({"backends": rows})
+        return _json({"backends": rows, "worker": self._worker.as_json()},
+                     headers={WORKER_HEADER: self._worker.header})

@@ -9,17 +9,28 @@ fresh one.
 Invariant the counters keep: for every bucket,
 ``admitted_total == sum(finished_total over outcome)`` once in-flight is 0,
 where ``outcome`` is one of ``completed``, ``failed``, ``cancelled``.
+
+With worker processes (``server.workers`` > 1, :mod:`router.workers`) every worker writes its
+series into prometheus-client's multiprocess directory (``multiprocess_dir``) and a scrape of
+any worker answers for the pod (:meth:`RouterMetrics.exposition`): counters and histograms are
+summed over every worker that ever ran (so the invariant holds for the pod), and each gauge
+says how its workers' values combine (``multiprocess_mode``, over live workers: ``livesum`` for
+counts of things held now, ``livemax`` for configured limits and for the busiest view,
+``livemin`` for health and headroom). Gauges read through a function are sampled
+(:mod:`router.gauge_sampler`). In a single process the modes are ignored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from lpu_protocol.histograms import LATENCY_BUCKETS
+from router.gauge_sampler import GaugeSampler, sampled_gauge_class
 
-__all__ = ["LATENCY_BUCKETS", "PREDICTION_ERROR_BUCKETS", "RouterMetrics"]
+__all__ = ["LATENCY_BUCKETS", "PREDICTION_ERROR_BUCKETS", "RouterMetrics", "SupervisorMetrics",
+           "make_metrics", "make_supervisor_metrics", "pod_exposition"]
 
 # Actual minus predicted TTFT: symmetric around zero, fine near it.
 PREDICTION_ERROR_BUCKETS = (
@@ -47,6 +58,7 @@ class RouterMetrics:
     request_faults: Counter  # {bucket}: requests two replicas failed (blamed on the request)
     backend_up: Gauge  # {bucket, backend}: 1 healthy, 0 ejected
     retries: Counter  # {bucket}: another replica tried before the first byte
+    schedule_reports: Counter  # {result}: answers' x-lpu-schedule merged | skipped | invalid
     # Admission.
     decisions: Counter  # {bucket, priority, decision, reason}
     predicted_wait_seconds: Histogram  # {bucket}
@@ -65,13 +77,78 @@ class RouterMetrics:
     loop_busy_seconds: Counter  # CPU seconds of the loop's thread
     loop_lag_seconds: Gauge  # largest wake-up lag of the last second
     event_loops: Gauge  # 1 per worker running the sampler (summed: workers in the pod)
+    # Worker processes (router.workers); set only when the process is one of several workers.
+    worker_info: Gauge  # {worker}: 1 per live worker (and its pid, multiprocess mode "liveall")
+    multiprocess_dir: str | None = None
+    """The shared directory of a worker's series; None in a single process."""
+    sampler: GaugeSampler | None = None
+    """Writes the function-read gauges' values (multiprocess mode only)."""
+
+    def exposition(self) -> bytes:
+        """The text a scrape of ``/metrics`` gets: this process's registry, or with workers
+        the whole pod's series (this worker's sampled gauges written first)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        if self.sampler is not None:
+            self.sampler.sample()
+        return pod_exposition(self.multiprocess_dir)
 
 
-def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
-    """Create the catalog on ``registry`` (a fresh one when None)."""
+def pod_exposition(multiprocess_dir: str) -> bytes:
+    """Every worker's series of ``multiprocess_dir`` merged (a registry made per scrape, as
+    prometheus-client's multiprocess mode asks)."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorMetrics:
+    """The series the worker supervisor itself writes (multiprocess mode)."""
+
+    worker_restarts: Counter  # {worker}: a worker that exited unasked, started again
+    workers: Gauge  # worker processes configured
+
+
+def make_supervisor_metrics(workers: int, registry: CollectorRegistry | None = None
+                            ) -> SupervisorMetrics:
+    """The supervisor's series, every worker's restart count at 0."""
+    reg = registry if registry is not None else CollectorRegistry()
+    m = SupervisorMetrics(
+        worker_restarts=Counter(
+            "lpu_router_worker_restarts", "Worker processes started again after exiting"
+            " unasked (a crash, a kill), by worker index.", ["worker"], registry=reg,
+        ),
+        workers=Gauge("lpu_router_workers", "Worker processes configured (server.workers).",
+                      registry=reg, multiprocess_mode="livemax"),
+    )
+    for i in range(workers):
+        m.worker_restarts.labels(str(i))
+    m.workers.set(workers)
+    return m
+
+
+def make_metrics(registry: CollectorRegistry | None = None, *,
+                 multiprocess_dir: str | None = None) -> RouterMetrics:
+    """Create the catalog on ``registry`` (a fresh one when None).
+
+    ``multiprocess_dir``: this process is one of several workers writing there (prometheus-
+    client must have been imported with ``PROMETHEUS_MULTIPROC_DIR`` set to it); the gauges
+    read through a function are then sampled (``sampler``)."""
     reg = registry if registry is not None else CollectorRegistry()
     p = "lpu_router_"
+    sampler = GaugeSampler() if multiprocess_dir is not None else None
+    # A function-read gauge: read at scrape in one process, sampled with workers.
+    read: type[Gauge] = Gauge if sampler is None else sampled_gauge_class(sampler)
     return RouterMetrics(
+        multiprocess_dir=multiprocess_dir,
+        sampler=sampler,
+        worker_info=Gauge(
+            p + "worker_info", "1 per live worker process, labelled with its index (and, in the"
+            " pod's /metrics, its pid).", ["worker"], registry=reg, multiprocess_mode="liveall",
+        ),
         registry=reg,
         requests_received=Counter(
             p + "requests_received", "HTTP requests received, by route.", ["route"], registry=reg
@@ -88,9 +165,9 @@ def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
             p + "requests_finished", "Admitted requests by final outcome"
             " (completed, failed, cancelled).", ["bucket", "outcome"], registry=reg,
         ),
-        in_flight=Gauge(
+        in_flight=read(
             p + "in_flight", "Admitted requests not yet finished.", ["bucket", "backend"],
-            registry=reg,
+            registry=reg, multiprocess_mode="livesum",
         ),
         ttft_seconds=Histogram(
             p + "ttft_seconds", "Time to first token of streamed requests, from request arrival.",
@@ -123,12 +200,18 @@ def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
             ["bucket"], registry=reg,
         ),
         backend_up=Gauge(
-            p + "backend_up", "1 if the backend is healthy and used, 0 if ejected.",
-            ["bucket", "backend"], registry=reg,
+            p + "backend_up", "1 if the backend is healthy and used, 0 if ejected (with workers:"
+            " 1 only while every worker uses it).", ["bucket", "backend"], registry=reg,
+            multiprocess_mode="livemin",
         ),
         retries=Counter(
             p + "retries", "Requests retried on another replica before any byte was sent.",
             ["bucket"], registry=reg,
+        ),
+        schedule_reports=Counter(
+            p + "schedule_reports", "Backend schedules read from answers (x-lpu-schedule), by"
+            " result: merged into the timeline, skipped (nothing to add), invalid (ignored).",
+            ["result"], registry=reg,
         ),
         decisions=Counter(
             p + "admission_decisions", "Admission decisions.",
@@ -142,32 +225,36 @@ def make_metrics(registry: CollectorRegistry | None = None) -> RouterMetrics:
             p + "prediction_error_seconds", "Actual minus predicted TTFT of admitted requests.",
             ["bucket"], buckets=PREDICTION_ERROR_BUCKETS, registry=reg,
         ),
-        utilization=Gauge(
+        utilization=read(
             p + "utilization", "Busy slot time over slot capacity in the sliding window.",
-            ["bucket"], registry=reg,
+            ["bucket"], registry=reg, multiprocess_mode="livemax",
         ),
         utilization_target=Gauge(
-            p + "utilization_target", "Configured target utilization.", ["bucket"], registry=reg
+            p + "utilization_target", "Configured target utilization.", ["bucket"], registry=reg,
+            multiprocess_mode="livemax",
         ),
-        headroom=Gauge(
+        headroom=read(
             p + "headroom", "Target utilization minus current utilization.", ["bucket"],
-            registry=reg,
+            registry=reg, multiprocess_mode="livemin",
         ),
-        queue_depth=Gauge(
+        queue_depth=read(
             p + "queue_depth", "Admitted requests waiting for a slot (predicted).", ["bucket"],
-            registry=reg,
+            registry=reg, multiprocess_mode="livesum",
         ),
         admission_limit=Gauge(
-            p + "admission_limit", "Admission limits in force.", ["bucket", "limit"], registry=reg
+            p + "admission_limit", "Admission limits in force.", ["bucket", "limit"], registry=reg,
+            multiprocess_mode="livemax",
         ),
-        slots=Gauge(p + "slots", "Slots over healthy replicas.", ["bucket"], registry=reg),
+        slots=Gauge(p + "slots", "Slots over healthy replicas.", ["bucket"], registry=reg,
+                    multiprocess_mode="livemax"),
         connections_refused=Counter(
             p + "connections_refused", "Client connections refused over server.max_connections"
             " (answered 503 too_many_connections).", registry=reg,
         ),
-        body_memory_bytes=Gauge(
+        body_memory_bytes=read(
             p + "body_memory_bytes", "Bytes of completion request bodies the router holds"
             " (bounded by server.max_body_memory_bytes).", registry=reg,
+            multiprocess_mode="livesum",
         ),
         loop_busy_seconds=Counter(
             p + "event_loop_busy_seconds", "CPU seconds the event loop's thread used;"
