@@ -77,6 +77,10 @@ class RouterMetrics:
     loop_busy_seconds: Counter  # CPU seconds of the loop's thread
     loop_lag_seconds: Gauge  # largest wake-up lag of the last second
     event_loops: Gauge  # 1 per worker running the sampler (summed: workers in the pod)
+    # The shared limits store (router.limits), with [limits] store = "redis".
+    limit_store_calls: Counter  # {result}: ok | over | error
+    limit_store_errors: Counter  # {kind}: timeout | connection | script
+    limit_store_up: Gauge  # 1 while the store answers, 0 in back-off after an error
     # Worker processes (router.workers); set only when the process is one of several workers.
     worker_info: Gauge  # {worker}: 1 per live worker (and its pid, multiprocess mode "liveall")
     multiprocess_dir: str | None = None
@@ -268,5 +272,19 @@ def make_metrics(registry: CollectorRegistry | None = None, *,
         event_loops=Gauge(
             p + "event_loops", "Event loops (worker processes) sampling their load.",
             registry=reg, multiprocess_mode="livesum",
+        ),
+        limit_store_calls=Counter(
+            p + "limit_store_calls", "Calls to the shared limits store (one per admitted request"
+            " it counts), by result: ok (charged), over (a limit refused it), error.",
+            ["result"], registry=reg,
+        ),
+        limit_store_errors=Counter(
+            p + "limit_store_errors", "Failed calls to the shared limits store, by kind"
+            " (timeout, connection, script).", ["kind"], registry=reg,
+        ),
+        limit_store_up=Gauge(
+            p + "limit_store_up", "1 while the shared limits store answers, 0 while the router"
+            " backs off after an error (pod-wide: the worst worker).", registry=reg,
+            multiprocess_mode="livemin",
         ),
     )
