@@ -8,12 +8,23 @@ By default the emulated replies have geometric lengths (mean 128 tokens, clipped
 allowance ``max_tokens``), like a model that chooses when to stop; ``output_length=
 OutputLength("fixed")`` (``lpu-router demo --output-length fixed``) makes every reply exactly
 its allowance, the emulator's own default and what the benchmarks assume.
+
+``workers`` > 1 (``lpu-router demo --workers N``): the emulated backends stay in this process
+and the router runs as N worker processes under their supervisor (``lpu-router serve CONFIG
+--workers N`` as a child process, CONFIG the demo's config written to a temporary directory;
+:mod:`router.workers`), as a pod would run it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+import json
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from lpu_emulator.lengths import OutputLength
@@ -22,8 +33,8 @@ from lpu_protocol.artifact import builtin_artifact
 from router.config import RouterConfig, parse_config
 from router.server import serve_forever
 
-__all__ = ["DEMO_BUCKETS", "DEMO_LENGTH", "DEMO_MODEL", "demo_config", "demo_length", "run_demo",
-           "usage_text"]
+__all__ = ["DEMO_BUCKETS", "DEMO_LENGTH", "DEMO_MODEL", "demo_config", "demo_length", "demo_raw",
+           "demo_toml", "run_demo", "usage_text"]
 
 DEMO_MODEL = "llama-3.1-8b-instant"
 DEMO_BUCKETS: tuple[tuple[str, str], ...] = (
@@ -38,7 +49,14 @@ DEMO_LENGTH = OutputLength(kind="geometric", mean=128.0)
 def demo_config(backends: dict[str, list[str]], *, host: str = "127.0.0.1", port: int = 8080,
                 time_scale: float = 1.0, admission: str = "timeline") -> RouterConfig:
     """The demo's router config: one ``[[buckets]]`` per entry of :data:`DEMO_BUCKETS`."""
-    raw: dict[str, Any] = {
+    return parse_config(demo_raw(backends, host=host, port=port, time_scale=time_scale,
+                                 admission=admission), "<demo>")
+
+
+def demo_raw(backends: dict[str, list[str]], *, host: str = "127.0.0.1", port: int = 8080,
+             time_scale: float = 1.0, admission: str = "timeline") -> dict[str, Any]:
+    """:func:`demo_config`'s mapping, as a TOML file would give it."""
+    return {
         "server": {"host": host, "port": port},
         "health": {"interval_s": 1.0},
         "admission": {"mode": admission},
@@ -49,7 +67,17 @@ def demo_config(backends: dict[str, list[str]], *, host: str = "127.0.0.1", port
             for name, artifact in DEMO_BUCKETS
         ],
     }
-    return parse_config(raw, "<demo>")
+
+
+def demo_toml(raw: Mapping[str, Any]) -> str:
+    """``raw`` (tables of strings, numbers and lists of strings; ``buckets`` an array of
+    tables) as TOML text (JSON's scalars and arrays are TOML's)."""
+    def table(values: Mapping[str, Any]) -> str:
+        return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+    parts = [f"[{name}]\n{table(values)}" for name, values in raw.items() if name != "buckets"]
+    parts += [f"[[buckets]]\n{table(b)}" for b in raw.get("buckets", [])]
+    return "\n".join(parts)
 
 
 def demo_length(kind: str, mean: float = DEMO_LENGTH.mean) -> OutputLength:
@@ -78,11 +106,13 @@ metrics: {url}/metrics    ready: {url}/readyz    Ctrl-C stops."""
 
 async def run_demo(*, host: str = "127.0.0.1", port: int = 8080, time_scale: float = 1.0,
                    replicas: int = 2, output_length: OutputLength = DEMO_LENGTH,
-                   echo: Callable[[str], None] = print) -> None:
+                   echo: Callable[[str], None] = print, workers: int = 1,
+                   log_level: str = "INFO") -> None:
     """Start the emulated backends and the router; serve until SIGINT/SIGTERM.
 
     ``output_length``: how many tokens each emulated reply has (see
-    :mod:`lpu_emulator.lengths`; ``fixed`` = exactly the request's allowance).
+    :mod:`lpu_emulator.lengths`; ``fixed`` = exactly the request's allowance). ``workers``:
+    the router's worker processes (1: the router runs in this process); ``log_level``: theirs.
     """
     async with contextlib.AsyncExitStack() as stack:
         backends: dict[str, list[str]] = {}
@@ -94,5 +124,40 @@ async def run_demo(*, host: str = "127.0.0.1", port: int = 8080, time_scale: flo
             backends[name] = await stack.enter_async_context(
                 start_emulators(options, replicas=replicas, host=host)
             )
+        if workers > 1:
+            raw = demo_raw(backends, host=host, port=port, time_scale=time_scale)
+            await _serve_workers(raw, workers, log_level, echo)
+            return
         config = demo_config(backends, host=host, port=port, time_scale=time_scale)
         await serve_forever(config, on_ready=lambda url: echo(usage_text(url)))
+
+
+async def _serve_workers(raw: Mapping[str, Any], workers: int, log_level: str,
+                         echo: Callable[[str], None]) -> None:
+    """``lpu-router serve`` of ``raw`` with ``workers`` workers, as a child process, until
+    SIGINT/SIGTERM (passed on to it as SIGTERM: its workers drain) or until it exits."""
+    parse_config(raw, "<demo>")  # the demo's own config: an error here is the demo's bug
+    with tempfile.TemporaryDirectory(prefix="lpu-demo-") as tmp:
+        path = Path(tmp) / "router.toml"
+        path.write_text(demo_toml(raw), "utf-8")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router", "--log-level", log_level, "serve", str(path),
+            "--workers", str(workers), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            assert proc.stdout is not None
+            line = (await proc.stdout.readline()).decode()
+            if line.startswith("lpu-router serving on "):
+                echo(usage_text(line.strip().rsplit(" ", 1)[1]))
+                stopped = asyncio.ensure_future(stop.wait())
+                exited = asyncio.ensure_future(proc.wait())
+                await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            await proc.wait()

@@ -31,6 +31,11 @@ queue: no connection waiting in it is lost, as it would be with a second ``SO_RE
 socket closing. So a reload loses no request: requests in flight finish under the config they
 were admitted with, new ones see the new config. ``server.host`` and ``server.port`` cannot
 change this way (restart the process); everything else applies.
+
+**Worker processes** (``server.workers`` > 1, :mod:`router.workers`): each worker runs
+:func:`serve_forever` as above on a socket of its own bound with ``SO_REUSEPORT`` to the port
+its supervisor reserved (``reuse_port``, ``port``), building every generation with the
+worker's one metric catalog (``build``); drain and reload are each worker's, as here.
 """
 
 from __future__ import annotations
@@ -185,13 +190,18 @@ async def running(app: web.Application, host: str = "127.0.0.1", port: int = 0,
         await gen.close()
 
 
-def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to)."""
+def listen_socket(host: str, port: int, backlog: int, *, reuse_port: bool = False
+                  ) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to);
+    ``reuse_port``: with ``SO_REUSEPORT``, sharing the port with the pod's other workers (the
+    kernel spreads new connections over their sockets)."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(backlog)
         sock.setblocking(False)
@@ -203,8 +213,13 @@ def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
 
 async def serve_forever(config: RouterConfig, *,
                         on_ready: Callable[[str], None] | None = None,
-                        config_path: str | Path | None = None) -> None:
-    """Serve ``config`` until SIGINT or SIGTERM (then drain); SIGHUP reloads ``config_path``."""
+                        config_path: str | Path | None = None,
+                        build: Callable[[RouterConfig], web.Application] = build_app,
+                        port: int | None = None, reuse_port: bool = False) -> None:
+    """Serve ``config`` until SIGINT or SIGTERM (then drain); SIGHUP reloads ``config_path``.
+
+    ``build`` makes each generation's app; ``port`` (default ``server.port``) and
+    ``reuse_port`` say where to listen (a worker: the supervisor's port, ``SO_REUSEPORT``)."""
     stop = asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -216,12 +231,12 @@ async def serve_forever(config: RouterConfig, *,
             loop.add_signal_handler(signal.SIGHUP, reload.set)
     host = config.server.host
     # The process owns the listening socket; every generation accepts on it (see above).
-    sock = listen_socket(host, config.server.port,
+    sock = listen_socket(host, config.server.port if port is None else port,
                          listen_backlog(connection_cap(config.server.max_connections,
-                                                       fd_limit())))
+                                                       fd_limit())), reuse_port=reuse_port)
     try:
-        current = await Generation.start(build_app(config), config.server, host,
-                                         config.server.port, sock=sock)
+        current = await Generation.start(build(config), config.server, host,
+                                         sock.getsockname()[1], sock=sock)
     except BaseException:
         sock.close()
         raise
@@ -237,7 +252,7 @@ async def serve_forever(config: RouterConfig, *,
             reloaded.cancel()
             if reload.is_set() and not stop.is_set() and config_path is not None:
                 reload.clear()
-                nxt = await _reload(config, config_path, current, sock)
+                nxt = await _reload(config, config_path, current, sock, build)
                 if nxt is not None:
                     old, old_config = current, config
                     current, config = nxt
@@ -262,7 +277,8 @@ def _forget(retiring: dict[Generation, asyncio.Task[DrainReport]], gen: Generati
 
 
 async def _reload(config: RouterConfig, path: str | Path, current: Generation,
-                  sock: socket.socket) -> tuple[Generation, RouterConfig] | None:
+                  sock: socket.socket, build: Callable[[RouterConfig], web.Application]
+                  ) -> tuple[Generation, RouterConfig] | None:
     """Validate the file again and start its generation on ``sock``; None (logged) when it
     cannot."""
     try:
@@ -274,7 +290,7 @@ async def _reload(config: RouterConfig, path: str | Path, current: Generation,
         log.warning("reload: server.host/server.port changes need a restart; kept %s",
                     current.url)
     try:
-        gen = await Generation.start(build_app(new), new.server, config.server.host,
+        gen = await Generation.start(build(new), new.server, config.server.host,
                                      current.site.port, sock=sock)
     except OSError as exc:
         log.error("reload failed to listen, still serving the previous config: %s", exc)
