@@ -34,8 +34,8 @@ from lpu_emulator.schedule import LiveSchedule
 from lpu_emulator.text import request_key, token_ids
 from lpu_emulator.tools import ToolCall, tool_call_for
 from lpu_protocol.artifact import Artifact
-from lpu_protocol.headers import X_LPU_DEADLINE_MS, X_LPU_PREDICTED_TTFT_MS
-from lpu_protocol.load_report import LoadReport
+from lpu_protocol.headers import X_LPU_DEADLINE_MS, X_LPU_PREDICTED_TTFT_MS, X_LPU_SCHEDULE
+from lpu_protocol.load_report import LoadReport, ScheduleReport
 from lpu_protocol.openai_api import APIError, CompletionRequest, context_length_error, parse_request
 from lpu_protocol.openai_api import model_not_found as _model_not_found
 from lpu_protocol.param_policy import VLLM_SAMPLING_PARAMS, ExtraParams, ParamPolicy
@@ -84,6 +84,8 @@ class Admission:
     series: ModelSeries
     tool_call: ToolCall | None = None
     """The call answered instead of text (then ``token_ids`` are positions into its pieces)."""
+    schedule_header: str = ""
+    """``x-lpu-schedule``: the whole schedule right after this request was placed in it."""
 
 
 _STRICT = ParamPolicy(ExtraParams.ALLOW, VLLM_SAMPLING_PARAMS)
@@ -185,14 +187,14 @@ class Backend:
                 APIError(429, f"The first token cannot come within the deadline: predicted"
                          f" {predicted * 1e3:.1f} ms, deadline {deadline_s * 1e3:.1f} ms.",
                          type="rate_limit_error", code="deadline_unreachable"),
-                Rejection.DEADLINE, ttft_header,
+                Rejection.DEADLINE, ttft_header | self._schedule_refused(),
             )
         limit = self.options.max_queue
         if limit is not None and engine.would_wait(received) and engine.waiting >= limit:
             raise Refused(
                 APIError(503, f"The backend queue is full ({limit} requests waiting).",
                          type="service_unavailable", code="queue_full"),
-                Rejection.QUEUE_FULL, ttft_header,
+                Rejection.QUEUE_FULL, ttft_header | self._schedule_refused(),
             )
         plan = plan_faults(self.faults, self._fault_rng)
         if plan.error:
@@ -212,12 +214,23 @@ class Backend:
                      else _output_length(self.options, req, allowance, rng))
         job = self.schedule.submit(n)
         self.series.prompt_tokens.inc(n_prompt)
+        placed = self._schedule_header()  # after submit: the schedule includes this request
         return Admission(
             req=req, job=job, schedule=self.schedule, model=art.model, prompt_tokens=n_prompt,
             finish_reason=finish, token_ids=token_ids(key, n) if call is None else list(range(n)),
             faults=plan, predicted_ttft_s=predicted, received=received, series=self.series,
-            tool_call=call,
+            tool_call=call, schedule_header=placed,
         )
+
+    def _schedule_refused(self) -> dict[str, str]:
+        """A refusal for the schedule's sake carries the schedule as it is."""
+        return {X_LPU_SCHEDULE: self._schedule_header()}
+
+    def _schedule_header(self) -> str:
+        """The ``x-lpu-schedule`` value of the schedule now."""
+        snap = self.schedule.snapshot()
+        return ScheduleReport(snap.slots, snap.running, snap.waiting,
+                              snap.slot_free_in_s).to_header()
 
     def _allowance(self, req: CompletionRequest, n_prompt: int) -> int:
         art = self.artifact

@@ -6,7 +6,9 @@ Routes (one backend per app):
   Request header ``x-lpu-deadline-ms`` (float, ms from receipt): if the first
   token cannot come by then, 429 ``deadline_unreachable`` at once. Response
   headers: ``x-request-id`` (echoed or generated), ``x-lpu-predicted-ttft-ms``,
-  ``x-lpu-artifact``, ``x-lpu-artifact-version``. Errors before the first byte
+  ``x-lpu-artifact``, ``x-lpu-artifact-version``, and ``x-lpu-schedule`` (the whole schedule
+  once the request is in it; on a 429 ``deadline_unreachable`` or 503 ``queue_full`` the
+  schedule as it is). Errors before the first byte
   are real statuses with OpenAI's JSON error body.
 * ``GET /v1/models`` (and ``/v1/models/{id}``): the artifact's model and name.
 * ``GET /load``: JSON a router predicts the wait from (see :meth:`Backend.load`).
@@ -45,6 +47,7 @@ from lpu_protocol.headers import (
     X_LPU_ARTIFACT_VERSION,
     X_LPU_DEADLINE_MS,
     X_LPU_PREDICTED_TTFT_MS,
+    X_LPU_SCHEDULE,
 )
 from lpu_protocol.openai_api import APIError, model_not_found
 
@@ -79,6 +82,7 @@ async def _completions(
         X_LPU_PREDICTED_TTFT_MS: f"{adm.predicted_ttft_s * 1e3:.3f}",
         X_LPU_ARTIFACT: art.name,
         X_LPU_ARTIFACT_VERSION: art.version,
+        X_LPU_SCHEDULE: adm.schedule_header,
     }
     ident = ResponseIdentity(
         kind=kind,

@@ -11,7 +11,8 @@ Request, router -> backend:
 Responses, backend -> router (the router passes them through to the client):
 
 * :data:`X_LPU_PREDICTED_TTFT_MS` (the backend's own prediction),
-  :data:`X_LPU_ARTIFACT`, :data:`X_LPU_ARTIFACT_VERSION`
+  :data:`X_LPU_ARTIFACT`, :data:`X_LPU_ARTIFACT_VERSION`;
+* :data:`X_LPU_SCHEDULE` (the backend's whole schedule; never passed to the client)
 
 Responses, router -> client:
 
@@ -37,6 +38,7 @@ __all__ = [
     "X_LPU_PREDICTED_TTFT_MS",
     "X_LPU_PREDICTED_WAIT_MS",
     "X_LPU_REJECT_REASON",
+    "X_LPU_SCHEDULE",
 ]
 
 X_LPU_DEADLINE_MS: Final = "x-lpu-deadline-ms"
@@ -77,3 +79,10 @@ X_LPU_ARTIFACT: Final = "x-lpu-artifact"
 
 X_LPU_ARTIFACT_VERSION: Final = "x-lpu-artifact-version"
 """Set by the backend on every completion answer: that artifact's version string."""
+
+X_LPU_SCHEDULE: Final = "x-lpu-schedule"
+"""Set by the backend on every answer to a completion request (optional for a third-party
+backend): its whole schedule when it wrote the answer, admitted (the request included) or
+refused for the deadline or a full queue. ``slots;running;waiting;free_ms,...``, see
+:class:`lpu_protocol.load_report.ScheduleReport`. The router merges it into the replica's
+timeline and strips it from what the client sees (it reveals the backend's load)."""

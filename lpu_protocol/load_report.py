@@ -19,16 +19,30 @@ it with :meth:`LoadReport.from_mapping`. The schedule fields (``slots`` through
 ``per_token_s``) are required; ``ready`` defaults to true; the descriptive fields
 (which artifact, the queue bound, the time scale, the shape's limits, a pending
 swap) are optional, so a backend that knows only its schedule can still answer.
+
+The same schedule, on every completion answer: :class:`ScheduleReport` is the
+``x-lpu-schedule`` response header (:data:`lpu_protocol.headers.X_LPU_SCHEDULE`), the
+schedule fields of a report in one short line::
+
+    x-lpu-schedule: 8;8;3;120.000,120.000,310.000,900.000,1100.000,1100.000,1400.000,1900.000
+
+``slots;running;waiting;slot_free_in_ms`` with the free times in milliseconds (3 decimals),
+ascending, one per slot, from the instant the answer was written. A router merges it into
+that replica's timeline as it merges ``/load`` (the header is optional: a backend without it
+changes nothing). :meth:`ScheduleReport.from_header` rejects anything else (a foreign or
+hostile backend): at most :data:`MAX_SCHEDULE_SLOTS` slots and :data:`MAX_SCHEDULE_CHARS`
+characters, counts and times that are plain non-negative decimals.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass
-from typing import Any
+from typing import Any, Final, NamedTuple
 
-__all__ = ["LoadReport"]
+__all__ = ["MAX_SCHEDULE_CHARS", "MAX_SCHEDULE_SLOTS", "LoadReport", "ScheduleReport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +161,69 @@ class LoadReport:
                    artifact=artifact, version=version, model=model, pending_artifact=pending,
                    ready_in_s=0.0 if ready_in is None else ready_in, queue_limit=queue_limit,
                    time_scale=time_scale, max_seq_len=max_seq_len, max_output_tokens=max_output)
+
+
+MAX_SCHEDULE_SLOTS: Final = 1024
+"""Most slots an ``x-lpu-schedule`` header may list (a bound on what a router parses)."""
+MAX_SCHEDULE_CHARS: Final = 16 * MAX_SCHEDULE_SLOTS
+"""Longest ``x-lpu-schedule`` value accepted, in characters."""
+_COUNT = re.compile(r"(?:0|[1-9][0-9]{0,8})\Z")
+"""A count: a plain decimal integer (no sign, no space, no leading zeros), below 10**9."""
+_MS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,6})?\Z")
+"""A duration in ms: plain decimal, at most 6 decimals, below 10**9 ms (11.6 days)."""
+
+
+class ScheduleReport(NamedTuple):
+    """The ``x-lpu-schedule`` header's content (see the module docstring). Times in seconds,
+    relative to the instant the backend wrote the answer.
+
+    A named tuple: built once per answer on the router's path, where a dataclass's
+    validation-free construction still costs more."""
+
+    slots: int
+    running: int
+    waiting: int
+    slot_free_in_s: tuple[float, ...]
+    """Ascending, one per slot, each >= 0."""
+
+    @classmethod
+    def of(cls, report: LoadReport) -> ScheduleReport:
+        """The schedule fields of a ``/load`` report."""
+        return cls(report.slots, report.running, report.waiting, report.slot_free_in_s)
+
+    def to_header(self) -> str:
+        """The header value; :meth:`from_header` of it gives back this schedule to the ms
+        rounding (3 decimals), with free times sorted."""
+        free = ",".join(f"{x * 1e3:.3f}" for x in sorted(self.slot_free_in_s))
+        return f"{self.slots};{self.running};{self.waiting};{free}"
+
+    @classmethod
+    def from_header(cls, value: str) -> ScheduleReport:
+        """Parse a header value; raise ValueError for anything but the exact form.
+
+        Rejected: more than :data:`MAX_SCHEDULE_CHARS` characters, a part missing or extra,
+        a count or time that is not a plain non-negative decimal (no sign, exponent, ``nan``
+        or ``inf``, spaces), ``slots`` above :data:`MAX_SCHEDULE_SLOTS` or not equal to the
+        number of free times, ``running`` above ``slots``. Free times are returned sorted.
+        A few microseconds at 8 slots: one split per level, one regex match per field.
+        """
+        if len(value) > MAX_SCHEDULE_CHARS:
+            raise ValueError(f"x-lpu-schedule: longer than {MAX_SCHEDULE_CHARS} characters")
+        parts = value.split(";")
+        if len(parts) != 4:
+            raise ValueError(f"x-lpu-schedule: expected slots;running;waiting;free_ms,"
+                             f" got {value[:80]!r}")
+        count, ms = _COUNT.match, _MS.match
+        if not (count(parts[0]) and count(parts[1]) and count(parts[2])):
+            raise ValueError(f"x-lpu-schedule: counts must be integers >= 0, got {value[:80]!r}")
+        slots, running, waiting = int(parts[0]), int(parts[1]), int(parts[2])
+        raw = parts[3].split(",")
+        if not 1 <= slots <= MAX_SCHEDULE_SLOTS or len(raw) != slots or running > slots:
+            raise ValueError(f"x-lpu-schedule: {slots} slots, {running} running and"
+                             f" {len(raw)} free times do not fit together")
+        for x in raw:
+            if not ms(x):
+                raise ValueError(f"x-lpu-schedule: free time {x[:20]!r} is not ms >= 0")
+        free = [float(x) / 1e3 for x in raw]  # divided: the nearest double to the decimal
+        free.sort()  # the backend promises ascending; sorting 8 floats keeps the merge sound
+        return cls(slots, running, waiting, tuple(free))

@@ -43,7 +43,7 @@ from router.errors import Rejection, UpstreamFailure, refusal_error
 from router.metrics import RouterMetrics
 from router.outcomes import Outcome, RejectReason
 from router.pool import BackendPool
-from router.relay import RelayResult, Upstream, relay, upstream_headers
+from router.relay import RelayResult, Upstream, relay, schedule_of, upstream_headers
 from router.series import Children, RequestSeries
 
 __all__ = ["AttemptLoop", "Unserved"]
@@ -155,6 +155,7 @@ class AttemptLoop:
         ex.predicted_ttft_ms = None if predicted is None else predicted * 1e3
         outcome, tokens = Outcome.FAILED, None
         refused_ttft: float | None = None
+        refused_schedule: str | None = None
         if deadline_s is None:  # nothing can refuse it any more
             self._admitted(ex, adm, placement, decision)
         try:
@@ -162,6 +163,9 @@ class AttemptLoop:
                                 self._upstream_model.get(bucket))
             headers = upstream_headers(request.headers, ex.request_id, deadline_s)
             upstream = await self._upstream.open(backend + path, body, headers)
+            schedule = schedule_of(upstream)
+            if schedule is not None:  # first: the requests decided meanwhile see it
+                ticket.schedule(schedule)
             self._admitted(ex, adm, placement, decision)
             try:
                 result = await self._relay(request, ex, placement, decision, upstream)
@@ -172,6 +176,7 @@ class AttemptLoop:
         except UpstreamFailure as f:  # before the client got a byte
             if f.reason is RejectReason.BACKEND_DEADLINE:
                 refused_ttft = _reported_ttft(f, deadline_s)
+                refused_schedule = f.schedule
             else:
                 self._admitted(ex, adm, placement, decision)
             return f
@@ -182,6 +187,8 @@ class AttemptLoop:
         finally:
             if refused_ttft is not None:
                 ticket.refused(refused_ttft)
+                if refused_schedule is not None:  # the whole schedule, beyond the floor
+                    ticket.schedule(refused_schedule)
             else:
                 ticket.finish(outcome, tokens)
 

@@ -11,7 +11,8 @@ edge. Every field is documented once, in ``router/example.toml`` and ``docs/rout
     [timeouts]   connect_s, read_s, keepalive_s
     [health]     path, interval_s, timeout_s, eject_after_failures, eject_for_s
     [admission]  mode, margin_s, margin, margin_quantile, margin_window, prediction,
-                 learned_quantile, utilization_window_s, load_poll_interval_s, on_demand_max_wait_s
+                 learned_quantile, utilization_window_s, load_poll_interval_s, on_demand_max_wait_s,
+                 schedule_from_answers
     [[buckets]]  name, model, backends, artifact, time_scale, max_seq_len, max_output_tokens,
                  slots, prefill_ms, per_token_ms, default_max_tokens, over_cap, ttft_slo_s,
                  e2e_slo_s, target_utilization, max_queue, max_concurrency, degraded_min_tokens,
@@ -193,6 +194,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", *, base_dir: 
         load_poll_interval_s=adm.number("load_poll_interval_s", _ADM.load_poll_interval_s,
                                          lo=0.001),
         on_demand_max_wait_s=adm.number("on_demand_max_wait_s", _ADM.on_demand_max_wait_s, lo=0.0),
+        schedule_from_answers=adm.boolean("schedule_from_answers", _ADM.schedule_from_answers),
         buckets=tuple(b.policy for b in buckets),
         tenants=tuple(t.policy for t in tenants),
         priorities=_priorities(adm, errors),

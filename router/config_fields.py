@@ -105,6 +105,15 @@ class Fields:
             return None
         return v
 
+    def boolean(self, key: str, default: bool) -> bool:
+        v = self._get(key)
+        if v is _MISSING:
+            return default
+        if not isinstance(v, bool):
+            self.error(key, f"expected true or false, got {v!r}")
+            return default
+        return v
+
     def integer(self, key: str, default: int, *, lo: int | None = None, hi: int | None = None
                 ) -> int:
         v = self.opt_int(key, lo=lo, hi=hi)

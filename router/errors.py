@@ -45,7 +45,7 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
-from lpu_protocol.headers import X_LPU_PREDICTED_TTFT_MS, X_LPU_REJECT_REASON
+from lpu_protocol.headers import X_LPU_PREDICTED_TTFT_MS, X_LPU_REJECT_REASON, X_LPU_SCHEDULE
 from lpu_protocol.openai_api import APIError
 from router.outcomes import RejectReason
 
@@ -116,7 +116,7 @@ class UpstreamFailure(Exception):
 
     def __init__(self, kind: str, status: int, message: str, *, retryable: bool,
                  health: bool = True, suspect: bool = False, reason: RejectReason | None = None,
-                 predicted_ttft_s: float | None = None) -> None:
+                 predicted_ttft_s: float | None = None, schedule: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
@@ -130,6 +130,8 @@ class UpstreamFailure(Exception):
         self.predicted_ttft_s = predicted_ttft_s
         """A deadline refusal's TTFT as the backend predicted it (``x-lpu-predicted-ttft-ms``),
         in seconds; None when it gave none."""
+        self.schedule = schedule
+        """A deadline refusal's ``x-lpu-schedule`` header as the backend sent it (None: none)."""
 
     def api_error(self) -> APIError:
         if self.reason is not None:
@@ -175,7 +177,8 @@ def map_upstream_status(status: int, body: bytes,
             message = str(json.loads(body)["error"]["message"])
         return UpstreamFailure("deadline", 429, message, retryable=True, health=False,
                                reason=RejectReason.BACKEND_DEADLINE,
-                               predicted_ttft_s=_header_ms(headers, X_LPU_PREDICTED_TTFT_MS))
+                               predicted_ttft_s=_header_ms(headers, X_LPU_PREDICTED_TTFT_MS),
+                               schedule=None if headers is None else headers.get(X_LPU_SCHEDULE))
     if status >= 500:
         if _blames_request(body):
             return None

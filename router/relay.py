@@ -38,12 +38,12 @@ from aiohttp.typedefs import LooseHeaders
 from multidict import CIMultiDict
 from yarl import URL
 
-from lpu_protocol.headers import X_LPU_DEADLINE_MS
+from lpu_protocol.headers import X_LPU_DEADLINE_MS, X_LPU_SCHEDULE
 from router.config import TimeoutConfig
 from router.errors import Draining, UpstreamFailure, map_client_error, map_upstream_status
 from router.outcomes import Outcome
 
-__all__ = ["HOP_BY_HOP", "RelayResult", "Upstream", "Usage", "relay",
+__all__ = ["HOP_BY_HOP", "RelayResult", "Upstream", "Usage", "relay", "schedule_of",
            "upstream_headers", "usage"]
 
 HOP_BY_HOP = frozenset({
@@ -56,9 +56,11 @@ HOP_BY_HOP = frozenset({
 _NOT_UPSTREAM = HOP_BY_HOP | {"authorization", "x-api-key", "api-key", "host", "content-length",
                               "content-encoding", "accept-encoding", "cookie", "x-request-id",
                               X_LPU_DEADLINE_MS, "content-type"}
-# Never copied back: the router sets its own framing and identity, and a backend's cookies are
-# not the client's (one upstream session serves every client).
-_NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length", "server", "date", "x-request-id", "set-cookie"}
+# Never copied back: the router sets its own framing and identity, a backend's cookies are
+# not the client's (one upstream session serves every client), and its schedule reveals its
+# load (the router reads it: :func:`schedule_of`).
+_NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length", "server", "date", "x-request-id", "set-cookie",
+                                X_LPU_SCHEDULE}
 _USAGE = b'"usage"'
 _USAGE_MAX = 4096
 """Bytes after a ``"usage"`` key that its object may take (a usage object is ~100-300 bytes)."""
@@ -80,6 +82,12 @@ def upstream_headers(incoming: Mapping[str, str], request_id: str,
     if deadline_s is not None:
         out.append((X_LPU_DEADLINE_MS, f"{deadline_s * 1e3:.1f}"))
     return out
+
+
+def schedule_of(upstream: aiohttp.ClientResponse) -> str | None:
+    """The backend's ``x-lpu-schedule`` header on an answer whose status line came (None:
+    it sends none); the caller merges it (:meth:`router.admission.Ticket.schedule`)."""
+    return upstream.headers.get(X_LPU_SCHEDULE)
 
 
 class _EventStream(web.StreamResponse):

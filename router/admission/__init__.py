@@ -113,6 +113,11 @@ class Ticket(Protocol):
     def first_token(self) -> None:
         """The first token reached the client (feeds the prediction-error metric)."""
 
+    def schedule(self, value: str) -> None:
+        """The backend's answer (admitted or refused) carried its whole schedule, the
+        ``x-lpu-schedule`` header's ``value``: the admitter may learn it. Any time, ended or
+        not; a malformed value is ignored."""
+
     def finish(self, outcome: Outcome, completion_tokens: int | None = None) -> None:
         """End the request; idempotent. Frees the slot in the timeline now."""
 

@@ -57,6 +57,9 @@ class OffTicket:
     def first_token(self) -> None:
         """Nothing is predicted, so nothing to correct."""
 
+    def schedule(self, value: str) -> None:
+        """Nothing is predicted: a backend's schedule is not read."""
+
     def finish(self, outcome: Outcome, completion_tokens: int | None = None) -> None:
         if self.finished:
             return

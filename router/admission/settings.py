@@ -140,6 +140,9 @@ class AdmissionSettings:
     learned_quantile: float = 0.95
     utilization_window_s: float = 10.0
     load_poll_interval_s: float = 0.05
+    schedule_from_answers: bool = True
+    """Merge the schedule a backend puts on its completion answers (``x-lpu-schedule``) into
+    that replica's timeline; False: ``/load`` polls and deadline refusals only."""
     on_demand_max_wait_s: float = 2.0
     """Longest extra wait granted to the ``on_demand`` service tier."""
     buckets: tuple[BucketPolicy, ...] = ()

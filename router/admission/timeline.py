@@ -218,14 +218,43 @@ class ReplicaTimeline:
         and reservations admitted at or after ``sent_at`` (when it was asked for)
         are counted as not yet in it: both choices err late, never early.
         """
-        c = self.shape.slots
-        free = [now + x for x in report.slot_free_in_s[:c]]
-        self._floor = [_NEG_INF] * (c - len(free)) + free
-        self._floor_after = sent_at
         self.ready = report.ready
         self.last_report = report
         self.last_report_at = now
+        self._take_floor(report.slot_free_in_s, now, sent_at)
         self.rebuild(now)
+
+    def merge_schedule(self, slot_free_in_s: tuple[float, ...], now: float,
+                       sent_at: float) -> bool:
+        """The backend's schedule from an answer (``x-lpu-schedule``), merged as a report is
+        (:meth:`merge_report`: read relative to ``now``, reservations admitted at or after
+        ``sent_at``, when the request was sent, unseen); returns False when it was skipped.
+
+        Skipped when it cannot make the view later: no own reservation was admitted at or
+        after ``sent_at`` and each reported free time (sorted) is no later than the tail's.
+        Then the merge rule would give a tail ``max(place(all), report)``, no later per slot
+        than the current one (which already holds ``place(all)``), so keeping the current
+        view errs late, never early; the next ``/load`` report takes back what a finished
+        request freed early. The check costs O(c log c); the merge's rebuild O(n log c).
+        """
+        items = self._items
+        if not items or next(reversed(items.values())).admitted_at < sent_at:
+            tail = sorted(self._tail)
+            free = slot_free_in_s[:len(tail)]
+            p = len(tail) - len(free)
+            if all(now + x <= t for x, t in zip(free, tail[p:], strict=True)):
+                return False
+        self._take_floor(slot_free_in_s, now, sent_at)
+        self.rebuild(now)
+        return True
+
+    def _take_floor(self, slot_free_in_s: tuple[float, ...], now: float,
+                    sent_at: float) -> None:
+        """The reported free times (relative to ``now``, ascending) as the floor."""
+        c = self.shape.slots
+        free = [now + x for x in slot_free_in_s[:c]]
+        self._floor = [_NEG_INF] * (c - len(free)) + free
+        self._floor_after = sent_at
 
     def refused(self, r: Reservation, start: float, now: float) -> None:
         """The backend refused ``r``'s deadline, saying it would start at ``start``.
