@@ -126,6 +126,11 @@ class Ticket(Protocol):
         it: the schedule learns the figure, and the request does not count as admitted.
         Idempotent, and a no-op after ``finish``."""
 
+    def withdraw(self, reason: RejectReason) -> None:
+        """End the request as never admitted, refused for ``reason`` after the decision (the
+        shared limits store, :mod:`router.limits`, said over): its hold is dropped and nothing
+        is learned. Idempotent, and a no-op after ``finish``."""
+
 
 @dataclass(slots=True)
 class Terms:

@@ -43,7 +43,7 @@ from router.admission import (
 from router.admission.bucket_state import BucketState
 from router.admission.decision import Inputs, judge
 from router.admission.priority import rule_table
-from router.admission.ratelimit import TenantLimiter
+from router.admission.ratelimit import Charge, TenantLimiter
 from router.admission.settings import AdmissionSettings
 from router.admission.timeline import ReplicaTimeline, Reservation
 from router.metrics import RouterMetrics
@@ -72,14 +72,15 @@ class TimelineTicket:
     """One admitted request's reservation. Implements :class:`router.admission.Ticket`."""
 
     __slots__ = (
-        "_bucket", "_decided_at", "_ended", "_first_seen", "_limiter", "_max_tokens", "_owner",
-        "_predicted_ttft", "_priority", "_prompt_tokens", "_replica", "_res", "_reserve_tokens",
+        "_bucket", "_charge", "_decided_at", "_ended", "_first_seen", "_limiter", "_max_tokens",
+        "_owner", "_predicted_ttft", "_priority", "_prompt_tokens", "_replica", "_res",
+        "_reserve_tokens",
     )
 
     def __init__(
         self, owner: TimelineAdmitter, bucket: BucketState, replica: ReplicaTimeline,
         res: Reservation, req: AdmissionRequest, max_tokens: int, reserve_tokens: int,
-        predicted_ttft: float, limiter: TenantLimiter | None,
+        predicted_ttft: float, limiter: TenantLimiter | None, charge: Charge | None,
     ) -> None:
         self._owner = owner
         self._bucket = bucket
@@ -92,6 +93,7 @@ class TimelineTicket:
         self._max_tokens = max_tokens
         self._reserve_tokens = reserve_tokens
         self._limiter = limiter
+        self._charge = charge
         self._ended = False
         self._first_seen = False
 
@@ -150,8 +152,8 @@ class TimelineTicket:
         if completion_tokens is not None:
             if outcome is _COMPLETED:
                 b.lengths.observe(completion_tokens)
-            if self._limiter is not None:
-                self._limiter.refund(self._max_tokens - completion_tokens, now)
+            if self._limiter is not None and self._charge is not None:
+                self._limiter.refund(self._charge, self._max_tokens - completion_tokens, now)
 
     def refused(self, predicted_ttft_s: float) -> None:
         """The backend answered 429 ``deadline_unreachable`` predicting that TTFT (seconds).
@@ -166,9 +168,26 @@ class TimelineTicket:
         now = self._owner.clock()
         rep = self._replica
         rep.refused(self._res, now + reported_ttft_s - rep.shape.prefill_s, now)
-        if self._limiter is not None:
-            self._limiter.refund(self._prompt_tokens + self._max_tokens, now, request=True)
+        self._uncharge(now)
         self._bucket.record_refused(self._priority, RejectReason.BACKEND_DEADLINE)
+
+    def withdraw(self, reason: RejectReason) -> None:
+        """End the request as never admitted, refused for ``reason`` after the decision (the
+        shared limits store said over): the reservation is dropped, nothing is learned, the
+        tenant's charge is refunded. Idempotent; a no-op after ``finish``."""
+        if self._ended:
+            return
+        self._ended = True
+        now = self._owner.clock()
+        self._replica.advance(now)
+        self._replica.release(self._res, now)
+        self._uncharge(now)
+        self._bucket.record_refused(self._priority, reason)
+
+    def _uncharge(self, now: float) -> None:
+        if self._limiter is not None and self._charge is not None:
+            self._limiter.refund(self._charge, self._prompt_tokens + self._max_tokens, now,
+                                 request=True)
 
 
 class TimelineAdmitter:
@@ -188,7 +207,7 @@ class TimelineAdmitter:
         self._buckets = {b.name: BucketState(b, settings, metrics, now, health, clock=clock)
                          for b in settings.buckets}
         self._rules = rule_table(settings.priorities)
-        self._tenants = {t.name: TenantLimiter(t, now) for t in settings.tenants
+        self._tenants = {t.name: TenantLimiter(t) for t in settings.tenants
                          if t.requests_per_minute is not None or t.tokens_per_minute is not None}
         self._seq = itertools.count()
         self.schedule_from_answers = settings.schedule_from_answers
@@ -252,12 +271,12 @@ class TimelineAdmitter:
             return self._refuse(b, req, terms)
         res = best.reserve(next(self._seq), shape.timings.service_s(terms.reserve_tokens), now)
         assert terms.predicted_ttft_s is not None, "the rule predicts every admission"
-        ticket = TimelineTicket(self, b, best, res, req, terms.max_tokens, terms.reserve_tokens,
-                                terms.predicted_ttft_s, limiter)
-        ratelimit = None
+        ratelimit = charge = None
         if limiter is not None:
-            limiter.consume(req.prompt_tokens + terms.max_tokens, now)
+            charge = limiter.consume(req.prompt_tokens + terms.max_tokens, now)
             ratelimit = limiter.state(now)
+        ticket = TimelineTicket(self, b, best, res, req, terms.max_tokens, terms.reserve_tokens,
+                                terms.predicted_ttft_s, limiter, charge)
         b.record_admitted(req.priority, terms.degraded, wait)
         return Admitted(shape.url, ticket, terms, wait, ratelimit)
 

@@ -71,6 +71,10 @@ class OffTicket:
         """Nothing is predicted, so nothing to learn: the slot is released."""
         self.finish(Outcome.FAILED)
 
+    def withdraw(self, reason: RejectReason) -> None:
+        """Refused after the decision: the slot is released."""
+        self.finish(Outcome.FAILED)
+
 
 class OffAdmitter:
     """Implements :class:`router.admission.Admitter` without prediction."""

@@ -151,19 +151,43 @@ def test_learned_prediction_reserves_the_learned_length() -> None:
 
 def test_tenant_limits_refuse_report_and_refund() -> None:
     tenant = TenantPolicy("acme", requests_per_minute=3, tokens_per_minute=100)
-    a, _ = _admitter(tenants=(tenant,))
-    d = a.decide(_req(max_tokens=30, tenant="acme"))
+    a, clock = _admitter(tenants=(tenant,))
+    d = a.decide(_req(max_tokens=30, tenant="acme"))  # charges 10 + 30 at t = 0
     assert d.admitted and d.ratelimit is not None
     assert (d.ratelimit.remaining_requests, d.ratelimit.remaining_tokens) == (2, 60)
-    _end(d, tokens=10)  # 20 unused tokens come back
-    d = a.decide(_req(max_tokens=50, tenant="acme"))
+    _end(d, tokens=10)  # 20 unused tokens come back: the charge is 20
+    clock.t = 10.0
+    d = a.decide(_req(max_tokens=50, tenant="acme"))  # 60 more at t = 10
     assert d.ratelimit is not None and d.ratelimit.remaining_tokens == 20
+    assert d.ratelimit.reset_tokens_s == pytest.approx(60.0)  # the newest charge leaves at 70
     no = a.decide(_req(max_tokens=30, tenant="acme"))
     assert no.reason == RejectReason.TENANT_TPM and a.ratelimit("acme") is not None
-    assert no.retry_after_s == pytest.approx(20 / (100 / 60))
-    assert a.decide(_req(max_tokens=5, tenant="acme")).admitted
+    # 40 needed, 20 left: the first charge (20) must leave the window, at 0 + 60.
+    assert no.retry_after_s == pytest.approx(50.0)
+    assert a.decide(_req(max_tokens=5, tenant="acme")).admitted  # 15 fits
     assert a.decide(_req(max_tokens=1, tenant="acme")).reason == RejectReason.TENANT_RPM
     assert a.decide(_req(max_tokens=1, tenant="other")).admitted  # unknown tenant: no limit
+    clock.t = 60.0  # the first request left the window at 60 exactly
+    d = a.decide(_req(max_tokens=1, tenant="acme"))
+    assert d.admitted and d.ratelimit is not None
+    assert (d.ratelimit.remaining_requests, d.ratelimit.remaining_tokens) == (0, 14)
+
+
+def test_a_request_the_backend_refused_gives_its_whole_charge_back() -> None:
+    tenant = TenantPolicy("acme", requests_per_minute=1, tokens_per_minute=100)
+    a, _ = _admitter(tenants=(tenant,))
+    d = a.decide(_req(max_tokens=30, tenant="acme"))
+    assert d.admitted
+    assert a.decide(_req(tenant="acme")).reason == RejectReason.TENANT_RPM
+    d.ticket.refused(0.3)
+    state = a.ratelimit("acme")
+    assert state is not None
+    assert (state.remaining_requests, state.remaining_tokens) == (1, 100)
+    assert state.reset_requests_s == 0.0
+    d = a.decide(_req(tenant="acme"))
+    assert d.admitted
+    d.ticket.withdraw(RejectReason.CONCURRENCY)  # refused after the decision: back whole too
+    assert a.decide(_req(tenant="acme")).admitted
 
 
 def test_utilization_guard_sheds_batch_first() -> None:

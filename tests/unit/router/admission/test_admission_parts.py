@@ -65,31 +65,61 @@ def test_rules_must_nest() -> None:
                for e in errors)
 
 
-def test_tenant_limits_refill_and_refund() -> None:
-    lim = TenantLimiter(TenantPolicy("t", requests_per_minute=2, tokens_per_minute=600), 0.0)
+def test_tenant_limits_are_sliding_windows_with_refunds() -> None:
+    lim = TenantLimiter(TenantPolicy("t", requests_per_minute=2, tokens_per_minute=600))
     assert lim.check(100, 0.0) is None
-    lim.consume(100, 0.0)
-    lim.consume(100, 0.0)
-    reason, retry, message = lim.check(100, 0.0) or (None, 0.0, "")
+    first = lim.consume(100, 0.0)
+    lim.consume(100, 20.0)
+    reason, retry, message = lim.check(100, 30.0) or (None, 0.0, "")
     assert reason == RejectReason.TENANT_RPM
-    assert retry == pytest.approx(30.0)  # one request per 30 s
+    assert retry == pytest.approx(30.0)  # the first request leaves the window at 60
     assert "2 requests per minute" in message
-    state = lim.state(15.0)
+    state = lim.state(30.0)
     assert (state.limit_requests, state.remaining_requests) == (2, 0)
-    assert state.reset_requests_s == pytest.approx(45.0)
-    assert (state.limit_tokens, state.remaining_tokens) == (600, 550)  # 400 + 15 s * 10/s
-    lim.refund(60, 15.0)
-    assert lim.state(15.0).remaining_tokens == 600  # capped at the minute's allowance
+    assert state.reset_requests_s == pytest.approx(50.0)  # the newest leaves at 80
+    assert (state.limit_tokens, state.remaining_tokens) == (600, 400)  # no refill inside
+    lim.refund(first, 60, 30.0)
+    assert lim.state(30.0).remaining_tokens == 460
+    lim.refund(first, 0, 30.0, request=True)
+    assert lim.state(30.0).remaining_requests == 1
+    assert lim.check(100, 59.999) is None
+    state = lim.state(60.0)  # the first charge (40 tokens left of it) has left
+    assert (state.remaining_requests, state.remaining_tokens) == (1, 500)
+    state = lim.state(80.0)  # and the second: whole again
+    assert (state.remaining_requests, state.remaining_tokens, state.reset_tokens_s) == (
+        2, 600, 0.0)
+
+
+@pytest.mark.parametrize(("charges", "want"), [
+    ([(0.0, 1)] * 60, 60.0),  # 60 at once: the next one at 60 s
+    ([(i / 6, 1) for i in range(60)], 60.0),  # 60 in the first 10 s: none until 60 s
+    ([(i, 1) for i in range(60)], 60.0),  # one a second: each comes back after 60 s
+], ids=["burst", "200-in-10s", "steady"])
+def test_a_window_never_admits_more_than_its_limit_in_a_minute(
+        charges: list[tuple[float, int]], want: float) -> None:
+    lim = TenantLimiter(TenantPolicy("t", requests_per_minute=60))
+    for at, _ in charges:
+        assert lim.check(1, at) is None
+        lim.consume(1, at)
+    last = charges[-1][0]
+    _, retry, _ = lim.check(1, last) or (None, 0.0, "")
+    assert last + retry == pytest.approx(want)  # the first charge leaves, never earlier
+    refused_until_then = [lim.check(1, last + i * 0.25) is not None
+                          for i in range(int((want - last) / 0.25))]
+    assert all(refused_until_then) and lim.check(1, want) is None
 
 
 def test_tenant_token_limit_and_oversized_request() -> None:
-    lim = TenantLimiter(TenantPolicy("t", tokens_per_minute=600), 0.0)
-    lim.consume(500, 0.0)
-    reason, retry, _ = lim.check(200, 0.0) or (None, 0.0, "")
+    lim = TenantLimiter(TenantPolicy("t", tokens_per_minute=600))
+    lim.consume(300, 0.0)
+    lim.consume(200, 5.0)
+    reason, retry, _ = lim.check(200, 10.0) or (None, 0.0, "")
     assert reason == RejectReason.TENANT_TPM
-    assert retry == pytest.approx(10.0)
+    assert retry == pytest.approx(50.0)  # 100 must leave: the first charge, at 60
+    assert lim.check(100, 10.0) is None
     reason, retry, message = lim.check(700, 0.0) or (None, 0.0, "")
     assert reason == RejectReason.TENANT_TPM and "lower max_tokens" in message
+    assert retry == 60.0
 
 
 def test_busy_window_counts_intervals_inside_the_window() -> None:
