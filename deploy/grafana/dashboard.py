@@ -47,6 +47,8 @@ _R = 'bucket=~"$bucket", instance=~"$instance"'
 """Selector of raw router series."""
 _B = 'bucket=~"$bucket"'
 """Selector of per-bucket recording rules and emulator series."""
+_I = 'instance=~"$instance"'
+"""Selector of per-process router series (no bucket label)."""
 _RI = "$__rate_interval"
 
 
@@ -102,6 +104,7 @@ _UP_DOWN = [
 def _rows() -> tuple[Row, ...]:
     admitted = "lpu_router_requests_admitted_total"
     rejected = "lpu_router_requests_rejected_total"
+    busy = "lpu_router_event_loop_busy_seconds_total"
     return (
         Row("Admission", (
             Panel(
@@ -281,6 +284,48 @@ def _rows() -> tuple[Row, ...]:
                 (Target('up{job=~".*lpu-(router|emulator).*"}', "{{job}} {{instance}}"),),
                 kind="stat",
                 mappings=_UP_DOWN,
+            ),
+        )),
+        Row("Router processes", (
+            Panel(
+                "Event loop busy share per worker",
+                "Share of the time each router's worker processes spend working (loop thread"
+                " CPU per second over the workers): 1.0 is saturated. The HPA scales the router"
+                " Deployment to keep the average over pods at its target (0.6 in deploy/k8s);"
+                " above 0.85 for 10 minutes fires LpuRouterEventLoopSaturated. It measures the"
+                " router only: backend saturation is the utilization panel and the refusals.",
+                "percentunit",
+                (Target(f"sum by (instance) ({_rate(busy, _I)})"
+                        f" / sum by (instance) (lpu_router_event_loops{{{_I}}})",
+                        "{{instance}} busy"),),
+                max_value=1.0,
+            ),
+            Panel(
+                "Event loop lag",
+                "The largest delay of an event loop's wake-ups over the last second, worst worker"
+                " per router: the wait a request arriving then had before the router looked at"
+                " it. Spikes of 10-20 ms come from multi-megabyte bodies; a lag that stays up"
+                " means the loops are saturated or starved of CPU.",
+                "s",
+                (Target(f"max by (instance) (lpu_router_event_loop_lag_seconds{{{_I}}})",
+                        "{{instance}} lag"),),
+            ),
+            Panel(
+                "Workers, restarts and the limits store",
+                "Worker processes running per router, workers restarted after exiting unasked"
+                " (per interval; more than 2 in 15 minutes fires LpuRouterWorkerRestarts), and"
+                " whether the shared limits store (Redis) answers (0 with calls to it for a"
+                " minute fires LpuRouterLimitStoreDown).",
+                "short",
+                (
+                    Target(f"sum by (instance) (lpu_router_event_loops{{{_I}}})",
+                           "{{instance}} workers"),
+                    Target(f"sum by (instance) (increase(lpu_router_worker_restarts_total"
+                           f"{{{_I}}}[{_RI}])) or 0 * sum by (instance)"
+                           f" (lpu_router_event_loops{{{_I}}})", "{{instance}} restarts"),
+                    Target(f"min by (instance) (lpu_router_limit_store_up{{{_I}}})",
+                           "{{instance}} limits store up"),
+                ),
             ),
         )),
         Row("Emulated backends (their own metrics)", (

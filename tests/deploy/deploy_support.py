@@ -122,3 +122,12 @@ def exposed_names(exposition: str) -> set[str]:
 
 def registry_names(registry: CollectorRegistry) -> set[str]:
     return exposed_names(generate_latest(registry).decode())
+
+
+def supervisor_names() -> set[str]:
+    """Series the worker supervisor writes (only a router with workers exports them)."""
+    from router.metrics import make_supervisor_metrics
+
+    registry = CollectorRegistry()
+    make_supervisor_metrics(2, registry)
+    return registry_names(registry)

@@ -60,8 +60,8 @@ def test_compose_config_with_a_compose_client() -> None:
 def test_compose_top_level_and_services_are_well_formed() -> None:
     extra = {k for k in COMPOSE if not k.startswith("x-")} - _TOP_LEVEL
     assert not extra, f"unknown top-level keys {extra}"
-    assert set(SERVICES) == {"emulator-short", "emulator-medium", "emulator-long", "router",
-                             "prometheus", "grafana"}
+    assert set(SERVICES) == {"emulator-short", "emulator-medium", "emulator-long", "redis",
+                             "router", "prometheus", "grafana"}
     for name, service in SERVICES.items():
         assert "image" in service or "build" in service, name
         for dep, spec in service.get("depends_on", {}).items():
@@ -108,6 +108,19 @@ def test_router_config_names_the_emulator_services_and_their_artifacts() -> None
         assert int(args[args.index("--port") + 1]) == parts.port
         assert args[args.index("--host") + 1] == "0.0.0.0"
         assert service["environment"]["LPU_HEALTHCHECK_URL"].endswith(f":{parts.port}/healthz")
+
+
+def test_redis_runs_without_persistence_and_the_router_waits_for_it() -> None:
+    redis = SERVICES["redis"]
+    assert redis["image"].startswith("redis:7")
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--save") + 1] == ""
+    assert command[command.index("--appendonly") + 1] == "no"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert SERVICES["router"]["depends_on"]["redis"] == {"condition": "service_healthy"}
+    # Only the router talks to it: on the compose network, never published on the host.
+    assert "ports" not in redis and redis["expose"] == ["6379"]
 
 
 def test_prometheus_scrapes_every_lpu_service_with_its_bucket() -> None:

@@ -21,6 +21,7 @@ from deploy_support import (
     recording_rule_names,
     registry_names,
     rules,
+    supervisor_names,
 )
 
 from lpu_emulator.metrics import make_metrics as make_emulator_metrics
@@ -41,7 +42,9 @@ def _load_generator() -> ModuleType:
 
 
 def _exported() -> set[str]:
+    # The supervisor of a router with workers writes its own series (worker restarts).
     return (registry_names(make_router_metrics().registry)
+            | supervisor_names()
             | registry_names(make_emulator_metrics().registry))
 
 

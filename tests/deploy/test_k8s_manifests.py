@@ -23,9 +23,10 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import DEPLOY, load_yaml, rules
+from deploy_support import DEPLOY, load_yaml, metric_names, registry_names, rules
 
 from router.config import parse_config
+from router.metrics import make_metrics
 
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.30"
@@ -106,7 +107,8 @@ def test_router_deployment_probes_resources_and_security(rendered: list[dict[str
     hpa = _one(rendered, "HorizontalPodAutoscaler", "lpu-router")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                              "name": "lpu-router"}
-    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    # Saturation, not CPU: the test below checks the adapter rule that serves it.
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Pods"]
     assert hpa["spec"]["minReplicas"] >= 2
     service = _one(rendered, "Service", "lpu-router")
     assert _matches(service["spec"]["selector"], labels)
@@ -149,10 +151,15 @@ def test_router_config_is_valid_and_names_real_backend_replicas(
             assert labels["lpu-router/bucket"] == bucket.name
 
 
+def _emulator_sets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "StatefulSet"
+            and d["metadata"]["labels"]["app.kubernetes.io/name"] == "lpu-emulator"]
+
+
 def test_every_emulator_replica_is_in_the_router_config(rendered: list[dict[str, Any]]) -> None:
     raw = _router_config(rendered)
     listed = {url for table in raw["buckets"] for url in table["backends"]}
-    for sts in (d for d in rendered if d["kind"] == "StatefulSet"):
+    for sts in _emulator_sets(rendered):
         name = sts["metadata"]["name"]
         for i in range(sts["spec"]["replicas"]):
             assert f"http://{name}-{i}.{sts['spec']['serviceName']}:8000" in listed
@@ -174,7 +181,7 @@ def test_pod_monitor_scrapes_every_emulator_with_its_bucket(
     monitor = _one(rendered, "PodMonitor", "lpu-emulator")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     selector = monitor["spec"]["selector"]["matchLabels"]
-    sets = [d for d in rendered if d["kind"] == "StatefulSet"]
+    sets = _emulator_sets(rendered)
     assert sets
     for sts in sets:
         template = sts["spec"]["template"]
@@ -213,3 +220,69 @@ def test_grafana_dashboard_config_map_is_discoverable(rendered: list[dict[str, A
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = (DEPLOY / "grafana" / "dashboards" / "lpu-router.json").read_text("utf-8")
     assert config_map["data"]["lpu-router-dashboard.json"] == dashboard
+
+
+def test_router_runs_one_worker_per_cpu_of_its_request(rendered: list[dict[str, Any]]) -> None:
+    config = parse_config(_router_config(rendered), "configmap:router.toml")
+    deployment = _one(rendered, "Deployment", "lpu-router")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    cpu = str(container["resources"]["requests"]["cpu"])
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    assert config.server.workers == cores, f"{config.server.workers} workers, {cpu} CPU"
+    assert config.server.workers >= 2
+
+
+def test_redis_statefulset_and_services(rendered: list[dict[str, Any]]) -> None:
+    sts = _one(rendered, "StatefulSet", "lpu-redis")
+    assert sts["spec"]["replicas"] == 1
+    template = sts["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert container["image"].startswith("redis:7")
+    args = container["args"]
+    # No persistence (see redis.yaml): no snapshots, no append-only file.
+    assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"] == ["redis-cli", "ping"]
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+    labels = template["metadata"]["labels"]
+    governing = _one(rendered, "Service", sts["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    service = _one(rendered, "Service", "lpu-redis")
+    assert service["spec"]["type"] == "ClusterIP"
+    for svc in (governing, service):
+        assert _matches(svc["spec"]["selector"], labels)
+        ((port,),) = [svc["spec"]["ports"]]
+        assert port["targetPort"] == "redis"
+        assert [p["containerPort"] for p in container["ports"] if p["name"] == "redis"] == [6379]
+
+
+def _adapter_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    config_map = _one(docs, "ConfigMap", "lpu-router-adapter-rules")
+    found: list[dict[str, Any]] = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+    return found
+
+
+def test_hpa_scales_on_a_pods_metric_the_adapter_rule_serves(
+    rendered: list[dict[str, Any]],
+) -> None:
+    hpa = _one(rendered, "HorizontalPodAutoscaler", "lpu-router")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    name = metric["pods"]["metric"]["name"]
+    target = metric["pods"]["target"]
+    assert target["type"] == "AverageValue"
+    # A busy share per worker: 0 < target < 1 (docs/deploy.md, "Autoscaling on saturation").
+    value = str(target["averageValue"])
+    share = int(value[:-1]) / 1000 if value.endswith("m") else float(value)
+    assert 0 < share < 1
+    served = {rule["name"]["as"]: rule for rule in _adapter_rules(rendered)}
+    assert name in served, f"no prometheus-adapter rule serves {name}"
+    rule = served[name]
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"},
+                                              "pod": {"resource": "pod"}}
+    # Every series the rule reads is in the router's catalog.
+    exported = registry_names(make_metrics().registry)
+    query = rule["metricsQuery"].replace("<<.GroupBy>>", "pod").replace("<<.LabelMatchers>>", "")
+    series = rule["seriesQuery"].split("{")[0].strip("'\"")
+    assert metric_names(query) | {series} <= exported, sorted(metric_names(query) - exported)
