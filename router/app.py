@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -45,6 +46,7 @@ from router.edge import Edge
 from router.endpoints import Endpoints
 from router.handlers import Proxy
 from router.lifecycle import LIFECYCLE, Lifecycle, close_when_leaving, completion_guard
+from router.limits.shared import SharedRateLimits, shared_limits
 from router.load_poller import LoadPoller
 from router.loop_load import LoopLoad
 from router.metrics import RouterMetrics, make_metrics
@@ -89,7 +91,12 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     margin = ESTIMATE_UNDERCOUNT_MARGIN if isinstance(counter, EstimateCounter) else 0.0
     table = BucketTable(config.buckets, margin=margin)
     pool = BackendPool(config.buckets, config.health, clock=clock, metrics=metrics)
-    admitter = make_admitter(config.admission, clock=clock, metrics=metrics, health=pool.replica)
+    # [limits] store = "redis": tenant limits and bucket caps counted once for every process
+    # that shares the server (router.limits); the local admitter then counts no tenant.
+    limits = shared_limits(config.limits, config.admission, metrics=metrics, clock=clock)
+    local = config.admission if limits is None else dataclasses.replace(config.admission,
+                                                                         tenants=())
+    admitter = make_admitter(local, clock=clock, metrics=metrics, health=pool.replica)
     timeline = admitter if isinstance(admitter, TimelineAdmitter) else None
     poller = LoadPoller(pool, timeline, prober=Prober(config.health, clock=clock), clock=clock,
                         interval_s=config.health.interval_s,
@@ -105,9 +112,10 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
                            series=series, max_retries=config.server.max_retries,
                            min_retry_after_s=config.admission.min_retry_after_s,
                            upstream_model={b.name: b.upstream_model for b in config.buckets},
-                           clock=clock)
-    proxy = Proxy(config, table=table, counter=counter, admitter=admitter, attempts=attempts,
-                  auth=auth, series=series, clock=clock)
+                           clock=clock, limits=limits)
+    proxy = Proxy(config, table=table, counter=counter,
+                  admitter=admitter if limits is None else SharedRateLimits(admitter, limits),
+                  attempts=attempts, auth=auth, series=series, clock=clock)
     admin = AdminBuckets(auth=auth, admitter=admitter, worker=worker)
     endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth,
                           created=int(time.time()), worker=worker)
@@ -167,6 +175,8 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     app[UPSTREAM] = upstream
     app[LIFECYCLE] = lifecycle
     app.cleanup_ctx.append(client_session)
+    if limits is not None:
+        app.cleanup_ctx.append(limits.lifetime)
     app.cleanup_ctx.append(sample_loop)
     app.on_shutdown.append(mark_not_ready)
     app.on_response_prepare.append(close_when_leaving(lifecycle))

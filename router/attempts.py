@@ -40,6 +40,7 @@ from router.admission import AdmissionRequest, Admitted, Admitter, Refused
 from router.admission_headers import admitted_headers, ratelimit_headers, refusal_headers
 from router.buckets import Placement
 from router.errors import Rejection, UpstreamFailure, refusal_error
+from router.limits.shared import RequestCharge, SharedLimits
 from router.metrics import RouterMetrics
 from router.outcomes import Outcome, RejectReason
 from router.pool import BackendPool
@@ -68,8 +69,9 @@ class AttemptLoop:
     def __init__(self, *, admitter: Admitter, pool: BackendPool, upstream: Upstream,
                  metrics: RouterMetrics, series: RequestSeries, max_retries: int,
                  min_retry_after_s: float, upstream_model: dict[str, str | None],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], limits: SharedLimits | None = None) -> None:
         self._admitter = admitter
+        self._limits = limits
         self._pool = pool
         self._upstream = upstream
         self._series = series
@@ -87,6 +89,23 @@ class AttemptLoop:
                   path: str) -> RelayResult | Unserved:
         """Serve the request (see the module docstring); raises :class:`Rejection` when it
         was never admitted."""
+        limits = self._limits
+        if limits is None or not limits.counts(adm.tenant, adm.bucket):
+            return await self._run(request, ex, req, placement, adm, path, None)
+        # The shared store counts it: charged on its first admitted attempt, given back here.
+        charge = RequestCharge(limits)
+        tokens = None
+        try:
+            got = await self._run(request, ex, req, placement, adm, path, charge)
+            if isinstance(got, RelayResult):
+                tokens = got.completion_tokens
+            return got
+        finally:
+            charge.end(admitted=ex.admitted, completion_tokens=tokens)
+
+    async def _run(self, request: web.Request, ex: Exchange, req: CompletionRequest,
+                   placement: Placement, adm: AdmissionRequest, path: str,
+                   charge: RequestCharge | None) -> RelayResult | Unserved:
         bucket = placement.bucket.name
         tried: set[str] = set()
         failures = 0
@@ -105,6 +124,8 @@ class AttemptLoop:
                                     and decision.reason is not RejectReason.NO_BACKEND):
                     raise _refusal(decision)
                 break  # every replica left was tried
+            if charge is not None:  # the local decision admitted it: now the pod's limits
+                decision = await charge.admit(adm, decision)
             if tried:
                 self._retries(bucket).inc()
             backend = decision.backend

@@ -18,6 +18,7 @@ edge. Every field is documented once, in ``router/example.toml`` and ``docs/rout
                  e2e_slo_s, target_utilization, max_queue, max_concurrency, degraded_min_tokens,
                  upstream_model, extra_params, extra_params_allow
     [[tenants]]  name, api_keys, priority, requests_per_minute, tokens_per_minute
+    [limits]     store, redis_url, on_store_error, timeout_ms, key_prefix, backoff_s
 
 A bucket's shape (``max_seq_len``, ``max_output_tokens``, ``slots``, ``prefill_ms``,
 ``per_token_ms``) comes from its ``artifact`` (a built-in name or a TOML path, timings multiplied
@@ -27,10 +28,11 @@ by ``time_scale``) and any of those keys given explicitly override the artifact'
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,9 @@ from router.admission.settings import (
 )
 from router.bucket_config import BucketConfig, OverCap, parse_bucket, parse_params
 from router.config_fields import Fields
+from router.limits.settings import LimitsConfig, parse_limits, scale_problems
+
+log = logging.getLogger("lpu_router.config")
 
 __all__ = [
     "MAX_WORKERS",
@@ -59,6 +64,7 @@ __all__ = [
     "TenantConfig",
     "TimeoutConfig",
     "key_digest",
+    "limits_errors",
     "load_config",
     "parse_config",
     "workers_count",
@@ -140,6 +146,7 @@ class RouterConfig:
     admission: AdmissionSettings
     buckets: tuple[BucketConfig, ...]
     tenants: tuple[TenantConfig, ...] = ()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -163,7 +170,8 @@ _ADM = AdmissionSettings()
 _HEALTH = HealthConfig()
 _TENANT = TenantPolicy(name="")
 
-_SECTIONS = frozenset({"server", "timeouts", "health", "admission", "buckets", "tenants"})
+_SECTIONS = frozenset({"server", "timeouts", "health", "admission", "buckets", "tenants",
+                       "limits"})
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<config>", *, base_dir: Path | None = None
@@ -202,9 +210,22 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", *, base_dir: 
         learned_min_samples=adm.integer("learned_min_samples", _ADM.learned_min_samples, lo=1),
     )
     adm.finish()
+    limits = parse_limits(Fields(raw, "limits", errors))
+    errors.extend(limits_errors(limits, server.workers, admission))
     if errors:
         raise ConfigError(source, errors)
-    return RouterConfig(server, timeouts, health, admission, tuple(buckets), tuple(tenants))
+    return RouterConfig(server, timeouts, health, admission, tuple(buckets), tuple(tenants),
+                        limits)
+
+
+def limits_errors(limits: LimitsConfig, workers: int, admission: AdmissionSettings
+                  ) -> list[str]:
+    """What ``limits.store`` cannot do with ``workers`` processes (errors); what it does per
+    worker only is logged as a warning. Checked again when ``--workers`` overrides the file."""
+    errors, warnings = scale_problems(limits, workers, admission.tenants, admission.buckets)
+    for w in warnings:
+        log.warning("%s", w)
+    return errors
 
 
 def load_config(path: str | Path) -> RouterConfig:

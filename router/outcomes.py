@@ -37,3 +37,5 @@ class RejectReason(StrEnum):
     """The router already holds ``server.max_body_memory_bytes`` of request bodies."""
     BODY_RATE = "body_rate"
     """Large bodies arrive faster than ``server.large_body_bytes_per_s``."""
+    LIMITS_UNAVAILABLE = "limits_unavailable"
+    """The shared limits store (Redis) did not answer and ``limits.on_store_error = "closed"``."""

@@ -16,13 +16,17 @@ is stopped when the test ends, the last started first):
 * ``router_process`` / ``emulator_process``: the same as real processes (``python -m router
   serve CONFIG`` returns a :class:`live_processes.Served`; ``python -m lpu_emulator`` returns
   the URLs);
-* ``manual_clock``: a :class:`ManualClock` at 0.
+* ``manual_clock``: a :class:`ManualClock` at 0;
+* ``redis_server``: a real ``redis-server`` on a free loopback port for the session
+  (:class:`redis_server.RedisServer`), running and emptied for each test that asks; skipped
+  when ``redis-server`` is not installed, unless ``LPU_REQUIRE_REDIS=1`` (then a failure).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +37,7 @@ __all__ = ["ManualClock"]
 
 if TYPE_CHECKING:
     from live_processes import Served, StartEmulatorProcess, StartRouterProcess
+    from redis_server import RedisServer
     from stack import (
         FakeBackend,
         Handler,
@@ -136,3 +141,31 @@ class ManualClock:
 @pytest.fixture
 def manual_clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest.fixture(scope="session")
+def _redis_session() -> Iterator[RedisServer | None]:
+    from redis_server import RedisServer, redis_binary
+
+    binary = redis_binary()
+    if binary is None:
+        yield None
+        return
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_server(_redis_session: RedisServer | None) -> RedisServer:
+    """The session's redis-server, running and empty (a test may stop and start it)."""
+    if _redis_session is None:
+        if os.environ.get("LPU_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is not installed and LPU_REQUIRE_REDIS=1")
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    _redis_session.start()
+    _redis_session.flush()
+    return _redis_session

@@ -1,11 +1,13 @@
-"""Tenant limits end to end: the ``x-ratelimit-*`` headers count down on every response and the
-limit is a 429 with ``Retry-After``; ``/admin/buckets`` is for the admin key only."""
+"""Tenant limits end to end, counted in the process and in Redis: the ``x-ratelimit-*`` headers
+count down on every response and the limit is a 429 with ``Retry-After`` (the first request
+leaves the 60 s window); ``/admin/buckets`` is for the admin key only."""
 
 from __future__ import annotations
 
 import re
 
 import aiohttp
+import pytest
 from stack import MODEL, client_session, rig_emulators, router, router_raw
 
 RPM = 4
@@ -42,10 +44,16 @@ def _limits(headers: dict[str, str]) -> tuple[int, int]:
             int(headers["x-ratelimit-remaining-tokens"]))
 
 
-async def test_ratelimit_headers_count_down_and_the_limit_is_a_429() -> None:
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_ratelimit_headers_count_down_and_the_limit_is_a_429(
+        store: str, request: pytest.FixtureRequest) -> None:
+    extra: dict[str, object] = dict(TENANTS)
+    if store == "redis":
+        extra["limits"] = {"store": "redis",
+                           "redis_url": request.getfixturevalue("redis_server").url}
     async with (
         rig_emulators(slots=4) as urls,
-        router(router_raw(urls, slots=4, ttft_slo_s=1.0, extra=TENANTS)) as r,
+        router(router_raw(urls, slots=4, ttft_slo_s=1.0, extra=extra)) as r,
         client_session() as session,
     ):
         # Larger than a whole minute's tokens: refused, and waiting cannot make it fit.
@@ -73,12 +81,17 @@ async def test_ratelimit_headers_count_down_and_the_limit_is_a_429() -> None:
         error = body["error"]
         assert isinstance(error, dict) and error["code"] == "rate_limit_exceeded"
         assert "requests per minute" in str(error["message"])
-        # One request comes back every 60 / RPM = 15 s.
-        assert 10_000 < int(headers["retry-after-ms"]) <= 15_000
+        # The first request leaves the 60 s window 60 s after it came (no refill before).
+        assert 55_000 < int(headers["retry-after-ms"]) <= 60_000
         assert int(headers["retry-after"]) == -(-int(headers["retry-after-ms"]) // 1000)
         assert _limits(headers)[0] == 0
         assert r.metric("lpu_router_requests_rejected_total", {
             "bucket": "small", "priority": "standard", "reason": "tenant_rpm"}) == 1
+        calls = [r.metric("lpu_router_limit_store_calls_total", {"result": result})
+                 for result in ("ok", "over")]
+        # In Redis, one script call per request the local decision admitted: RPM, then 1 over
+        # (the oversized request never reaches the store).
+        assert calls == ([RPM, 1] if store == "redis" else [0, 0])
 
 
 async def test_admin_buckets_needs_the_admin_key() -> None:

@@ -1,0 +1,179 @@
+"""The shared limits store on Redis: one atomic script call per admitted request.
+
+:meth:`RedisStore.admit` runs :data:`~router.limits.scripts.ADMIT` (check every limit of the
+:class:`~router.limits.Ask` and charge them all, or charge nothing and say which is over) and
+waits at most ``timeout_s`` for it. :meth:`RedisStore.finish` and :meth:`RedisStore.refund`
+queue :data:`~router.limits.scripts.END` calls that leave at the end of the event loop's turn,
+all of that turn's in one pipeline, on a task nobody awaits: a request never waits for its end
+to be recorded.
+
+One connection pool per process (the client is made inside the running loop), no retries in
+the client (a retried script could charge twice; the caller's back-off decides when to ask
+again). Every failure is mapped to :class:`~router.limits.StoreError` here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from router.admission.ratelimit import WINDOW_S
+from router.limits import Ask, StoreError, Verdict
+from router.limits.scripts import ADMIT, END
+from router.outcomes import RejectReason
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger("lpu_router.limits")
+
+_OVER = {r.value.encode(): r for r in (RejectReason.TENANT_RPM, RejectReason.TENANT_TPM,
+                                       RejectReason.CONCURRENCY, RejectReason.QUEUE_FULL)}
+_END_TIMEOUT_S = 1.0
+"""The longest one batch of ends may take (it holds no request up)."""
+
+
+class RedisStore:
+    """Tenant windows, leases and queues of every process that shares one Redis server."""
+
+    def __init__(self, url: str, *, key_prefix: str = "lpu:", timeout_s: float = 0.025,
+                 grace_s: float = 30.0, window_s: float = WINDOW_S) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.grace_s = grace_s
+        self.window_s = window_s
+        self._prefix = key_prefix
+        self._client: aioredis.Redis | None = None
+        self._admit: Any = None
+        self._end: Any = None
+        self._keys: dict[tuple[str | None, str], list[str]] = {}
+        self._pending: list[tuple[list[str], list[str | int]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self._tag = f"{os.getpid():x}.{secrets.token_hex(3)}:"
+        self._seq = itertools.count()
+        self.end_errors = 0
+        """Batches of ends that failed (their leases expire on their own)."""
+
+    async def start(self) -> None:
+        """Make the client and its pool (inside the running loop); connects lazily."""
+        timeout = max(self.timeout_s, 0.001)
+        self._client = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 1.0),
+            retry=Retry(NoBackoff(), 0))
+        self._admit = self._client.register_script(ADMIT)
+        self._end = self._client.register_script(END)
+
+    async def aclose(self) -> None:
+        """Send the ends still queued (bounded), then close the pool."""
+        self._flush()
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=_END_TIMEOUT_S)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def new_member(self) -> str:
+        """An id no other process sharing the server hands out."""
+        return f"{self._tag}{next(self._seq)}"
+
+    def _keys_of(self, tenant: str | None, bucket: str) -> list[str]:
+        keys = self._keys.get((tenant, bucket))
+        if keys is None:
+            p = self._prefix
+            t = f"{p}t:{tenant if tenant is not None else ''}:"
+            b = f"{p}b:{bucket}:"
+            keys = self._keys[tenant, bucket] = [t + "rq", t + "tk", t + "tkc", t + "tks",
+                                                 b + "ls", b + "q"]
+        return keys
+
+    async def admit(self, ask: Ask, now: float | None = None) -> Verdict:
+        """Check and charge ``ask`` in one step; ``now``: Redis's clock when None (seconds).
+        Raises :class:`StoreError` on a timeout (``timeout_s``), a lost connection or a
+        script error."""
+        if self._admit is None:
+            raise StoreError("connection", "the limits store is not started")
+        args = ["" if now is None else repr(now), ask.member, ask.requests_per_minute or 0,
+                ask.tokens_per_minute or 0, ask.cost_tokens,
+                -1 if ask.max_concurrency is None else ask.max_concurrency,
+                -1 if ask.max_queue is None else ask.max_queue,
+                repr(ask.wait_s), repr(ask.lease_s), repr(self.window_s), repr(self.grace_s)]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                reply = await self._admit(keys=self._keys_of(ask.tenant, ask.bucket), args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _store_error(exc) from exc
+        return _verdict(reply)
+
+    def finish(self, ask: Ask, unused_tokens: int) -> None:
+        """The request ended: give its lease and queue place back and ``unused_tokens`` of its
+        token charge. Sent at the end of this loop turn; never awaited."""
+        self._queue(ask, "finish", max(0, unused_tokens))
+
+    def refund(self, ask: Ask) -> None:
+        """The request never ran (refused later, or its charge is unknown after an error):
+        take every charge back. Sent at the end of this loop turn; never awaited."""
+        self._queue(ask, "refund", 0)
+
+    def _queue(self, ask: Ask, mode: str, give: int) -> None:
+        if self._end is None:
+            return
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((self._keys_of(ask.tenant, ask.bucket), [ask.member, mode, give]))
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch or self._client is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[str | int]]]) -> None:
+        assert self._client is not None
+        try:
+            async with asyncio.timeout(_END_TIMEOUT_S):
+                pipe = self._client.pipeline(transaction=False)
+                for keys, args in batch:
+                    await self._end(keys=keys, args=args, client=pipe)  # queued, not sent
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.end_errors += 1
+            log.debug("limits store: %d end(s) not recorded: %r", len(batch), exc)
+
+    async def drain(self) -> None:
+        """Wait until every end queued so far has been sent (tests)."""
+        await asyncio.sleep(0)
+        self._flush()
+        while self._sending:
+            await asyncio.wait(set(self._sending))
+
+
+def _store_error(exc: BaseException) -> StoreError:
+    """The one map from the client's failures to :class:`StoreError`."""
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return StoreError("timeout", "the limits store did not answer in time")
+    if isinstance(exc, RedisConnectionError | OSError):
+        return StoreError("connection", f"the limits store is unreachable: {exc}")
+    return StoreError("script", f"the limits store failed the script: {exc}")
+
+
+def _verdict(reply: Any) -> Verdict:
+    try:
+        status, retry, nreq, rq_reset, used, tk_reset, in_flight, queued = reply
+        over = None if status == b"ok" else _OVER[status]
+        return Verdict(over, float(retry), int(nreq), float(rq_reset), int(used),
+                       float(tk_reset), int(in_flight), int(queued))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreError("script", f"the limits store gave a malformed answer: {reply!r}"
+                         ) from exc
