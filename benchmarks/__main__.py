@@ -16,6 +16,7 @@ from benchmarks import (
     hostile_prompts,
     planner,
     run_command,
+    scale_out,
     soak,
 )
 from benchmarks.experiments import sweep
@@ -32,6 +33,7 @@ _COMMANDS: dict[str, ModuleType] = {
     "overhead": overhead,
     "emulator-fidelity": emulator_fidelity,
     "decision-cost": admission_decision,
+    "scale-out": scale_out,
 }
 
 
