@@ -111,8 +111,21 @@ class RedisStore:
             async with asyncio.timeout(self.timeout_s):
                 reply = await self._admit(keys=self._keys_of(ask.tenant, ask.bucket), args=args)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise _store_error(exc) from exc
+            error = _store_error(exc)
+            if error.kind == "connection":
+                self._drop_idle()
+            raise error from exc
         return _verdict(reply)
+
+    def _drop_idle(self) -> None:
+        """A lost connection means the server went away: the pool's idle connections went
+        with it, and each would fail once more after it is back. Closed now, without waiting."""
+        if self._client is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._client.connection_pool.disconnect(inuse_connections=False))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     def finish(self, ask: Ask, unused_tokens: int) -> None:
         """The request ended: give its lease and queue place back and ``unused_tokens`` of its
