@@ -17,11 +17,7 @@ offered little and admits everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
-import socket
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +25,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-import yaml
 from deploy_support import (
     RULE_FILES,
     exposed_names,
@@ -37,10 +32,10 @@ from deploy_support import (
     metric_names,
     panel_targets,
     recording_rule_names,
-    require_tool,
     substitute,
     supervisor_names,
 )
+from live_prometheus import has_finite, prometheus, query, streaming_client, wait_ready
 from prometheus_client import CollectorRegistry
 
 from lpu_emulator.options import EmulatorOptions
@@ -54,15 +49,6 @@ TINY_MODEL = "llama-3.1-8b-instant"
 ROOMY_MODEL = "llama-3.3-70b-versatile"
 DEADLINE_S = 45.0
 """Longest wait for every query to return data (typically ~10 s)."""
-
-
-def _free_port() -> int:
-    # Prometheus takes its listen address on the command line, so it needs a
-    # number; the window between closing and its bind is harmless on loopback.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _router_config(tiny_url: str, roomy_url: str) -> dict[str, Any]:
@@ -98,67 +84,6 @@ def _prometheus_config(router_url: str, tiny_url: str, roomy_url: str) -> dict[s
     }
 
 
-@contextlib.asynccontextmanager
-async def _prometheus(tmp: Path, config: dict[str, Any]) -> AsyncIterator[str]:
-    """Run a Prometheus server on loopback; yield its base URL; always stop it."""
-    binary = require_tool("prometheus")
-    config_file = tmp / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config), "utf-8")
-    port = _free_port()
-    log = (tmp / "prometheus.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        binary, f"--config.file={config_file}", f"--storage.tsdb.path={tmp / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
-        stdout=log, stderr=log,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        log.close()
-
-
-async def _client(session: aiohttp.ClientSession, url: str, model: str, pause_s: float,
-                  stop: asyncio.Event, statuses: list[int]) -> None:
-    """One closed-loop client: streaming requests until ``stop``, pausing between them."""
-    body = {"model": model, "max_tokens": 20, "stream": True,
-            "messages": [{"role": "user", "content": "Say something short."}]}
-    while not stop.is_set():
-        async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
-            await resp.read()
-            statuses.append(resp.status)
-        await asyncio.sleep(pause_s)
-
-
-async def _query(session: aiohttp.ClientSession, prom: str, expr: str) -> list[dict[str, Any]]:
-    async with session.get(f"{prom}/api/v1/query", params={"query": expr}) as resp:
-        body = await resp.json()
-    assert body["status"] == "success", f"{expr}: {body}"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
-
-
-def _has_finite(result: list[dict[str, Any]]) -> bool:
-    return any(math.isfinite(float(series["value"][1])) for series in result)
-
-
-async def _wait_ready(session: aiohttp.ClientSession, prom: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(f"{prom}/-/ready") as resp:
-                if resp.status == 200:
-                    return
-        assert time.monotonic() < deadline, "Prometheus did not become ready"
-        await asyncio.sleep(0.2)
-
-
 @pytest.mark.timeout(90)
 async def test_every_panel_query_and_recording_rule_returns_data(tmp_path: Path) -> None:
     tiny = replace(builtin_artifact("llama-3.1-8b-2k"), slots=1)
@@ -175,30 +100,31 @@ async def test_every_panel_query_and_recording_rule_returns_data(tmp_path: Path)
         app = build_app(config, registry=CollectorRegistry())
         async with (
             running(app) as router_url,
-            _prometheus(tmp_path, _prometheus_config(router_url, tiny_url, roomy_url)) as prom,
+            prometheus(tmp_path, _prometheus_config(router_url, tiny_url, roomy_url)) as prom,
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
         ):
             stop = asyncio.Event()
             statuses: list[int] = []
-            clients = [asyncio.create_task(_client(session, router_url, TINY_MODEL, 0.02, stop,
-                                                   statuses)) for _ in range(4)]
+            clients = [asyncio.create_task(streaming_client(session, router_url, TINY_MODEL,
+                                                            0.02, stop, statuses))
+                       for _ in range(4)]
             clients.append(asyncio.create_task(
-                _client(session, router_url, ROOMY_MODEL, 0.2, stop, statuses)))
+                streaming_client(session, router_url, ROOMY_MODEL, 0.2, stop, statuses)))
             try:
-                await _wait_ready(session, prom)
+                await wait_ready(session, prom)
                 missing = dict(queries)
                 deadline = time.monotonic() + DEADLINE_S
                 while missing and time.monotonic() < deadline:
                     await asyncio.sleep(1.0)
                     for where, expr in list(missing.items()):
-                        if _has_finite(await _query(session, prom, expr)):
+                        if has_finite(await query(session, prom, expr)):
                             del missing[where]
                     for task in clients:
                         if task.done():
                             task.result()  # a client that died: show why
                 assert not missing, f"no data for: {sorted(missing)}"
                 assert 200 in statuses and 429 in statuses, sorted(set(statuses))
-                shed = await _query(session, prom,
+                shed = await query(session, prom,
                                     'bucket:lpu_router_requests_shed:ratio_rate1m{bucket="tiny"}')
                 assert float(shed[0]["value"][1]) > 0, "the overloaded bucket shed nothing"
 
