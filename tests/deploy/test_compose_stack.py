@@ -123,6 +123,15 @@ def test_redis_runs_without_persistence_and_the_router_waits_for_it() -> None:
     assert "ports" not in redis and redis["expose"] == ["6379"]
 
 
+def test_router_counts_its_limits_in_the_redis_service_with_two_workers() -> None:
+    config = load_config(_router_config_path())
+    assert config.server.workers == 2
+    assert str(config.limits.store) == "redis" and config.limits.redis_url is not None
+    parts = urlsplit(config.limits.redis_url)
+    assert parts.hostname in SERVICES and SERVICES[str(parts.hostname)]["image"].startswith("redis")
+    assert str(parts.port) in SERVICES[str(parts.hostname)]["expose"]
+
+
 def test_prometheus_scrapes_every_lpu_service_with_its_bucket() -> None:
     config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}

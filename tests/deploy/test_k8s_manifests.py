@@ -257,6 +257,19 @@ def test_redis_statefulset_and_services(rendered: list[dict[str, Any]]) -> None:
         assert [p["containerPort"] for p in container["ports"] if p["name"] == "redis"] == [6379]
 
 
+def test_router_limits_use_the_redis_service(rendered: list[dict[str, Any]]) -> None:
+    config = parse_config(_router_config(rendered), "configmap:router.toml")
+    limits = config.limits
+    assert str(limits.store) == "redis"
+    assert limits.redis_url is not None
+    parts = urlsplit(limits.redis_url)
+    service = _one(rendered, "Service", str(parts.hostname))
+    assert parts.port in [p["port"] for p in service["spec"]["ports"]]
+    assert _matches(service["spec"]["selector"],
+                    _one(rendered, "StatefulSet", "lpu-redis")["spec"]["template"]["metadata"]
+                    ["labels"])
+
+
 def _adapter_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     config_map = _one(docs, "ConfigMap", "lpu-router-adapter-rules")
     found: list[dict[str, Any]] = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
