@@ -187,14 +187,14 @@ class Backend:
                 APIError(429, f"The first token cannot come within the deadline: predicted"
                          f" {predicted * 1e3:.1f} ms, deadline {deadline_s * 1e3:.1f} ms.",
                          type="rate_limit_error", code="deadline_unreachable"),
-                Rejection.DEADLINE, ttft_header | self._schedule_refused(),
+                Rejection.DEADLINE, ttft_header | self.schedule_header(),
             )
         limit = self.options.max_queue
         if limit is not None and engine.would_wait(received) and engine.waiting >= limit:
             raise Refused(
                 APIError(503, f"The backend queue is full ({limit} requests waiting).",
                          type="service_unavailable", code="queue_full"),
-                Rejection.QUEUE_FULL, ttft_header | self._schedule_refused(),
+                Rejection.QUEUE_FULL, ttft_header | self.schedule_header(),
             )
         plan = plan_faults(self.faults, self._fault_rng)
         if plan.error:
@@ -222,8 +222,9 @@ class Backend:
             tool_call=call, schedule_header=placed,
         )
 
-    def _schedule_refused(self) -> dict[str, str]:
-        """A refusal for the schedule's sake carries the schedule as it is."""
+    def schedule_header(self) -> dict[str, str]:
+        """``x-lpu-schedule`` of the schedule now: on a refusal for the schedule's sake, and on
+        an answer written later than its admission (a non-streamed one, at its last token)."""
         return {X_LPU_SCHEDULE: self._schedule_header()}
 
     def _schedule_header(self) -> str:

@@ -169,9 +169,10 @@ class Deliverer:
 
     async def whole(
         self, request: web.Request, adm: Admission, ident: ResponseIdentity,
-        headers: dict[str, str],
+        headers: dict[str, str], late_headers: Callable[[], dict[str, str]] | None = None,
     ) -> tuple[web.StreamResponse, Delivered]:
-        """Send ``adm`` as one JSON body when its last token is due."""
+        """Send ``adm`` as one JSON body when its last token is due; ``late_headers`` adds
+        the headers whose value is that of the instant the answer is written."""
         job, plan = adm.job, adm.faults
         n = job.output_tokens
         await adm.schedule.admitted(job)
@@ -202,6 +203,8 @@ class Deliverer:
             body = body[: len(body) // 2]
         else:
             adm.series.generation_tokens.inc(n)
+        if late_headers is not None:
+            headers = headers | late_headers()
         resp = web.Response(body=body, content_type="application/json", headers=headers)
         await resp.prepare(request)
         await resp.write_eof()

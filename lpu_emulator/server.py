@@ -99,7 +99,10 @@ async def _completions(
         if adm.req.stream:
             resp, outcome = await deliverer.stream(request, adm, ident, headers)
         else:
-            resp, outcome = await deliverer.whole(request, adm, ident, headers)
+            # Its headers leave with the last token: the schedule is the one of that instant.
+            del headers[X_LPU_SCHEDULE]
+            resp, outcome = await deliverer.whole(request, adm, ident, headers,
+                                                  backend.schedule_header)
         return resp
     except (asyncio.CancelledError, ConnectionResetError):
         gone = True

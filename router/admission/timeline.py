@@ -13,8 +13,9 @@ State, per replica:
 * the *tail*: a heap of the ``c`` slot free times once all of them are placed;
   a new request starts at ``max(now, tail[0])`` (O(1)) and is placed with one
   ``heapreplace`` (O(log c));
-* the *floor*: the backend's own tail from its last ``/load`` report (or from a
-  deadline refusal), which also counts other routers' work.
+* the *floor*: the backend's own tail from its last ``/load`` report, from the
+  schedule on its last answer (``x-lpu-schedule``, :meth:`ReplicaTimeline.merge_schedule`)
+  or from a deadline refusal, which also counts other routers' work.
 
 The merge rule (:meth:`ReplicaTimeline.rebuild`): place the reservations that
 the backend had already seen when it reported (admitted before ``floor_after``)
@@ -33,8 +34,11 @@ is removed and the queued reservations behind it move earlier.
 
 Cost. :meth:`ReplicaTimeline.rebuild` applies the merge rule from scratch:
 O(n log c) for n live reservations. A report or a backend refusal (a new floor)
-takes it. A release and an observed start, twice per request, take a shorter
-way to the same result when the timeline is *settled*: every started
+takes it, and so does an answer's schedule unless it cannot make the view later
+(checked in O(c log c): ~1.3 us at c = 8 beyond the header's ~3 us parse; a merge
+~4-7 us at 8-32 reservations, ``lpu-bench scale-out``'s ``piggyback_cost``).
+A release and an observed start, twice per request, take a shorter way to the
+same result when the timeline is *settled*: every started
 reservation starts no earlier than the earliest slot free time it was placed on
 (true by construction for predicted starts; an observed start is checked). Then
 

@@ -59,6 +59,18 @@ async def test_the_emulator_sends_its_schedule_on_answers_and_refusals() -> None
         assert admitted.slot_free_in_s == (pytest.approx(service_s(16), abs=1e-3),)
 
 
+@pytest.mark.timeout(30)
+async def test_a_whole_answer_carries_the_schedule_of_its_last_token() -> None:
+    async with rig_emulators(slots=1) as (url,), client_session() as s:
+        body = chat(16) | {"model": MODEL, "ignore_eos": True}
+        async with s.post(url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+            at_end = ScheduleReport.from_header(r.headers[X_LPU_SCHEDULE])
+    # Not the schedule of its admission (its whole service time ahead): the slot is free, or
+    # about to be, when the body is written.
+    assert at_end.slot_free_in_s[0] < service_s(16) / 4, at_end
+
+
 def _replica(stack: Stack) -> dict[str, Any]:
     snap = stack.app[ADMITTER].snapshot()
     replica: dict[str, Any] = snap["buckets"]["small"]["replicas"][0]
