@@ -221,3 +221,17 @@ def test_omitted_priority_keys_keep_the_default_rule() -> None:
     assert rules[Priority.BATCH] == dataclasses.replace(defaults[Priority.BATCH], share=0.25)
     assert rules[Priority.STANDARD] == defaults[Priority.STANDARD]
     assert rules[Priority.INTERACTIVE] == defaults[Priority.INTERACTIVE]
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, True), (True, True), (False, False)],
+                         ids=["default", "true", "false"])
+def test_schedule_from_answers_is_a_boolean(value: bool | None, expected: bool) -> None:
+    raw = _minimal()
+    if value is not None:
+        raw["admission"] = {"schedule_from_answers": value}
+    assert parse_config(raw).admission.schedule_from_answers is expected
+
+
+def test_schedule_from_answers_refuses_anything_but_a_boolean() -> None:
+    with pytest.raises(ConfigError, match=r"admission.schedule_from_answers: expected true or"):
+        parse_config(_minimal() | {"admission": {"schedule_from_answers": "yes"}})
