@@ -98,15 +98,20 @@ def exit_status(returncode: int) -> str:
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` with ``SO_REUSEPORT``, not listening (see the module
-    doc); its ``getsockname()`` gives the port."""
+    """A socket bound to ``host:port``, then given ``SO_REUSEPORT``, not listening (see the
+    module doc); its ``getsockname()`` gives the port.
+
+    Bound before ``SO_REUSEPORT`` is set: so the bind fails on a port any other socket holds
+    (another pod's workers included) and port 0 picks one nobody holds, instead of sharing
+    a port with another program's ``SO_REUSEPORT`` sockets; the workers, binding with
+    ``SO_REUSEPORT`` after, may share it since this socket has it by then."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     except BaseException:
         sock.close()
         raise

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Served", "StartEmulatorProcess", "StartRouterProcess", "config_toml",
-           "emulator_process", "router_process", "served_router", "stop"]
+           "emulator_process", "per_worker", "pod_workers", "router_process", "served_router",
+           "stop"]
 
 _START_S = 20.0
 
@@ -137,3 +138,30 @@ async def stop(proc: asyncio.subprocess.Process, *, kill: bool = False) -> int:
         with contextlib.suppress(ProcessLookupError):
             proc.kill() if kill else proc.terminate()
     return await proc.wait()
+
+
+async def per_worker(port: int, path: str, count: int, *, tries: int = 400
+                     ) -> dict[int, dict[str, Any]]:
+    """The JSON each of a ``--workers count`` router's workers answers on ``path`` (an
+    ``/admin`` path: it says which worker answered), by worker index, each asked on a fresh
+    connection (the kernel spreads connections over the workers' ``SO_REUSEPORT`` sockets)
+    until every index answered (at most ``tries`` connections)."""
+    import aiohttp
+
+    answers: dict[int, dict[str, Any]] = {}
+    for _ in range(tries):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s, \
+                s.get(f"http://127.0.0.1:{port}{path}") as r:
+            body = await r.json()
+            worker = body["worker"]
+            assert r.headers["x-lpu-worker"] == f"{worker['index']}; pid={worker['pid']}"
+            answers[worker["index"]] = body
+        if len(answers) == count:
+            return answers
+    raise AssertionError(f"only workers {sorted(answers)} of {count} answered in {tries} tries")
+
+
+async def pod_workers(port: int, count: int) -> dict[int, int]:
+    """The pids of a ``--workers count`` router's workers by index (:func:`per_worker`)."""
+    answers = await per_worker(port, "/admin/backends", count)
+    return {i: body["worker"]["pid"] for i, body in answers.items()}
