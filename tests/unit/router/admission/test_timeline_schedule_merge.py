@@ -7,12 +7,18 @@ import copy
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from test_timeline_incremental import _OP, FromScratch, _state
 
-from router.admission.settings import ReplicaShape
+from lpu_protocol.load_report import ScheduleReport
+from router.admission import AdmissionRequest, Admitted
+from router.admission.controller import TimelineAdmitter
+from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape
 from router.admission.timeline import ReplicaTimeline, Reservation
+from router.metrics import make_metrics
 
 SHAPE = ReplicaShape("http://r0", slots=2, prefill_s=0.1, per_token_s=0.01)
 ONE = ReplicaShape("http://r1", slots=1, prefill_s=0.1, per_token_s=0.01)
@@ -127,3 +133,42 @@ def test_a_reservation_after_the_send_is_never_skipped_over() -> None:
     tl.reserve(1, 5.0, 1.0)
     assert tl.merge_schedule((4.0,), 1.0, 0.5)
     assert tl.earliest_start(1.0) == 10.0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _admitter(on: bool, registry: CollectorRegistry) -> tuple[TimelineAdmitter, _Clock]:
+    clock = _Clock()
+    bucket = BucketPolicy("b", (ONE,), ttft_slo_s=10.0, e2e_slo_s=60.0)
+    settings = AdmissionSettings(buckets=(bucket,), schedule_from_answers=on)
+    return TimelineAdmitter(settings, clock=clock, metrics=make_metrics(registry)), clock
+
+
+def _results(registry: CollectorRegistry) -> dict[str, float]:
+    return {r: registry.get_sample_value("lpu_router_schedule_reports_total", {"result": r})
+            or 0.0 for r in ("merged", "skipped", "invalid")}
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["on", "off"])
+def test_a_ticket_merges_its_answers_schedule_unless_switched_off(on: bool) -> None:
+    registry = CollectorRegistry()
+    a, clock = _admitter(on, registry)
+    d = a.decide(AdmissionRequest("b", prompt_tokens=10, max_tokens=10))
+    assert isinstance(d, Admitted)
+    clock.t = 0.001
+    d.ticket.schedule("1;1;0;bogus")  # a hostile backend: ignored
+    # The backend says its slot frees in 2 s: another router's work is ahead of this request.
+    d.ticket.schedule(ScheduleReport(1, 1, 1, (2.0,)).to_header())
+    start = a.snapshot()["buckets"]["b"]["replicas"][0]["slot_free_in_s"][0]
+    if on:
+        assert start == pytest.approx(2.0)
+        assert _results(registry) == {"merged": 1.0, "skipped": 0.0, "invalid": 1.0}
+    else:
+        assert start < 1.0  # its own reservation only
+        assert _results(registry) == {"merged": 0.0, "skipped": 0.0, "invalid": 0.0}
