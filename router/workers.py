@@ -133,7 +133,8 @@ class _Worker:
 
 class _Supervisor:
     def __init__(self, config: RouterConfig, config_path: str | Path, *, port: int,
-                 metrics_dir: str, metrics: SupervisorMetrics, log_level: str) -> None:
+                 metrics_dir: str, metrics: SupervisorMetrics, log_level: str,
+                 file_workers: int) -> None:
         self._config = config
         self._path = config_path
         self._port = port
@@ -141,6 +142,8 @@ class _Supervisor:
         self._metrics = metrics
         self._log_level = log_level
         self._count = config.server.workers
+        self._file_workers = file_workers
+        """``server.workers`` as the file said at the last (re)load (--workers may differ)."""
         self._workers = [_Worker(i) for i in range(self._count)]
         self._stopping = asyncio.Event()
         self._reloads = 0
@@ -238,9 +241,10 @@ class _Supervisor:
         except ConfigError as exc:
             log.error("reload refused, the workers keep the previous config: %s", exc)
             return
-        if new.server.workers != self._count:
+        if new.server.workers != self._file_workers:
             log.warning("reload: server.workers %d -> %d needs a restart; still %d workers",
-                        self._count, new.server.workers, self._count)
+                        self._file_workers, new.server.workers, self._count)
+            self._file_workers = new.server.workers
         self._config = new
         self._reloads += 1
         for w in self._workers:
@@ -269,6 +273,14 @@ class _Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+
+
+def _file_workers(path: str | Path, config: RouterConfig) -> int:
+    """``server.workers`` as the file says (``--workers`` may have overridden ``config``'s)."""
+    try:
+        return load_config(path).server.workers
+    except ConfigError:  # changed since it was read: the next reload says what is wrong
+        return config.server.workers
 
 
 def _metrics_dir(given: str | None) -> tuple[str, bool]:
@@ -302,7 +314,8 @@ async def supervise(config: RouterConfig, config_path: str | Path, *, log_level:
         metrics = make_supervisor_metrics(config.server.workers)
         port = int(sock.getsockname()[1])
         supervisor = _Supervisor(config, config_path, port=port, metrics_dir=path,
-                                 metrics=metrics, log_level=log_level)
+                                 metrics=metrics, log_level=log_level,
+                                 file_workers=_file_workers(config_path, config))
         started = time.monotonic()
         await supervisor.run(on_ready)
         log.info("all %d workers exited after %.1f s", config.server.workers,

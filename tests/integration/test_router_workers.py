@@ -228,3 +228,25 @@ async def test_sighup_reloads_both_workers_while_requests_run_and_loses_none(
     assert _total(text, "lpu_router_requests_admitted_total") == 100
     assert _total(text, "lpu_router_requests_finished_total", outcome="completed") == 100
     assert _total(text, "lpu_router_admission_limit", limit="ttft_slo_seconds") == 1.5
+
+
+async def test_demo_runs_its_router_as_workers() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router", "--log-level", "WARNING", "demo", "--port", "0",
+        "--workers", "2", "--replicas", "1", "--time-scale", "0.05",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line.startswith("lpu-router demo: router at http://127.0.0.1:"), line
+        port = int(line.split(",", 1)[0].rsplit(":", 1)[1])
+        pids = await pod_workers(port, 2)
+        assert proc.pid not in pids.values()
+        assert await _each_on_a_fresh_connection(port, 10, chat(8)) == {200: 10}
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 40) == 0
+        assert all(_gone(pid) for pid in pids.values())
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
