@@ -24,18 +24,21 @@ from __future__ import annotations
 __all__ = ["ADMIT", "END"]
 
 ADMIT = """
+-- One space-separated argument (each argument costs the client an encoding and a length).
+local a = {}
+for word in string.gmatch(ARGV[1], '%S+') do a[#a + 1] = word end
 local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
+if a[1] ~= '-' then
+  now = tonumber(a[1])
 else
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local member = ARGV[2]
-local rpm, tpm, cost = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local ccap, qcap = tonumber(ARGV[6]), tonumber(ARGV[7])
-local wait, lease, window = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local grace = tonumber(ARGV[11])
+local member = a[2]
+local rpm, tpm, cost = tonumber(a[3]), tonumber(a[4]), tonumber(a[5])
+local ccap, qcap = tonumber(a[6]), tonumber(a[7])
+local wait, lease, window = tonumber(a[8]), tonumber(a[9]), tonumber(a[10])
+local grace = tonumber(a[11])
 local horizon = now - window
 
 local function expire_at_least(key, ms)
@@ -157,11 +160,11 @@ if qcap >= 0 and wait > 0 then
 end
 return answer('ok', 0, nreq, used, 0, 0)
 """
-"""KEYS: the six keys above. ARGV: now ('' for Redis's clock), member, requests_per_minute,
-tokens_per_minute (0: none), cost_tokens, concurrency cap, queue cap (-1: none), wait_s,
-lease_s, window_s, lease grace_s. Returns ``[status, retry_s, requests_used, requests_reset_s,
-tokens_used, tokens_reset_s, in_flight, queued]``, the seconds as strings (a Lua number
-would reach the client truncated to an integer); status ``ok`` or the reason over."""
+"""KEYS: the six keys above. ARGV[1]: space-separated now (``-`` for Redis's clock), member,
+requests_per_minute, tokens_per_minute (0: none), cost_tokens, concurrency cap, queue cap (-1:
+none), wait_s, lease_s, window_s, lease grace_s. Returns ``[status, retry_s, requests_used,
+requests_reset_s, tokens_used, tokens_reset_s, in_flight, queued]``, the seconds as strings (a
+Lua number would reach the client truncated to an integer); status ``ok`` or the reason over."""
 
 END = """
 local member, mode, give = ARGV[1], ARGV[2], tonumber(ARGV[3])

@@ -169,3 +169,11 @@ async def test_redis_and_memory_give_the_same_verdicts(store: RedisStore) -> Non
                 store.finish(done, unused)
             await store.drain()
     assert 30 < refused < 270  # the schedule admitted some and refused some
+
+
+async def test_a_server_that_forgot_the_scripts_gets_them_again(
+        store: RedisStore, redis_server: RedisServer) -> None:
+    assert (await _admit(store, _ask(store, rpm=5), 0.0)).over is None
+    assert redis_server.command("SCRIPT", "FLUSH") == b"+OK"  # as after a restart
+    v = await _admit(store, _ask(store, rpm=5), 1.0)
+    assert (v.over, v.requests_used) == (None, 2)
