@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from router.config import ConfigError, RouterConfig, load_config
+from router.config import ConfigError, RouterConfig, limits_errors, load_config
 from router.worker_process import READY_PREFIX
 
 if TYPE_CHECKING:
@@ -238,6 +238,9 @@ class _Supervisor:
     def _reload(self) -> None:
         try:
             new = load_config(self._path)
+            problems = limits_errors(new.limits, self._count, new.admission)
+            if problems:  # valid for the file's workers, not for the --workers running
+                raise ConfigError(f"{self._path} with {self._count} workers", problems)
         except ConfigError as exc:
             log.error("reload refused, the workers keep the previous config: %s", exc)
             return
