@@ -4,6 +4,9 @@ Reading this one function tells what exists and who talks to whom:
 
 * the metric catalog (on the injected registry) and the token counter;
 * the bucket table (shapes by model) and the admitter (``off`` or the timeline controller);
+* with ``[limits] store = "redis"``, the shared limits (:mod:`router.limits`: tenant windows and
+  pod-wide bucket caps in Redis, its pool opened and closed by ``cleanup_ctx``), asked by the
+  attempt loop after the local decision; the admitter then counts no tenant;
 * the backend pool (health), which tells the admitter when a replica goes up or down;
 * the upstream client (one ``ClientSession``, opened and closed by ``cleanup_ctx``, with
   ``TCPConnector(limit=0)`` so the admitter is the only queue, and a keep-alive shorter than

@@ -19,6 +19,10 @@ excluded, and :meth:`AttemptLoop._attempt` sends the request to the replica it p
 * **retries**: a failure before any byte went to the client (connection refused, 5xx) is
   retried on another replica at most ``server.max_retries`` times; a deadline refusal excludes
   that replica and does not count as a retry (each excludes one replica, so the loop ends);
+* **the pod's limits** (``[limits] store = "redis"``, :mod:`router.limits.shared`): the first
+  attempt the local decision admits is charged in the shared store before it is sent (over a
+  limit: the ticket is withdrawn and the request refused, never admitted); retries keep that
+  charge, and :meth:`AttemptLoop.run` gives it back once, when the request ends;
 * **a failure the request may have caused** (``suspect``, :mod:`router.errors`) is charged to
   that replica only once another replica served the request; a second replica failing it too
   makes it the request's fault (``request_faults``), and no replica is charged.
