@@ -27,6 +27,7 @@ from deploy_support import DEPLOY, load_yaml, metric_names, registry_names, rule
 
 from router.config import parse_config
 from router.metrics import make_metrics
+from router.workers import DRAIN_MARGIN_S
 
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.30"
@@ -230,6 +231,18 @@ def test_router_runs_one_worker_per_cpu_of_its_request(rendered: list[dict[str, 
     cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
     assert config.server.workers == cores, f"{config.server.workers} workers, {cpu} CPU"
     assert config.server.workers >= 2
+
+
+def test_the_grace_period_covers_the_pause_and_the_workers_drain(
+    rendered: list[dict[str, Any]],
+) -> None:
+    config = parse_config(_router_config(rendered), "configmap:router.toml")
+    pod = _one(rendered, "Deployment", "lpu-router")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    needed = float(command[1]) + config.server.drain_s + DRAIN_MARGIN_S
+    assert pod["terminationGracePeriodSeconds"] >= needed
 
 
 def test_redis_statefulset_and_services(rendered: list[dict[str, Any]]) -> None:
