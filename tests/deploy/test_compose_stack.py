@@ -24,6 +24,7 @@ import pytest
 from deploy_support import DEPLOY, REPO, load_yaml
 
 from router.config import load_config
+from router.workers import DRAIN_MARGIN_S
 
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 COMPOSE: dict[str, Any] = load_yaml(COMPOSE_FILE)
@@ -130,6 +131,13 @@ def test_router_counts_its_limits_in_the_redis_service_with_two_workers() -> Non
     parts = urlsplit(config.limits.redis_url)
     assert parts.hostname in SERVICES and SERVICES[str(parts.hostname)]["image"].startswith("redis")
     assert str(parts.port) in SERVICES[str(parts.hostname)]["expose"]
+
+
+def test_docker_stop_waits_for_the_workers_drain() -> None:
+    config = load_config(_router_config_path())
+    grace = str(SERVICES["router"]["stop_grace_period"])
+    assert grace.endswith("s")
+    assert float(grace[:-1]) >= config.server.drain_s + DRAIN_MARGIN_S
 
 
 def test_prometheus_scrapes_every_lpu_service_with_its_bucket() -> None:
