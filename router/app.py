@@ -13,6 +13,8 @@ Reading this one function tells what exists and who talks to whom:
   the backends'), and the active-check task (:mod:`router.load_poller`: every backend checked
   on the path :mod:`router.probe` finds for it, feeding the pool's health and, with
   ``timeline``, the timeline);
+* the loop-load task (:mod:`router.loop_load`: the worker's event loop busy share and lag, the
+  saturation the HPA scales on), started and stopped by ``cleanup_ctx``;
 * the request path: the completion handlers (:mod:`router.handlers`), the attempt loop
   (:mod:`router.attempts`) and the completion guard (:mod:`router.lifecycle`: drain, bodies);
 * the routes, each behind the edge (:class:`router.edge.Edge`: request ids, error shapes,
