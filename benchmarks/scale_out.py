@@ -25,7 +25,8 @@ schedules (``GET /admin/schedule``: the schedule's own times) and the routers' `
 
 Then the throughput and CPU per request of ``--workers 2`` vs ``--workers 1`` with ``wrk``
 against the canned upstream (``benchmarks/overhead``'s pieces), and the per-request cost of the
-piggyback's parse and merge (:mod:`benchmarks.scale_out_cost`). ``--quick``: one short cell per
+piggyback's parse and merge (:mod:`benchmarks.scale_out_cost`) and, for option (a), a per-host
+admission owner over a Unix socket (:mod:`benchmarks.uds_owner`). ``--quick``: one short cell per
 layout kind, under 60 s (tests/integration/test_scale_out_quick.py).
 
 Example::
@@ -54,6 +55,8 @@ from benchmarks import machine
 from benchmarks.processes import Service, free_port, start, tree_cpu_seconds, url_in
 from benchmarks.scale_out_cost import piggyback_cost
 from benchmarks.scale_out_report import markdown
+from benchmarks.scale_out_wrk import workers_throughput
+from benchmarks.uds_owner import measure as uds_measure
 from lpu_protocol.artifact import builtin_artifact
 
 __all__ = ["HELP", "Layout", "configure", "execute", "run"]
@@ -77,6 +80,8 @@ class Layout:
     routers: int
     workers: int
     piggyback: bool = True
+    poll_s: float = 0.05
+    """``admission.load_poll_interval_s`` (the default: 0.05)."""
 
 
 LAYOUTS = (
@@ -87,6 +92,9 @@ LAYOUTS = (
     Layout("4 routers", 4, 1),
     Layout("workers 4, no piggyback", 1, 4, piggyback=False),
     Layout("4 routers, no piggyback", 4, 1, piggyback=False),
+    # Polls 10x rarer: what the schedule on answers does when /load says little.
+    Layout("4 routers, /load every 0.5 s", 4, 1, poll_s=0.5),
+    Layout("4 routers, /load every 0.5 s, no piggyback", 4, 1, piggyback=False, poll_s=0.5),
 )
 QUICK = (LAYOUTS[0], LAYOUTS[1], LAYOUTS[3], LAYOUTS[6])
 
@@ -97,7 +105,7 @@ def capacity(time_scale: float) -> float:
     return HOSTS * art.slots / art.service_time(TOKENS)
 
 
-def router_toml(backends: list[str], *, time_scale: float, piggyback: bool,
+def router_toml(backends: list[str], *, time_scale: float, piggyback: bool, poll_s: float,
                 redis_url: str | None) -> str:
     urls = ", ".join(f'"{u}"' for u in backends)
     limits = ""
@@ -120,6 +128,7 @@ port = 0
 [admission]
 mode = "timeline"
 schedule_from_answers = {"true" if piggyback else "false"}
+load_poll_interval_s = {poll_s}
 
 [[buckets]]
 name = "small"
@@ -300,9 +309,9 @@ def run_cell(layout: Layout, rate_x: float, *, duration_s: float, time_scale: fl
     routers: list[Service] = []
     try:
         backends = [url_in(e.lines[0]) for e in emulators]
-        config = workdir / f"router-{layout.routers}-{layout.workers}.toml"
+        config = workdir / "router.toml"
         config.write_text(router_toml(backends, time_scale=time_scale, piggyback=layout.piggyback,
-                                      redis_url=redis_url))
+                                      poll_s=layout.poll_s, redis_url=redis_url))
         routers = _start_routers(workdir, layout, config)
         urls = [url_in(r.lines[0]) for r in routers]
         time.sleep(0.5)  # first /load polls
@@ -315,7 +324,8 @@ def run_cell(layout: Layout, rate_x: float, *, duration_s: float, time_scale: fl
         for s in routers + emulators:
             s.stop()
     cell = {"layout": layout.name, "routers": layout.routers, "workers": layout.workers,
-            "piggyback": layout.piggyback, "rate_x": rate_x, "rate_rps": rate_x * cap,
+            "piggyback": layout.piggyback, "poll_s": layout.poll_s, "rate_x": rate_x,
+            "rate_rps": rate_x * cap,
             **summarize(shots, counts, entries, cap, duration_s)}
     cell["router_cpu_ms_per_request"] = cpu / max(len(shots), 1) * 1e3
     return cell
@@ -347,27 +357,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="scale-out-") as tmp:
         workdir = Path(tmp)
         redis, redis_url = (None, None) if args.no_redis else _redis(workdir)
-        redis_cpu0 = tree_cpu_seconds(redis.proc.pid) if redis is not None else 0.0
-        admitted_with_redis = 0
         try:
             for rate_x in rates:
                 for layout in layouts:
                     shared = redis_url if layout.routers > 1 or layout.workers > 1 else None
+                    redis_cpu0 = tree_cpu_seconds(redis.proc.pid) if redis else 0.0
                     cell = run_cell(layout, rate_x, duration_s=duration,
                                     time_scale=args.time_scale, redis_url=shared,
                                     seed=args.seed, workdir=workdir)
                     cell["redis"] = shared is not None
-                    admitted_with_redis += cell["admitted"] if shared else 0
+                    # Redis's CPU over the cell (its idle timer included) per admitted request.
+                    cell["redis_cpu_ms_per_admitted"] = (
+                        (tree_cpu_seconds(redis.proc.pid) - redis_cpu0) / cell["admitted"] * 1e3
+                        if redis is not None and shared and cell["admitted"] else None)
                     cells.append(cell)
                     print(_line(cell), flush=True)
-            redis_cpu = (tree_cpu_seconds(redis.proc.pid) - redis_cpu0) if redis else None
         finally:
             if redis is not None:
                 redis.stop()
-        wrk = None
+        wrk = uds = None
         if not args.quick and args.wrk_duration > 0:
-            from benchmarks.scale_out_wrk import workers_throughput
             wrk = workers_throughput(workdir, args.wrk_duration)
+        if not args.quick:
+            uds = uds_measure(duration_s=5.0)
     return {
         "command": "lpu-bench scale-out" + (" --quick" if args.quick else ""),
         "machine": machine.describe(),
@@ -377,15 +389,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "capacity_rps": capacity(args.time_scale), "seed": args.seed,
                      "redis": redis_url is not None},
         "cells": cells,
-        "redis_cpu_ms_per_admitted": (redis_cpu / admitted_with_redis * 1e3
-                                      if redis_cpu is not None and admitted_with_redis else None),
+        "redis_cpu_ms_per_admitted": _median([c["redis_cpu_ms_per_admitted"] for c in cells
+                                              if c["redis_cpu_ms_per_admitted"] is not None]),
         "workers_wrk": wrk,
+        "uds_owner": uds,
         "piggyback_cost": piggyback_cost(),
     }
 
 
+def _median(xs: list[float]) -> float | None:
+    return float(np.median(xs)) if xs else None
+
+
 def _line(c: dict[str, Any]) -> str:
-    return (f"{c['layout']:<26} {c['rate_x']:.1f}x goodput {c['goodput_fraction']:.3f}"
+    return (f"{c['layout']:<42} {c['rate_x']:.1f}x goodput {c['goodput_fraction']:.3f}"
             f" late(sched/client) {c['ttft_violations_schedule']}/{c['ttft_violations_client']}"
             f" backend refusals/adm {c['backend_refusals_per_admitted']:.3f}"
             f" retries/adm {c['retries_per_admitted']:.3f}")

@@ -35,7 +35,8 @@ def _against_one(cells: list[Mapping[str, Any]]) -> list[str]:
     lines = []
     for rate in sorted({c["rate_x"] for c in cells}):
         row = [c for c in cells if c["rate_x"] == rate]
-        base = next((c for c in row if c["routers"] == 1 and c["workers"] == 1), None)
+        base = next((c for c in row if c["routers"] == 1 and c["workers"] == 1
+                     and c["piggyback"]), None)
         if base is None:
             continue
         for c in row:
@@ -55,7 +56,8 @@ def _piggyback(cells: list[Mapping[str, Any]]) -> list[str]:
         if c["piggyback"]:
             continue
         on = next((o for o in cells if o["piggyback"] and o["rate_x"] == c["rate_x"]
-                   and o["routers"] == c["routers"] and o["workers"] == c["workers"]), None)
+                   and o["routers"] == c["routers"] and o["workers"] == c["workers"]
+                   and o.get("poll_s") == c.get("poll_s")), None)
         if on is None:
             continue
         lines.append(f"- {c['rate_x']:.1f}x, {on['layout']}: backend refusals per admitted"
@@ -110,6 +112,17 @@ def markdown(doc: Mapping[str, Any]) -> str:
             out.append(f"- {n} live reservations: parse {c['parse_us']:.1f}, parse + skip"
                        f" {c['parse_and_skip_us']:.1f}, parse + merge (rebuild)"
                        f" {c['parse_and_merge_us']:.1f} ({c['header_chars']} header chars)")
+    uds = doc.get("uds_owner")
+    if uds:
+        out += ["", "Option (a), one admission owner per host over a Unix socket (decide + finish"
+                f" per request; in-process decide + finish alone:"
+                f" {uds['in_process_decide_finish_us']:.1f} us):"]
+        for name, u in uds["loads"].items():
+            out.append(f"- {name} ({u['concurrency']} connection(s), {u['rate_rps']:.0f} req/s):"
+                       f" decide round trip p50 {u['decide_rtt_p50_us']:.0f} us, p99"
+                       f" {u['decide_rtt_p99_us']:.0f} us; CPU per request: owner"
+                       f" {u['owner_cpu_us_per_request']:.1f} us, worker side"
+                       f" {u['worker_cpu_us_per_request']:.1f} us")
     wrk = doc.get("workers_wrk")
     if wrk:
         one, two = wrk["runs"]
@@ -120,15 +133,22 @@ def markdown(doc: Mapping[str, Any]) -> str:
                 f" {_f(one['cpu_ms_per_request'], '.3f')} -> {_f(two['cpu_ms_per_request'], '.3f')}"
                 f" ms ({_f(wrk['cpu_ratio'], '.2f')}x); cores used"
                 f" {_f(one['cpu_cores_used'], '.2f')} -> {_f(two['cpu_cores_used'], '.2f')}"]
-        per = two["cpu_ms_per_request"] or one["cpu_ms_per_request"]
         redis = doc.get("redis_cpu_ms_per_admitted")
-        if per:
-            out.append(f"- predicted, `cores x 1000 / {per:.3f} ms` (nothing per request shared"
-                       " between workers but the backends and Redis):")
+        single = next((c for c in cells if c["routers"] == 1 and c["workers"] == 1), None)
+        for label, per in (("router overhead alone (canned upstream, `--workers 2`)",
+                            two["cpu_ms_per_request"] or one["cpu_ms_per_request"]),
+                           ("a streamed 32-token request under overload (1 process, refusals"
+                            " included)", single["router_cpu_ms_per_request"] if single else None)):
+            if not per:
+                continue
+            out.append(f"- predicted from {label}: `cores x 1000 / {per:.3f} ms` (nothing per"
+                       " request is shared between workers but the backends and Redis):")
             for cores in (16, 64):
                 p = predict(per, cores, redis)
-                cap = ("" if p["redis_cap_rps"] is None else
-                       f"; one Redis core at {redis:.3f} ms per admitted request caps the"
-                       f" pods it serves at {p['redis_cap_rps']:.0f} req/s")
-                out.append(f"  - {cores} cores: {p['rps']:.0f} req/s per pod{cap}")
+                out.append(f"  - {cores} cores: {p['rps']:.0f} req/s per pod")
+        if redis:
+            cap = predict(1.0, 1, redis)["redis_cap_rps"]
+            out.append(f"- Redis: {redis:.3f} ms of its CPU per admitted request (median over"
+                       f" the cells that use it, its idle timer included): one Redis core"
+                       f" serves about {cap:.0f} admitted req/s over all pods")
     return "\n".join(out) + "\n"
