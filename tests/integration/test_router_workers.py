@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from live_processes import (
+    Served,
     StartEmulatorProcess,
     StartRouterProcess,
     config_toml,
@@ -63,6 +64,13 @@ def _gone(pid: int) -> bool:
         return True
 
 
+async def _terminate(router: Served) -> None:
+    """SIGTERM to the supervisor: it exits 0 once its workers have (and removes its metric
+    directory, which the fixture's SIGKILL would leave behind)."""
+    router.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(router.proc.wait(), 40) == 0
+
+
 async def _each_on_a_fresh_connection(port: int, n: int, body: dict[str, Any],
                                       at_once: int = 8) -> Counter[int]:
     """``n`` requests, each on its own connection, ``at_once`` at a time: their statuses."""
@@ -105,6 +113,7 @@ async def test_two_workers_serve_one_port_and_the_pod_counts_each_request_once(
     assert _total(text, "lpu_router_workers") == 2
     assert _total(text, "lpu_router_worker_restarts_total") == 0
     assert _total(text, "lpu_router_backend_up") == 1  # min over the workers: up on both
+    await _terminate(router)
 
 
 async def test_a_killed_worker_is_started_again_and_counted_while_the_other_serves(
@@ -143,6 +152,7 @@ async def test_a_killed_worker_is_started_again_and_counted_while_the_other_serv
     assert {labels["pid"] for labels, _ in _samples(text, "lpu_router_worker_info")} \
         == {str(after[0]), str(after[1])}
     assert _total(text, "lpu_router_requests_finished_total", outcome="completed") == 40
+    await _terminate(router)
 
 
 async def test_sigterm_drains_a_stream_in_flight_to_its_end_and_every_process_exits(
@@ -228,6 +238,7 @@ async def test_sighup_reloads_both_workers_while_requests_run_and_loses_none(
     assert _total(text, "lpu_router_requests_admitted_total") == 100
     assert _total(text, "lpu_router_requests_finished_total", outcome="completed") == 100
     assert _total(text, "lpu_router_admission_limit", limit="ttft_slo_seconds") == 1.5
+    await _terminate(router)
 
 
 async def test_demo_runs_its_router_as_workers() -> None:
