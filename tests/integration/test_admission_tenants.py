@@ -49,7 +49,8 @@ async def test_ratelimit_headers_count_down_and_the_limit_is_a_429(
         store: str, request: pytest.FixtureRequest) -> None:
     extra: dict[str, object] = dict(TENANTS)
     if store == "redis":
-        extra["limits"] = {"store": "redis",
+        # A generous timeout: the test is about the counts, not a slow store.
+        extra["limits"] = {"store": "redis", "timeout_ms": 1000,
                            "redis_url": request.getfixturevalue("redis_server").url}
     async with (
         rig_emulators(slots=4) as urls,
