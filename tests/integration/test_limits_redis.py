@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from live_processes import StartEmulatorProcess, StartRouterProcess, config_toml
+from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer
 from stack import Stack, chat, rig_emulators, router, router_raw
 
@@ -58,6 +59,19 @@ async def _open_loop(ports: list[int], n: int, over_s: float) -> Counter[int]:
     return statuses
 
 
+async def _store_calls(port: int) -> dict[str, float]:
+    """``lpu_router_limit_store_calls_total`` by result, from the router's ``/metrics``."""
+    async with aiohttp.ClientSession() as s, \
+            s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    out = {"ok": 0.0, "over": 0.0, "error": 0.0}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == "lpu_router_limit_store_calls_total":
+                out[sample.labels["result"]] += sample.value
+    return out
+
+
 async def test_two_router_processes_share_one_tenant_limit(
         tmp_path: Path, redis_server: RedisServer, emulator_process: StartEmulatorProcess,
         router_process: StartRouterProcess) -> None:
@@ -70,6 +84,9 @@ async def test_two_router_processes_share_one_tenant_limit(
     statuses = await _open_loop(ports, 200, 10.0)
     assert set(statuses) <= {200, 429}, statuses
     assert 59 <= statuses[200] <= 61, statuses  # each router alone would have admitted 60
+    calls = [await _store_calls(port) for port in ports]
+    assert all(c["error"] == 0 and c["ok"] > 0 for c in calls), calls  # both asked Redis
+    assert sum(c["ok"] for c in calls) == statuses[200]
 
 
 async def test_two_workers_share_one_tenant_limit(
@@ -82,6 +99,8 @@ async def test_two_workers_share_one_tenant_limit(
     statuses = await _open_loop([pod.port], 200, 10.0)
     assert set(statuses) <= {200, 429}, statuses
     assert 59 <= statuses[200] <= 61, statuses
+    calls = await _store_calls(pod.port)  # the pod's: both workers' calls
+    assert (calls["ok"], calls["error"]) == (statuses[200], 0), calls
 
 
 async def test_memory_limits_with_two_workers_are_a_config_error(
