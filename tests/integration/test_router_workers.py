@@ -261,3 +261,25 @@ async def test_demo_runs_its_router_as_workers() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_given_metric_directory_is_emptied_at_start_and_kept(
+        tmp_path: Path, emulator_process: StartEmulatorProcess,
+        router_process: StartRouterProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    urls = await emulator_process(time_scale=0.05)  # before the variable: not its directory
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    stale = shared / "counter_999999.db"  # a previous pod's series would add up with ours
+    stale.write_bytes(b"not ours")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
+    cfg = tmp_path / "router.toml"
+    cfg.write_text(config_toml(urls, bucket={"time_scale": 0.05}))
+    router = await router_process(cfg, "--workers", "2")
+    pids = await pod_workers(router.port, 2)
+    assert not stale.exists()
+    assert {f"counter_{pid}.db" for pid in pids.values()} <= {f.name for f in shared.iterdir()}
+    assert await _each_on_a_fresh_connection(router.port, 10, chat(8)) == {200: 10}
+    text = await _settled_metrics(router.port)
+    assert _total(text, "lpu_router_requests_finished_total", outcome="completed") == 10
+    await _terminate(router)
+    assert shared.is_dir() and any(shared.iterdir())  # not the supervisor's to remove
