@@ -224,9 +224,20 @@ async def _observe(routers: list[str], backends: list[str]) -> tuple[dict[str, f
                                for t in texts),
         "schedule_skipped": sum(_sum(t, p + "schedule_reports_total", {"result": "skipped"})
                                 for t in texts),
+        # The adaptive margin in force at the end (the largest over the routers): it grows with
+        # the prediction errors a busy machine causes, and admits less while it is large.
+        "margin_s": max(_max(t, p + "admission_limit", {"limit": "margin_seconds"})
+                        for t in texts),
     }
     entries = [e for doc in docs for e in doc["requests"]]
     return counts, entries
+
+
+def _max(text: str, name: str, labels: dict[str, str]) -> float:
+    values = [s.value for family in text_string_to_metric_families(text)
+              for s in family.samples
+              if s.name == name and labels.items() <= s.labels.items()]
+    return max(values, default=0.0)
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -265,6 +276,7 @@ def summarize(shots: list[Shot], counts: dict[str, float], entries: list[dict[st
         "retries_per_admitted": counts["retries"] / n_admitted,
         "schedule_merged_per_admitted": counts["schedule_merged"] / n_admitted,
         "schedule_skipped_per_admitted": counts["schedule_skipped"] / n_admitted,
+        "margin_ms": counts["margin_s"] * 1e3,
         "client_ttft_p50_ms": _pct([s.ttft_s for s in admitted if s.ttft_s is not None], 50),
         "client_ttft_p99_ms": _pct([s.ttft_s for s in admitted if s.ttft_s is not None], 99),
     }

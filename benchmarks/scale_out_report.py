@@ -86,8 +86,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         f" {'yes' if s['redis'] else 'no (redis-server not found or --no-redis)'}.", "",
         "| layout | load | goodput / capacity | late (schedule / client) | refusal p50 / p99"
         " ms | backend refusals / admitted | retries / admitted | schedules merged / skipped"
-        " per admitted | router CPU ms / request |",
-        "|---|---|---|---|---|---|---|---|---|",
+        " per admitted | margin ms | router CPU ms / request |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         out.append(
@@ -97,7 +97,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
             f" {_f(c['refusal_p50_ms'], '.1f')} / {_f(c['refusal_p99_ms'], '.1f')} |"
             f" {c['backend_refusals_per_admitted']:.3f} | {c['retries_per_admitted']:.3f} |"
             f" {c['schedule_merged_per_admitted']:.2f} / {c['schedule_skipped_per_admitted']:.2f}"
-            f" | {c['router_cpu_ms_per_request']:.2f} |")
+            f" | {c.get('margin_ms', 0.0):.0f} | {c['router_cpu_ms_per_request']:.2f} |")
     missed = verdict(cells)
     out += ["", "Targets (goodput >= 0.95 of capacity, 0 late on the schedule): "
             + ("all cells meet them." if not missed else "missed by " + "; ".join(missed) + ".")]
