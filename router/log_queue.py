@@ -30,6 +30,7 @@ import atexit
 import logging
 import os
 import queue
+import select
 import time
 from dataclasses import dataclass
 from logging.handlers import QueueHandler, QueueListener
@@ -57,6 +58,26 @@ class _Enqueue(QueueHandler):
         return prepared
 
 
+def _atomic_pieces(lines: list[str], limit: int = select.PIPE_BUF) -> list[str]:
+    """``lines`` joined into writes of at most ``limit`` bytes that end at a line's end (a
+    longer line alone). The worker processes of one router (router.workers) share one stderr
+    pipe, and only a write of at most ``PIPE_BUF`` bytes to a pipe is never interleaved with
+    another process's: so no line is ever cut by another worker's."""
+    pieces: list[str] = []
+    part: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line) if line.isascii() else len(line.encode())
+        if part and size + n > limit:
+            pieces.append("".join(part))
+            part, size = [], 0
+        part.append(line)
+        size += n
+    if part:
+        pieces.append("".join(part))
+    return pieces
+
+
 class _Writer(logging.StreamHandler[TextIO]):
     """Writes :data:`LINE_FORMAT` lines to a stream. While ``batching`` (on the listener thread)
     it keeps them until :meth:`flush`, so one write carries every line of a batch; otherwise it
@@ -80,10 +101,12 @@ class _Writer(logging.StreamHandler[TextIO]):
     def flush(self) -> None:
         self.acquire()
         try:
-            text, self._pending = "".join(self._pending), []
-            if text:
+            pending, self._pending = self._pending, []
+            for text in _atomic_pieces(pending):
                 self.stream.write(text)
-            super().flush()
+                super().flush()
+            if not pending:
+                super().flush()
         except (OSError, ValueError):
             pass  # stderr closed or gone: nowhere left to say so
         finally:

@@ -301,3 +301,39 @@ async def test_sigterm_loses_no_access_line(tmp_path: Path) -> None:
     assert ids == sorted(f"req-{i}" for i in range(n))
     # Logged as the loop ends, so written only if the listener is stopped before the exit.
     assert served.log[-1].startswith("drained http://127.0.0.1:"), served.log[-3:]
+
+
+@pytest.mark.parametrize(("lines", "limit", "expected"), [
+    (["a\n", "b\n", "c\n"], 4, ["a\nb\n", "c\n"]),
+    (["a\n", "bbbbbb\n", "c\n"], 4, ["a\n", "bbbbbb\n", "c\n"]),
+    (["é\n", "é\n"], 5, ["é\n", "é\n"]),  # counted in bytes: each line is 3 bytes
+    ([], 4, []),
+], ids=["packed", "a-long-line-alone", "utf8-bytes", "nothing"])
+def test_writes_never_exceed_pipe_buf_unless_one_line_does(
+        lines: list[str], limit: int, expected: list[str]) -> None:
+    """Workers share one stderr pipe: a write above PIPE_BUF could interleave with another
+    worker's, so the batch is cut at line ends into writes of at most the limit."""
+    assert log_queue._atomic_pieces(lines, limit) == expected
+
+
+def test_a_large_batch_reaches_the_stream_as_pipe_buf_writes() -> None:
+    import select
+
+    class Writes(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def write(self, s: str) -> int:
+            self.sizes.append(len(s.encode()))
+            return super().write(s)
+
+    stream = Writes()
+    writer = log_queue._Writer(stream)
+    for i in range(400):
+        writer.emit(logging.LogRecord("t", logging.INFO, __file__, 1, f"line {i:04d} " + "x" * 40,
+                                      None, None))
+    writer.flush()
+    assert len(stream.sizes) > 1
+    assert max(stream.sizes) <= select.PIPE_BUF
+    assert stream.getvalue().count("\n") == 400
