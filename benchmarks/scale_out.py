@@ -106,7 +106,7 @@ def capacity(time_scale: float) -> float:
 
 
 def router_toml(backends: list[str], *, time_scale: float, piggyback: bool, poll_s: float,
-                redis_url: str | None) -> str:
+                redis_url: str | None, target_utilization: float = 1.0) -> str:
     urls = ", ".join(f'"{u}"' for u in backends)
     limits = ""
     if redis_url is not None:
@@ -137,6 +137,7 @@ artifact = "{ARTIFACT}"
 time_scale = {time_scale}
 backends = [{urls}]
 ttft_slo_s = {TTFT_SLO_S}
+target_utilization = {target_utilization}
 {limits}"""
 
 
@@ -314,7 +315,8 @@ def _redis(workdir: Path) -> tuple[Service | None, str | None]:
 
 
 def run_cell(layout: Layout, rate_x: float, *, duration_s: float, time_scale: float,
-             redis_url: str | None, seed: int, workdir: Path) -> dict[str, Any]:
+             redis_url: str | None, seed: int, workdir: Path,
+             target_utilization: float = 1.0) -> dict[str, Any]:
     """One layout at ``rate_x`` times capacity, on fresh processes."""
     cap = capacity(time_scale)
     emulators = _start_emulators(workdir, time_scale)
@@ -323,7 +325,8 @@ def run_cell(layout: Layout, rate_x: float, *, duration_s: float, time_scale: fl
         backends = [url_in(e.lines[0]) for e in emulators]
         config = workdir / "router.toml"
         config.write_text(router_toml(backends, time_scale=time_scale, piggyback=layout.piggyback,
-                                      poll_s=layout.poll_s, redis_url=redis_url))
+                                      poll_s=layout.poll_s, redis_url=redis_url,
+                                      target_utilization=target_utilization))
         routers = _start_routers(workdir, layout, config)
         urls = [url_in(r.lines[0]) for r in routers]
         time.sleep(0.5)  # first /load polls
@@ -351,6 +354,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="emulator time scale (1: the artifact's own timings)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--target-utilization", type=float, default=1.0,
+                   help="the bucket's target_utilization (default 1.0: the utilization guard"
+                        " never sheds, so the cells compare the timelines; the router's own"
+                        " default is 0.85)")
     p.add_argument("--no-redis", action="store_true", help="separate routers without Redis")
     p.add_argument("--wrk-duration", type=int, default=10,
                    help="seconds per wrk run of --workers 1 and 2 (0: skip)")
@@ -376,7 +383,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     redis_cpu0 = tree_cpu_seconds(redis.proc.pid) if redis else 0.0
                     cell = run_cell(layout, rate_x, duration_s=duration,
                                     time_scale=args.time_scale, redis_url=shared,
-                                    seed=args.seed, workdir=workdir)
+                                    seed=args.seed, workdir=workdir,
+                                    target_utilization=args.target_utilization)
                     cell["redis"] = shared is not None
                     # Redis's CPU over the cell (its idle timer included) per admitted request.
                     cell["redis_cpu_ms_per_admitted"] = (
@@ -399,6 +407,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "output_tokens": TOKENS, "ttft_slo_s": TTFT_SLO_S,
                      "time_scale": args.time_scale, "duration_s": duration,
                      "capacity_rps": capacity(args.time_scale), "seed": args.seed,
+                     "target_utilization": args.target_utilization,
                      "redis": redis_url is not None},
         "cells": cells,
         "redis_cpu_ms_per_admitted": _median([c["redis_cpu_ms_per_admitted"] for c in cells

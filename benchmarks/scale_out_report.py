@@ -81,7 +81,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         f"Backends: {s['hosts']} emulator processes of `{s['artifact']}` ({s['slots_per_host']}"
         f" slots each, time scale {s['time_scale']}), {s['output_tokens']} output tokens per"
         f" request: capacity {s['capacity_rps']:.1f} completions/s. TTFT SLO"
-        f" {s['ttft_slo_s'] * 1e3:.0f} ms. {s['duration_s']:.0f} s of Poisson load per cell."
+        f" {s['ttft_slo_s'] * 1e3:.0f} ms, target utilization"
+        f" {s.get('target_utilization', 0.85)}. {s['duration_s']:.0f} s of Poisson load per cell."
         f" Separate routers and workers share Redis for limits:"
         f" {'yes' if s['redis'] else 'no (redis-server not found or --no-redis)'}.", "",
         "| layout | load | goodput / capacity | late (schedule / client) | refusal p50 / p99"
