@@ -16,7 +16,8 @@ Responses, backend -> router (the router passes them through to the client):
 
 Responses, router -> client:
 
-* admitted: :data:`X_LPU_BUCKET`, :data:`X_LPU_MAX_TOKENS`,
+* admitted: :data:`X_LPU_BUCKET`, :data:`X_LPU_MAX_TOKENS`, :data:`X_LPU_SPILLED_FROM` (when
+  the request spilled to a larger shape),
   :data:`X_LPU_PREDICTED_TTFT_MS` (the router's prediction), and when the allowance
   was lowered :data:`X_LPU_MAX_TOKENS_CLAMPED` and :data:`X_LPU_MAX_TOKENS_CLAMPED_FROM`;
 * refused: :data:`X_LPU_REJECT_REASON`, and when computed :data:`X_LPU_PREDICTED_WAIT_MS`
@@ -39,6 +40,7 @@ __all__ = [
     "X_LPU_PREDICTED_WAIT_MS",
     "X_LPU_REJECT_REASON",
     "X_LPU_SCHEDULE",
+    "X_LPU_SPILLED_FROM",
 ]
 
 X_LPU_DEADLINE_MS: Final = "x-lpu-deadline-ms"
@@ -62,6 +64,10 @@ X_LPU_REJECT_REASON: Final = "x-lpu-reject-reason"
 
 X_LPU_BUCKET: Final = "x-lpu-bucket"
 """Set by the router on a proxied answer: the name of the bucket (compiled shape) that served it."""
+
+X_LPU_SPILLED_FROM: Final = "x-lpu-spilled-from"
+"""Set by the router on a proxied answer that spilled to a larger shape: the name of the
+request's own (smallest fitting) bucket; :data:`X_LPU_BUCKET` names the one that served it."""
 
 X_LPU_MAX_TOKENS: Final = "x-lpu-max-tokens"
 """Set by the router on a proxied answer: the output allowance (tokens) it forwarded."""

@@ -5,6 +5,11 @@ TOML path; timings multiplied by ``time_scale``); explicit ``max_seq_len``,
 ``max_output_tokens``, ``slots``, ``prefill_ms`` and ``per_token_ms`` override the artifact's.
 Without an artifact all five are required.
 
+``spill`` (default true) lets the bucket's requests spill up to a larger bucket of the same
+model when this one would refuse them for capacity; ``spill_share`` (default 0.5, in (0, 1]) is
+the fraction of this bucket's slots that work spilled in from smaller buckets may hold
+(:mod:`router.admission.spill`).
+
 ``upstream_model`` is the name the bucket's backends know the model by (vLLM's served model
 name); the router splices it into the forwarded body. ``extra_params`` and
 ``extra_params_allow`` override the ``[server]`` parameter policy for the bucket
@@ -161,6 +166,8 @@ def parse_bucket(f: Fields, base_dir: Path | None,
     max_queue = f.opt_int("max_queue", lo=0)
     max_concurrency = f.opt_int("max_concurrency", lo=1)
     degraded = f.opt_int("degraded_min_tokens", lo=1)
+    spill = f.boolean("spill", _POLICY.spill)
+    spill_share = f.number("spill_share", _POLICY.spill_share, lo=0.0, hi=1.0, lo_open=True)
     upstream_model = f.opt_str("upstream_model")
     bucket_params = parse_params(f, params)
     f.finish()
@@ -189,6 +196,11 @@ def parse_bucket(f: Fields, base_dir: Path | None,
             max_queue=max_queue,
             max_concurrency=max_concurrency,
             degraded_min_tokens=degraded,
+            model=model,
+            max_seq_len=max_seq_len,
+            max_output_tokens=cap,
+            spill=spill,
+            spill_share=spill_share,
         ),
         upstream_model=upstream_model,
         params=bucket_params,

@@ -64,6 +64,10 @@ class AdmissionRequest:
     """Seconds the request already spent at the router before this decision (body read,
     parsing, counting, earlier replicas): the SLOs count from its arrival, so this much of
     them is already used."""
+    need_tokens: int = 0
+    """Tokens of compiled shape the prompt may take (:meth:`router.buckets.BucketTable.need`:
+    the count grown by the estimate's margin); 0: ``prompt_tokens``. A larger bucket is a spill
+    candidate only when ``need + max_tokens`` fits its shape."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,14 @@ class Admitted:
     terms: Terms
     predicted_wait_s: float = 0.0
     ratelimit: RateLimitState | None = None
+    bucket: str = ""
+    """The bucket ``backend`` belongs to: the one to forward with (its upstream model, its
+    caps), to report health to and to name in ``x-lpu-bucket``. The request's own bucket
+    unless it spilled; empty only from an admitter that does not set it (read it as the
+    request's own)."""
+    spilled_from: str | None = None
+    """The request's own (smallest fitting) bucket when it spilled to ``bucket``, a larger
+    shape of the same model (:mod:`router.admission.spill`); None when it did not."""
     admitted: ClassVar[bool] = True
 
 

@@ -66,6 +66,9 @@ class BucketState:
         # Bound once: the rule's Inputs take them at every decision.
         self.next_queue_exit_s: Callable[[int], float | None] = self._next_queue_exit
         self.next_slot_exit_s: Callable[[int], float | None] = self._next_slot_exit
+        self.spilled_in_flight = 0
+        """Requests spilled in from smaller buckets whose ticket has not ended (the spill
+        rule's ``share_full`` check, :mod:`router.admission.spill`)."""
         self._metrics = metrics
         self._decisions: dict[tuple[Priority, RejectReason | bool], Counter] = {}
         """Counter children by (priority, reason), or (priority, degraded) for admissions."""
@@ -200,6 +203,7 @@ class BucketState:
             "headroom": p.target_utilization - util,
             "queue_depth": self.queued(),
             "in_flight": sum(rep.in_flight for rep in self.replicas),
+            "spilled_in_flight": self.spilled_in_flight,
             "limits": {"max_queue": p.max_queue, "max_concurrency": p.max_concurrency,
                        "degraded_min_tokens": p.degraded_min_tokens},
             "learned_output_tokens": self.lengths.estimate,

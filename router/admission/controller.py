@@ -4,7 +4,10 @@
 decision it advances each replica's timeline to now, picks the eligible replica
 with the least predicted TTFT (ties: fewest in flight, then config order),
 checks the tenant's limits, asks :func:`router.admission.decision.judge`, and on
-admission places the reservation and hands out a :class:`TimelineTicket`.
+admission places the reservation and hands out a :class:`TimelineTicket`. A request its
+bucket refuses for capacity is offered to the larger buckets of its model in order
+(:mod:`router.admission.spill`: the rule; here only the state it reads): the first that takes
+it admits it, else the origin's refusal stands with the soonest ``Retry-After`` over all.
 
 The ticket is the request's hold on its slot; the handler reports the first
 token (which pins the observed start and feeds the prediction-error metric and the
@@ -38,13 +41,15 @@ from router.admission import (
     Health,
     RateLimitState,
     Refused,
+    Terms,
     always_up,
 )
 from router.admission.bucket_state import BucketState
 from router.admission.decision import Inputs, judge
 from router.admission.priority import rule_table
 from router.admission.ratelimit import Charge, TenantLimiter
-from router.admission.settings import AdmissionSettings
+from router.admission.settings import AdmissionSettings, PriorityRule
+from router.admission.spill import SPILLABLE, SpillPair, consider, soonest, spill_targets
 from router.admission.timeline import ReplicaTimeline, Reservation
 from router.metrics import RouterMetrics
 from router.outcomes import Outcome, RejectReason
@@ -74,14 +79,17 @@ class TimelineTicket:
     __slots__ = (
         "_bucket", "_charge", "_decided_at", "_ended", "_first_seen", "_limiter", "_max_tokens",
         "_owner", "_predicted_ttft", "_priority", "_prompt_tokens", "_replica", "_res",
-        "_reserve_tokens",
+        "_reserve_tokens", "_spilled",
     )
 
     def __init__(
         self, owner: TimelineAdmitter, bucket: BucketState, replica: ReplicaTimeline,
         res: Reservation, req: AdmissionRequest, max_tokens: int, reserve_tokens: int,
         predicted_ttft: float, limiter: TenantLimiter | None, charge: Charge | None,
+        spilled: bool = False,
     ) -> None:
+        """``spilled``: the request spilled into ``bucket``, whose spilled count it holds
+        until it ends."""
         self._owner = owner
         self._bucket = bucket
         self._replica = replica
@@ -96,6 +104,9 @@ class TimelineTicket:
         self._charge = charge
         self._ended = False
         self._first_seen = False
+        self._spilled = spilled
+        if spilled:
+            bucket.spilled_in_flight += 1
 
     @property
     def backend(self) -> str:
@@ -143,6 +154,8 @@ class TimelineTicket:
         if self._ended:
             return
         self._ended = True
+        if self._spilled:
+            self._bucket.spilled_in_flight -= 1
         now = self._owner.clock()
         b, rep, r = self._bucket, self._replica, self._res
         rep.advance(now)
@@ -165,6 +178,8 @@ class TimelineTicket:
         if self._ended:
             return
         self._ended = True
+        if self._spilled:
+            self._bucket.spilled_in_flight -= 1
         now = self._owner.clock()
         rep = self._replica
         rep.refused(self._res, now + reported_ttft_s - rep.shape.prefill_s, now)
@@ -178,6 +193,8 @@ class TimelineTicket:
         if self._ended:
             return
         self._ended = True
+        if self._spilled:
+            self._bucket.spilled_in_flight -= 1
         now = self._owner.clock()
         self._replica.advance(now)
         self._replica.release(self._res, now)
@@ -210,6 +227,8 @@ class TimelineAdmitter:
         self._tenants = {t.name: TenantLimiter(t) for t in settings.tenants
                          if t.requests_per_minute is not None or t.tokens_per_minute is not None}
         self._seq = itertools.count()
+        self._spill = {b.name: spill_targets(b, settings.buckets) for b in settings.buckets}
+        """Per origin bucket: its spill candidates, in the order they are tried."""
         self.schedule_from_answers = settings.schedule_from_answers
         """Merge the schedule a backend puts on its answers (``x-lpu-schedule``)."""
         self.schedule_counts = _schedule_counters(metrics)
@@ -268,7 +287,18 @@ class TimelineAdmitter:
             req.elapsed_s, util_age,  # elapsed_s, utilization_age_s
         ))
         if isinstance(terms, Refused):
+            pairs = self._spill[b.policy.name]
+            if pairs and terms.reason in SPILLABLE:
+                return self._spill_or_refuse(b, req, terms, pairs, rule, now, exclude, limiter)
             return self._refuse(b, req, terms)
+        return self._admit(b, best, req, terms, wait, now, limiter, None)
+
+    def _admit(self, b: BucketState, best: ReplicaTimeline, req: AdmissionRequest, terms: Terms,
+               wait: float, now: float, limiter: TenantLimiter | None,
+               spilled_from: str | None) -> Admitted:
+        """Place the reservation on ``best`` of ``b``, charge the tenant (once), hand out the
+        ticket."""
+        shape = best.shape
         res = best.reserve(next(self._seq), shape.timings.service_s(terms.reserve_tokens), now)
         assert terms.predicted_ttft_s is not None, "the rule predicts every admission"
         ratelimit = charge = None
@@ -276,9 +306,59 @@ class TimelineAdmitter:
             charge = limiter.consume(req.prompt_tokens + terms.max_tokens, now)
             ratelimit = limiter.state(now)
         ticket = TimelineTicket(self, b, best, res, req, terms.max_tokens, terms.reserve_tokens,
-                                terms.predicted_ttft_s, limiter, charge)
+                                terms.predicted_ttft_s, limiter, charge,
+                                spilled_from is not None)
         b.record_admitted(req.priority, terms.degraded, wait)
-        return Admitted(shape.url, ticket, terms, wait, ratelimit)
+        return Admitted(shape.url, ticket, terms, wait, ratelimit, b.policy.name, spilled_from)
+
+    def _spill_or_refuse(
+        self, origin: BucketState, req: AdmissionRequest, refused: Refused,
+        pairs: tuple[SpillPair, ...], rule: PriorityRule, now: float, exclude: frozenset[str],
+        limiter: TenantLimiter | None,
+    ) -> Decision:
+        """The origin refused ``req`` for capacity: the first candidate that takes it (the
+        spill rule, :mod:`router.admission.spill`), else ``refused`` with the soonest retry
+        over the origin and every candidate the judge refused (set in place: no copy on the
+        refusal path). At most one judge per candidate."""
+        retry = refused.retry_after_s
+        need = req.need_tokens or req.prompt_tokens
+        s = self.settings
+        for pair in pairs:
+            t = self._buckets[pair.target.name]
+            if consider(pair, need, req.max_tokens, t.utilization(now),
+                        t.spilled_in_flight) is not None:
+                continue
+            best: ReplicaTimeline | None = None
+            best_ttft = best_load = 0.0
+            queued = in_flight = 0
+            for rep in t.replicas:
+                q, n, start = rep.poll(now)
+                queued += q
+                in_flight += n
+                if not (rep.health.up and rep.ready) or (exclude and rep.shape.url in exclude):
+                    continue
+                ttft = start - now + rep.shape.prefill_s
+                if best is None or ttft < best_ttft or (ttft == best_ttft and n < best_load):
+                    best, best_ttft, best_load = rep, ttft, n
+            if best is None:
+                continue
+            wait = best_ttft - best.shape.prefill_s
+            t.decided_at = now
+            terms = judge(Inputs(
+                pair.policy, rule, wait, best.shape.timings,
+                req.max_tokens, t.lengths.reserve_tokens(req.max_tokens),
+                req.wait_budget_s, queued, in_flight,
+                t.utilization(now),
+                t.next_queue_exit_s, t.next_slot_exit_s,
+                t.margin.value, s.utilization_window_s, s.min_retry_after_s,
+                req.elapsed_s, now - t.utilization_at,
+            ))
+            if isinstance(terms, Refused):
+                retry = soonest(retry, terms.retry_after_s)
+                continue
+            return self._admit(t, best, req, terms, wait, now, limiter, origin.policy.name)
+        refused.retry_after_s = retry
+        return self._refuse(origin, req, refused)
 
     @staticmethod
     def _refuse(b: BucketState, req: AdmissionRequest, refused: Refused) -> Refused:

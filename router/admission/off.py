@@ -8,6 +8,7 @@ and release them exactly once.
 
 Refusals: ``concurrency`` (429) when the bucket is at its cap, ``no_backend`` (503) when no
 healthy replica is left. ``retry_after_s`` is the bucket's prefill time (a slot may free by then).
+Nothing spills: without a prediction there is no exact way to tell a larger shape would do better.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class OffAdmitter:
         b.in_flight[best.url] += 1
         b.total += 1
         return Admitted(best.url, OffTicket(b, best.url), Terms(
-            req.max_tokens, req.max_tokens, predicted_ttft_s=None, deadline_s=None))
+            req.max_tokens, req.max_tokens, predicted_ttft_s=None, deadline_s=None),
+            bucket=req.bucket)
 
     def ratelimit(self, tenant: str | None) -> RateLimitState | None:
         """Tenant limits are the timeline controller's: none here."""

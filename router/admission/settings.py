@@ -88,6 +88,19 @@ class BucketPolicy:
     """Admitted requests in flight (waiting + running), at most."""
     degraded_min_tokens: int | None = None
     """Degraded mode: lowest allowance to clamp to instead of refusing (None: off)."""
+    model: str = ""
+    """The public model the bucket serves: requests spill only between buckets of one model
+    (empty: the bucket takes no spilled work and its requests spill nowhere)."""
+    max_seq_len: int = 0
+    """Prompt plus output tokens of the compiled shape (0: unknown; nothing spills into it)."""
+    max_output_tokens: int = 0
+    """The shape's output cap: a spilled request's allowance must be within it."""
+    spill: bool = True
+    """May this bucket's requests spill up to a larger bucket of the same model when this one
+    would refuse them for capacity (:mod:`router.admission.spill`)."""
+    spill_share: float = 0.5
+    """Fraction (0, 1] of this bucket's slots that work spilled in from smaller buckets may
+    hold at once; the rest, at least ``1 - spill_share`` of the slots, is its own traffic's."""
 
 
 @dataclass(frozen=True, slots=True)
