@@ -117,7 +117,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
                            series=series, max_retries=config.server.max_retries,
                            min_retry_after_s=config.admission.min_retry_after_s,
                            upstream_model={b.name: b.upstream_model for b in config.buckets},
-                           clock=clock, limits=limits)
+                           clock=clock, limits=limits, buckets={b.name: b for b in config.buckets})
     proxy = Proxy(config, table=table, counter=counter,
                   admitter=admitter if limits is None else SharedRateLimits(admitter, limits),
                   attempts=attempts, auth=auth, series=series, clock=clock)

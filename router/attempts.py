@@ -23,6 +23,13 @@ excluded, and :meth:`AttemptLoop._attempt` sends the request to the replica it p
   attempt the local decision admits is charged in the shared store before it is sent (over a
   limit: the ticket is withdrawn and the request refused, never admitted); retries keep that
   charge, and :meth:`AttemptLoop.run` gives it back once, when the request ends;
+* **spill** (:mod:`router.admission.spill`): a decision may admit the request to a larger
+  bucket of its model (``decision.bucket``, ``decision.spilled_from``); the attempt is then
+  that bucket's in everything: its replica, its upstream model, its health reports, its
+  series, ``x-lpu-bucket`` (with ``x-lpu-spilled-from`` naming the origin) and the shared
+  limits' bucket charge. ``lpu_router_spills_total{from,to}`` counts it once, when admitted;
+* **padding** (:func:`padding_tokens`): a completed request adds the shape tokens it left
+  unused to ``lpu_router_padding_tokens_total`` of the bucket that served it;
 * **a failure the request may have caused** (``suspect``, :mod:`router.errors`) is charged to
   that replica only once another replica served the request; a second replica failing it too
   makes it the request's fault (``request_faults``), and no replica is charged.
@@ -31,17 +38,23 @@ excluded, and :meth:`AttemptLoop._attempt` sends the request to the replica it p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from lpu_protocol.headers import X_LPU_BUCKET, X_LPU_MAX_TOKENS, X_LPU_MAX_TOKENS_CLAMPED_FROM
+from lpu_protocol.headers import (
+    X_LPU_BUCKET,
+    X_LPU_MAX_TOKENS,
+    X_LPU_MAX_TOKENS_CLAMPED_FROM,
+    X_LPU_SPILLED_FROM,
+)
 from lpu_protocol.openai_api import CompletionRequest, forward_body
 from router.access_log import Exchange
 from router.admission import AdmissionRequest, Admitted, Admitter, Refused
 from router.admission_headers import admitted_headers, ratelimit_headers, refusal_headers
+from router.bucket_config import BucketConfig
 from router.buckets import Placement
 from router.errors import Rejection, UpstreamFailure, refusal_error
 from router.limits.shared import RequestCharge, SharedLimits
@@ -51,7 +64,7 @@ from router.pool import BackendPool
 from router.relay import RelayResult, Upstream, relay, schedule_of, upstream_headers
 from router.series import Children, RequestSeries
 
-__all__ = ["AttemptLoop", "Unserved"]
+__all__ = ["AttemptLoop", "Unserved", "padding_tokens"]
 
 _NOTHING: frozenset[str] = frozenset()
 
@@ -67,14 +80,35 @@ class Unserved:
     replica that refused could meet the deadline."""
 
 
+def padding_tokens(bucket: BucketConfig, prompt_tokens: int,
+                   completion_tokens: int) -> tuple[int, int]:
+    """The shape tokens one completed request left unused in ``bucket``: ``(prompt, allowance)``.
+
+    The compiled shape holds ``max_seq_len`` tokens, of which the last ``max_output_tokens``
+    are its output part and the rest, ``P = max_seq_len - max_output_tokens``, its prompt part.
+    Prompt padding is ``max(0, P - prompt)``; allowance padding is the rest of the shape beyond
+    the prompt and the completion, ``max_seq_len - max(P, prompt) - completion`` (a prompt
+    longer than ``P`` takes room from the output part). The two add up to
+    ``max_seq_len - prompt - completion``, never below 0."""
+    part = bucket.max_seq_len - bucket.max_output_tokens
+    prompt_pad = part - prompt_tokens if prompt_tokens < part else 0
+    allowance_pad = bucket.max_seq_len - max(part, prompt_tokens) - completion_tokens
+    return prompt_pad, allowance_pad if allowance_pad > 0 else 0
+
+
 class AttemptLoop:
     """The attempts of one request at a time (one instance serves every request)."""
 
     def __init__(self, *, admitter: Admitter, pool: BackendPool, upstream: Upstream,
                  metrics: RouterMetrics, series: RequestSeries, max_retries: int,
                  min_retry_after_s: float, upstream_model: dict[str, str | None],
-                 clock: Callable[[], float], limits: SharedLimits | None = None) -> None:
+                 clock: Callable[[], float], limits: SharedLimits | None = None,
+                 buckets: Mapping[str, BucketConfig] | None = None) -> None:
+        """``buckets``: the configured buckets by name, for padding accounting (None: none)."""
         self._admitter = admitter
+        self._buckets = buckets or {}
+        self._spills = Children(metrics.spills)
+        self._padding = Children(metrics.padding_tokens)
         self._limits = limits
         self._pool = pool
         self._upstream = upstream
@@ -95,7 +129,8 @@ class AttemptLoop:
         was never admitted."""
         limits = self._limits
         if limits is None or not limits.counts(adm.tenant, adm.bucket):
-            return await self._run(request, ex, req, placement, adm, path, None)
+            return self._padded(adm, ex, await self._run(request, ex, req, placement, adm,
+                                                         path, None))
         # The shared store counts it: charged on its first admitted attempt, given back here.
         charge = RequestCharge(limits)
         tokens = None
@@ -103,14 +138,28 @@ class AttemptLoop:
             got = await self._run(request, ex, req, placement, adm, path, charge)
             if isinstance(got, RelayResult):
                 tokens = got.completion_tokens
-            return got
+            return self._padded(adm, ex, got)
         finally:
             charge.end(admitted=ex.admitted, completion_tokens=tokens)
+
+    def _padded(self, adm: AdmissionRequest, ex: Exchange,
+                got: RelayResult | Unserved) -> RelayResult | Unserved:
+        """Count a completed request's padding in the bucket that served it."""
+        if isinstance(got, RelayResult) and got.outcome is Outcome.COMPLETED \
+                and got.completion_tokens is not None:
+            bucket = self._buckets.get(ex.bucket or adm.bucket)
+            if bucket is not None:
+                prompt = got.prompt_tokens if got.prompt_tokens is not None else adm.prompt_tokens
+                pad_prompt, pad_allowance = padding_tokens(bucket, prompt, got.completion_tokens)
+                self._padding(bucket.name, "prompt").inc(pad_prompt)
+                self._padding(bucket.name, "allowance").inc(pad_allowance)
+        return got
 
     async def _run(self, request: web.Request, ex: Exchange, req: CompletionRequest,
                    placement: Placement, adm: AdmissionRequest, path: str,
                    charge: RequestCharge | None) -> RelayResult | Unserved:
         bucket = placement.bucket.name
+        """The bucket of the attempt being made: the decision's (a spill names a larger one)."""
         tried: set[str] = set()
         failures = 0
         """Failures other than deadline refusals: at most ``max_retries`` are retried."""
@@ -128,6 +177,7 @@ class AttemptLoop:
                                     and decision.reason is not RejectReason.NO_BACKEND):
                     raise _refusal(decision)
                 break  # every replica left was tried
+            bucket = decision.bucket or placement.bucket.name
             if charge is not None:  # the local decision admitted it: now the pod's limits
                 decision = await charge.admit(adm, decision)
             if tried:
@@ -174,8 +224,9 @@ class AttemptLoop:
         """Send the request to the decision's replica and relay its answer. The ticket ends
         here, exactly once; a failure before the client got a byte is returned, not raised."""
         ticket, backend = decision.ticket, decision.backend
-        bucket = placement.bucket.name
+        bucket = decision.bucket or placement.bucket.name
         ex.backend = backend
+        ex.bucket = bucket
         predicted = decision.terms.predicted_ttft_s
         ex.predicted_ttft_ms = None if predicted is None else predicted * 1e3
         outcome, tokens = Outcome.FAILED, None
@@ -223,8 +274,10 @@ class AttemptLoop:
         if ex.admitted:
             return
         ex.admitted = True
-        bucket = placement.bucket.name
+        bucket = decision.bucket or placement.bucket.name
         self._series.admitted(bucket, adm.priority).inc()
+        if decision.spilled_from is not None:
+            self._spills(decision.spilled_from, bucket).inc()
         if placement.clamped_from is not None:
             self._clamped(bucket, "bucket_cap").inc()
         if decision.terms.degraded:
@@ -234,8 +287,11 @@ class AttemptLoop:
                      decision: Admitted, upstream: aiohttp.ClientResponse) -> RelayResult:
         """Relay the backend's answer with the router's own headers."""
         terms = decision.terms
-        own = {"x-request-id": ex.request_id, X_LPU_BUCKET: placement.bucket.name,
+        bucket = decision.bucket or placement.bucket.name
+        own = {"x-request-id": ex.request_id, X_LPU_BUCKET: bucket,
                X_LPU_MAX_TOKENS: str(terms.max_tokens)}
+        if decision.spilled_from is not None:
+            own[X_LPU_SPILLED_FROM] = decision.spilled_from
         clamped_from = placement.clamped_from
         if clamped_from is None and terms.degraded:
             clamped_from = placement.max_tokens
@@ -248,7 +304,7 @@ class AttemptLoop:
             own[X_LPU_MAX_TOKENS_CLAMPED_FROM] = str(clamped_from)
         if decision.ratelimit is not None:
             own |= ratelimit_headers(decision.ratelimit)
-        ticket, ttft = decision.ticket, self._series.ttft_seconds(placement.bucket.name)
+        ticket, ttft = decision.ticket, self._series.ttft_seconds(bucket)
 
         def first_byte() -> None:
             ticket.first_token()

@@ -117,7 +117,8 @@ class Proxy:
                 bucket=placement.bucket.name,
                 prompt_tokens=counted if counted is not None else bound,
                 max_tokens=placement.max_tokens, priority=priority, tenant=ex.tenant,
-                wait_budget_s=budget)
+                wait_budget_s=budget,
+                need_tokens=self._table.need(counted if counted is not None else bound))
             return await self._serve(request, ex, req, placement, adm, path)
         except Rejection as r:
             return self._refused(ex, r)
@@ -193,7 +194,7 @@ class Proxy:
                 outcome: Outcome, result: RelayResult | None = None) -> None:
         """Synchronous bookkeeping at the end of an admitted request, once (runs on cancel
         too); ``result``: the backend's answer, when there was one."""
-        name = bucket.name
+        name = ex.bucket or bucket.name  # the bucket that served it (a spill's larger one)
         series = self._series
         completion = result.completion_tokens if result is not None else None
         reported = result.prompt_tokens if result is not None else None

@@ -53,6 +53,8 @@ class RouterMetrics:
     prompt_tokens: Counter  # {bucket}
     completion_tokens: Counter  # {bucket}: tokens relayed to clients
     clamped: Counter  # {bucket, reason}: max_tokens rewritten (bucket_cap | degraded)
+    spills: Counter  # {from, to}: admitted to a larger shape than their smallest fitting bucket
+    padding_tokens: Counter  # {bucket, kind}: shape tokens completed requests left unused
     # Backends.
     upstream_errors: Counter  # {bucket, backend, kind}
     request_faults: Counter  # {bucket}: requests two replicas failed (blamed on the request)
@@ -193,6 +195,16 @@ def make_metrics(registry: CollectorRegistry | None = None, *,
         clamped=Counter(
             p + "max_tokens_clamped", "Requests whose output allowance was lowered.",
             ["bucket", "reason"], registry=reg,
+        ),
+        spills=Counter(
+            p + "spills", "Admitted requests that spilled from their smallest fitting bucket"
+            " (from) to a larger shape of the same model (to).", ["from", "to"], registry=reg,
+        ),
+        padding_tokens=Counter(
+            p + "padding_tokens", "Tokens of the compiled shape completed requests left unused,"
+            " by kind: prompt (the shape's prompt part, max_seq_len - max_output_tokens, beyond"
+            " the prompt) and allowance (the rest of the shape beyond the completion).",
+            ["bucket", "kind"], registry=reg,
         ),
         upstream_errors=Counter(
             p + "upstream_errors", "Failures talking to backends, by kind.",

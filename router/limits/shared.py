@@ -34,6 +34,7 @@ from router.admission import AdmissionRequest, Admitted, Admitter, Decision, Rat
 from router.admission.priority import rule_table, scaled_cap
 from router.admission.ratelimit import over_message
 from router.admission.settings import AdmissionSettings, ReplicaShape, TenantPolicy
+from router.admission.spill import spill_targets
 from router.admission_headers import ratelimit_headers, refusal_headers
 from router.errors import Rejection, refusal_error
 from router.limits import Ask, StoreError, Verdict
@@ -72,6 +73,10 @@ class SharedLimits:
                          if t.requests_per_minute is not None or t.tokens_per_minute is not None}
         self._buckets = {b.name: b for b in settings.buckets
                          if b.max_concurrency is not None or b.max_queue is not None}
+        # A request of a bucket that spills into a capped one may be charged there.
+        self._spill_capped = {b.name for b in settings.buckets
+                              if any(t.target.name in self._buckets
+                                     for t in spill_targets(b, settings.buckets))}
         self._shapes: dict[tuple[str, str], ReplicaShape] = {
             (b.name, r.url): r for b in settings.buckets for r in b.replicas}
         self._last: dict[str, tuple[RateLimitState, float]] = {}
@@ -97,7 +102,8 @@ class SharedLimits:
 
     def counts(self, tenant: str | None, bucket: str) -> bool:
         """Whether the store counts anything of a request of ``tenant`` in ``bucket``."""
-        return (tenant is not None and tenant in self._tenants) or bucket in self._buckets
+        return ((tenant is not None and tenant in self._tenants) or bucket in self._buckets
+                or bucket in self._spill_capped)
 
     async def admit(self, adm: AdmissionRequest, decision: Admitted) -> Hold | None:
         """Charge the locally admitted request in the store (see the module docstring).
@@ -187,12 +193,13 @@ class SharedLimits:
 
     def _ask(self, adm: AdmissionRequest, decision: Admitted) -> Ask | None:
         policy = self._tenants.get(adm.tenant) if adm.tenant is not None else None
-        bucket = self._buckets.get(adm.bucket)
+        name = decision.bucket or adm.bucket  # a spilled request is charged where it went
+        bucket = self._buckets.get(name)
         if policy is None and bucket is None:
             return None
         terms = decision.terms
         share = self._rules[adm.priority].share
-        shape = self._shapes[adm.bucket, decision.backend]
+        shape = self._shapes[name, decision.backend]
         wait = decision.predicted_wait_s
         return Ask(
             member=self.store.new_member(),
@@ -200,7 +207,7 @@ class SharedLimits:
             requests_per_minute=policy.requests_per_minute if policy is not None else None,
             tokens_per_minute=policy.tokens_per_minute if policy is not None else None,
             cost_tokens=adm.prompt_tokens + terms.max_tokens,
-            bucket=adm.bucket,
+            bucket=name,
             max_concurrency=scaled_cap(bucket.max_concurrency, share) if bucket else None,
             max_queue=scaled_cap(bucket.max_queue, share) if bucket else None,
             wait_s=wait,
