@@ -1,5 +1,10 @@
 """Capacity planning from the exact M/D/c model (``lpu-bench plan``).
 
+Two modes: for one artifact at a given Poisson rate and fixed output length (below), or from a
+recorded trace, ``--trace FILE``: which shapes to compile, bucket boundaries, replicas and spill,
+predicted by replaying the trace through the router's admission code
+(:mod:`benchmarks.plan_trace`).
+
 Model: each replica of an artifact is an M/D/c queue with ``c = slots`` and
 ``D = service_time(output_tokens)``; traffic is split evenly, so a replica sees
 Poisson arrivals at ``rate / replicas`` (a random split keeps Poisson; round-robin
@@ -16,6 +21,7 @@ TTFT = wait + prefill.
 Example::
 
     lpu-bench plan --artifact llama-3.1-8b-2k --rate 40 --p99-ttft-ms 500 --output-tokens 128
+    lpu-bench plan --trace ../shared/traces/azure_llm_2023_code.csv --speedup 10
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from lpu_protocol.artifact import Artifact, ArtifactError, load_artifact
 
 __all__ = ["HELP", "Plan", "configure", "execute", "max_utilization", "plan", "safe_utilization"]
 
-HELP = "replicas and safe utilization for a TTFT SLO, from exact M/D/c theory"
+HELP = ("replicas and safe utilization for a TTFT SLO, from exact M/D/c theory; with --trace,"
+        " the shapes, buckets, replicas and spill for a recorded trace")
 _RHO_CEILING = 0.9999
 
 
@@ -141,16 +148,25 @@ def render(p: Plan) -> str:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--artifact", required=True, help="built-in artifact name or TOML file")
-    p.add_argument("--rate", type=float, required=True, help="offered requests per second")
-    p.add_argument("--p99-ttft-ms", type=float, required=True, help="TTFT SLO, milliseconds")
+    from benchmarks import plan_trace  # it imports this module
+
+    p.add_argument("--artifact", help="built-in artifact name or TOML file (without --trace)")
+    p.add_argument("--rate", type=float, help="offered requests per second (without --trace)")
+    p.add_argument("--p99-ttft-ms", type=float, help="TTFT SLO, milliseconds (without --trace)")
     p.add_argument("--output-tokens", type=int, default=256, help="tokens per request")
     p.add_argument("--headroom", type=float, default=0.1, help="utilization kept below the knee")
     p.add_argument("--quantile", type=float, default=0.99, help="the SLO's quantile")
+    plan_trace.add_arguments(p)
 
 
 def execute(args: argparse.Namespace) -> int:
+    if args.trace is not None:
+        from benchmarks import plan_trace
+
+        return plan_trace.execute(args)
     try:
+        if args.artifact is None or args.rate is None or args.p99_ttft_ms is None:
+            raise ValueError("give --artifact, --rate and --p99-ttft-ms (or --trace FILE)")
         art = load_artifact(args.artifact)
         if args.rate <= 0 or args.p99_ttft_ms <= 0 or args.output_tokens < 1:
             raise ValueError("--rate and --p99-ttft-ms must be > 0, --output-tokens >= 1")
