@@ -112,3 +112,18 @@ async def test_the_router_learns_hidden_work_from_an_answer(on: bool) -> None:
     else:
         assert free <= own_s, (free, own_s)  # its own reservation only
         assert _merged(stack) == 0
+
+
+@pytest.mark.timeout(30)
+async def test_a_whole_answer_through_the_router_hides_the_schedule() -> None:
+    async with rig_emulators(slots=1) as urls, router(router_raw(
+            urls, slots=1, ttft_slo_s=5.0)) as stack, client_session() as s:
+        async with s.post(stack.url + "/v1/chat/completions", json=chat(8)) as r:
+            assert r.status == 200
+            assert X_LPU_SCHEDULE not in r.headers
+            await r.read()
+        # ... and the router read it: the answer's schedule was merged or skipped.
+        counted = sum(sample.value for family in stack.registry.collect()
+                      for sample in family.samples
+                      if sample.name == "lpu_router_schedule_reports_total")
+        assert counted == 1
