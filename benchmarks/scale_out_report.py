@@ -70,6 +70,12 @@ def _piggyback(cells: list[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _median_admitted_rps(cells: list[Mapping[str, Any]]) -> float:
+    rates = sorted(c["admitted"] / (c["offered"] / c["rate_rps"]) for c in cells
+                   if c.get("redis_cpu_ms_per_admitted") is not None)
+    return rates[len(rates) // 2] if rates else 0.0
+
+
 def markdown(doc: Mapping[str, Any]) -> str:
     s = doc["settings"]
     cells = doc["cells"]
@@ -148,8 +154,10 @@ def markdown(doc: Mapping[str, Any]) -> str:
                 p = predict(per, cores, redis)
                 out.append(f"  - {cores} cores: {p['rps']:.0f} req/s per pod")
         if redis:
-            cap = predict(1.0, 1, redis)["redis_cap_rps"]
+            rate = _median_admitted_rps(cells)
             out.append(f"- Redis: {redis:.3f} ms of its CPU per admitted request (median over"
-                       f" the cells that use it, its idle timer included): one Redis core"
-                       f" serves about {cap:.0f} admitted req/s over all pods")
+                       f" the cells that use it, each over its whole life, at about {rate:.0f}"
+                       " admitted req/s, so it holds what Redis spends whatever the rate, not"
+                       " broken down here; the cost per call to size Redis by is"
+                       " `benchmarks.limits_store_cost`'s, docs/deploy.md)")
     return "\n".join(out) + "\n"
