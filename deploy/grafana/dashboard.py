@@ -105,6 +105,10 @@ def _rows() -> tuple[Row, ...]:
     admitted = "lpu_router_requests_admitted_total"
     rejected = "lpu_router_requests_rejected_total"
     busy = "lpu_router_event_loop_busy_seconds_total"
+    padding = "lpu_router_padding_tokens_total"
+    spills = "lpu_router_spills_total"
+    by_origin = (f'sum by (from) (label_replace({_rate(admitted)}, "from", "$1", "bucket",'
+                 ' "(.*)"))')
     return (
         Row("Admission", (
             Panel(
@@ -247,6 +251,27 @@ def _rows() -> tuple[Row, ...]:
                 " predicted to meet its TTFT SLO; the TTFT panel shows whether it did.",
                 "reqps",
                 (Target(f"bucket:lpu_router_goodput:rate1m{{{_B}}}", "{{bucket}} completed"),),
+            ),
+            Panel(
+                "Padding and spill",
+                "Padding: the share of the compiled shapes' tokens that requests left unused,"
+                " per bucket (lpu_router_padding_tokens_total over it plus the prompt and"
+                " completion tokens; prompt padding is the shape's prompt part"
+                " max_seq_len - max_output_tokens beyond the prompt, allowance padding the rest"
+                " beyond the completion). Spill: requests admitted to a larger shape (to) per"
+                " request admitted to their own smallest fitting bucket (from).",
+                "percentunit",
+                (
+                    Target(f"sum by (bucket) ({_rate(padding)}) / (sum by (bucket)"
+                           f" ({_rate(padding)}) + sum by (bucket)"
+                           f" ({_rate('lpu_router_prompt_tokens_total')}) + sum by (bucket)"
+                           f" ({_rate('lpu_router_completion_tokens_total')}))",
+                           "{{bucket}} padding"),
+                    # 0 per origin while nothing spilled (the module docstring's "or 0").
+                    Target(f"sum by (from, to) (rate({spills}{{{_I}}}[{_RI}])) / on (from)"
+                           f" group_left () {by_origin} or 0 * {by_origin}",
+                           "spill {{from}} -> {{to}}"),
+                ),
             ),
         )),
         Row("Backends", (
