@@ -16,7 +16,7 @@ edge. Every field is documented once, in ``router/example.toml`` and ``docs/rout
     [[buckets]]  name, model, backends, artifact, time_scale, max_seq_len, max_output_tokens,
                  slots, prefill_ms, per_token_ms, default_max_tokens, over_cap, ttft_slo_s,
                  e2e_slo_s, target_utilization, max_queue, max_concurrency, degraded_min_tokens,
-                 upstream_model, extra_params, extra_params_allow
+                 spill, spill_share, upstream_model, extra_params, extra_params_allow
     [[tenants]]  name, api_keys, priority, requests_per_minute, tokens_per_minute
     [limits]     store, redis_url, on_store_error, timeout_ms, key_prefix, backoff_s
 

@@ -321,6 +321,8 @@ class TimelineAdmitter:
         over the origin and every candidate the judge refused (set in place: no copy on the
         refusal path). At most one judge per candidate."""
         retry = refused.retry_after_s
+        by: str | None = None
+        """The candidate whose retry is sooner than the origin's, if any."""
         need = req.need_tokens or req.prompt_tokens
         s = self.settings
         for pair in pairs:
@@ -354,10 +356,16 @@ class TimelineAdmitter:
                 req.elapsed_s, now - t.utilization_at,
             ))
             if isinstance(terms, Refused):
-                retry = soonest(retry, terms.retry_after_s)
+                sooner = soonest(retry, terms.retry_after_s)
+                if sooner is not retry:
+                    retry, by = sooner, t.policy.name
                 continue
             return self._admit(t, best, req, terms, wait, now, limiter, origin.policy.name)
-        refused.retry_after_s = retry
+        if by is not None and retry is not None:
+            # The message's hint must say what the header says.
+            head = refused.message.split("; retry in ", 1)[0]
+            refused.message = f"{head}; retry in {retry:.3f} s (in bucket '{by}')"
+            refused.retry_after_s = retry
         return self._refuse(origin, req, refused)
 
     @staticmethod

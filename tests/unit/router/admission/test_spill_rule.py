@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import re
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +18,7 @@ from router.admission import AdmissionRequest, Admitted, Decision, Priority, Ref
 from router.admission.controller import TimelineAdmitter
 from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape, TenantPolicy
 from router.admission.spill import Skip, SpillPair, consider, soonest, spill_targets
+from router.config import ConfigError, parse_config
 from router.outcomes import Outcome, RejectReason
 
 
@@ -242,6 +244,27 @@ def test_retry_after_is_the_soonest_over_candidates(
         case: Callable[[], tuple[Decision, str]], retry: float) -> None:
     d, _ = case()
     assert isinstance(d, Refused) and d.retry_after_s == pytest.approx(retry)
+    assert d.message.endswith(f"retry in {retry:.3f} s" if retry == 0.12
+                              else f"retry in {retry:.3f} s (in bucket 'medium')"), d.message
+
+
+@pytest.mark.parametrize(("keys", "error"), [
+    ({}, None),
+    ({"spill": False, "spill_share": 1.0}, None),
+    ({"spill_share": 0.0}, "buckets[0].spill_share"),
+    ({"spill_share": 1.5}, "buckets[0].spill_share"),
+    ({"spill": "yes"}, "buckets[0].spill"),
+], ids=["defaults", "given", "share_zero", "share_over_one", "spill_not_bool"])
+def test_config_keys(keys: dict[str, object], error: str | None) -> None:
+    raw = {"buckets": [{"name": "short", "model": "m", "artifact": "llama-3.1-8b-2k",
+                        "backends": ["http://127.0.0.1:1"], **keys}]}
+    if error is not None:
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            parse_config(raw)
+        return
+    p = parse_config(raw).buckets[0].policy
+    assert (p.spill, p.spill_share) == (keys.get("spill", True), keys.get("spill_share", 0.5))
+    assert (p.model, p.max_seq_len, p.max_output_tokens) == ("m", 2048, 1024)
 
 
 def test_degraded_mode_applies_the_requests_floor_in_the_target() -> None:
