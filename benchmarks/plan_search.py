@@ -40,8 +40,8 @@ from benchmarks.plan_replay import Prediction, replay
 from benchmarks.traces import Trace
 from lpu_protocol.artifact import Artifact
 
-__all__ = ["Candidate", "SearchOptions", "SearchResult", "Slo", "own_buckets", "search",
-           "theory_replicas"]
+__all__ = ["Candidate", "SearchOptions", "SearchResult", "Slo", "own_buckets", "own_trace",
+           "search", "theory_p99", "theory_replicas"]
 
 Slo = Callable[[Artifact], float]
 """The TTFT SLO (seconds) of a bucket of that shape."""
@@ -107,6 +107,25 @@ def theory_replicas(shape: Artifact, trace: Trace, slo_s: float) -> int | None:
                                      shape.prefill_s) > slo_s:
         n += 1
     return n
+
+
+def theory_p99(shape: Artifact, replicas: int, trace: Trace) -> float | None:
+    """The exact M/D/c p99 TTFT of a bucket whose requests (``trace``) all make one output
+    length, arriving as a Poisson stream at the trace's mean rate split evenly over
+    ``replicas``, every one admitted; None when the lengths differ (the theory does not apply)
+    or the queue is unstable."""
+    if not len(trace) or np.any(trace.output_tokens != trace.output_tokens[0]):
+        return None
+    service = shape.service_time(int(trace.output_tokens[0]))
+    rate = len(trace) / (trace.duration_s or 1.0) / replicas
+    if rate * service >= shape.slots:
+        return None
+    return theory.mdc_ttft_percentile(0.99, rate, shape.slots, service, shape.prefill_s)
+
+
+def own_trace(trace: Trace, shapes: list[Artifact], i: int, margin: float) -> Trace:
+    """The requests whose smallest fit among ``shapes`` (sorted) is ``shapes[i]``."""
+    return _subset(trace, own_buckets(trace, shapes, margin) == i)
 
 
 def _subset(trace: Trace, mask: np.ndarray) -> Trace:

@@ -33,14 +33,22 @@ from benchmarks.plan_layout import (
     router_config,
 )
 from benchmarks.plan_replay import Prediction, replay
-from benchmarks.plan_search import SearchOptions, SearchResult, Slo, own_buckets, search
+from benchmarks.plan_search import (
+    SearchOptions,
+    SearchResult,
+    Slo,
+    own_buckets,
+    own_trace,
+    search,
+    theory_p99,
+)
 from benchmarks.shape_family import family, power_of_two_lengths, shapes
 from benchmarks.traces import FORMATS, Trace, TraceError, read_trace
 from lpu_protocol.artifact import Artifact
 from lpu_protocol.tokens import ESTIMATE_UNDERCOUNT_MARGIN
 
 __all__ = ["Overload", "add_arguments", "execute", "overload_speedup", "parse_slo", "predict",
-           "to_json"]
+           "theory_check", "to_json"]
 
 DEFAULT_MODEL = "llama-3.1-8b-instant"
 DEFAULT_SLO_PREFILL_X = 4.0
@@ -131,6 +139,14 @@ def _prediction_json(p: Prediction) -> dict[str, Any]:
     }
 
 
+def theory_check(layout: Layout, trace: Trace, margin: float) -> dict[str, float | None]:
+    """Per bucket, the exact M/D/c p99 TTFT where the theory applies (its own requests all of
+    one output length; Poisson arrivals assumed), else None: beside the replay's figure."""
+    arts = [b.shape for b in layout.buckets]
+    return {b.name: theory_p99(b.shape, b.replicas, own_trace(trace, arts, i, margin))
+            for i, b in enumerate(layout.buckets)}
+
+
 def _boundaries(layout: Layout) -> list[tuple[int, int]]:
     """Per bucket, the (exclusive, inclusive] range of ``need(prompt) + max_tokens`` it takes."""
     out, lo = [], 0
@@ -141,7 +157,8 @@ def _boundaries(layout: Layout) -> list[tuple[int, int]]:
 
 
 def to_json(result: SearchResult, trace: Trace, speedup: float, base_port: int,
-            overload: Overload | None) -> dict[str, Any]:
+            overload: Overload | None, margin: float = ESTIMATE_UNDERCOUNT_MARGIN
+            ) -> dict[str, Any]:
     """The plan as plain data (``--json``): the layout with its router config, the prediction
     at the planned speedup and, with ``--overload``, at the overload point."""
     lay = result.best.layout
@@ -160,6 +177,7 @@ def to_json(result: SearchResult, trace: Trace, speedup: float, base_port: int,
         },
         "config": cfg,
         "prediction": _prediction_json(result.best.prediction),
+        "theory_p99_ttft_s": theory_check(lay, trace, margin),
         "evaluated": [{"layout": c.layout.describe(), "replicas": c.layout.replicas,
                        "goodput_rps": c.prediction.goodput_rps,
                        "served_fraction": c.prediction.served_fraction,
@@ -193,7 +211,7 @@ def _render_prediction(title: str, p: Prediction) -> list[str]:
 
 
 def render(result: SearchResult, trace: Trace, speedup: float, elapsed_s: float,
-           overload: Overload | None) -> str:
+           overload: Overload | None, margin: float = ESTIMATE_UNDERCOUNT_MARGIN) -> str:
     lay = result.best.layout
     lines = [f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s"
              f" ({trace.rate_rps:.3f} req/s, speedup {speedup:g})",
@@ -207,6 +225,10 @@ def render(result: SearchResult, trace: Trace, speedup: float, elapsed_s: float,
                      f" TTFT SLO {b.ttft_slo_s * 1e3:.0f} ms, takes {lo} < need + max_tokens"
                      f" <= {hi}")
     lines += _render_prediction("predicted", result.best.prediction)
+    exact = {k: v for k, v in theory_check(lay, trace, margin).items() if v is not None}
+    if exact:
+        lines.append("  M/D/c p99 TTFT (one output length; if arrivals were Poisson): "
+                     + ", ".join(f"{k} {_ms(v)}" for k, v in exact.items()))
     if overload is not None:
         for spill, pred in overload.by_spill.items():
             lines += _render_prediction(
@@ -287,7 +309,7 @@ def execute(args: argparse.Namespace) -> int:
             for spill in ((False, True) if SPILL_SUPPORTED else (False,))})
     to_stdout = args.json is not None and str(args.json) == "-"
     if not to_stdout:
-        print(render(result, trace, args.speedup, elapsed, overload))
+        print(render(result, trace, args.speedup, elapsed, overload, args.estimate_margin))
     if args.out_config is not None:
         header = (f"Router config written by lpu-bench plan --trace {args.trace} (speedup"
                   f" {args.speedup:g}).\nBackends are placeholders: one per replica, ports from"
@@ -295,8 +317,8 @@ def execute(args: argparse.Namespace) -> int:
                   " put your replicas' URLs there.\nCheck: lpu-router --check FILE")
         args.out_config.write_text(render_toml(config_mapping(lay, args.base_port), header))
     if args.json is not None:
-        text = json.dumps(to_json(result, trace, args.speedup, args.base_port, overload),
-                          indent=2) + "\n"
+        data = to_json(result, trace, args.speedup, args.base_port, overload, args.estimate_margin)
+        text = json.dumps(data, indent=2) + "\n"
         if to_stdout:
             sys.stdout.write(text)
         else:

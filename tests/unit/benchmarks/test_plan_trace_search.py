@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks.__main__ import main as bench_main
+from benchmarks.plan_layout import BucketPlan, Layout, router_config
 from benchmarks.plan_search import SearchOptions, search, theory_replicas
 from benchmarks.shape_family import derive_shape, family, shapes
 from benchmarks.traces import Trace
@@ -124,3 +125,14 @@ def test_cli_names_a_bad_row(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     path.write_text("t,prompt_tokens,output_tokens\n0,10,1\n1,ten,1\n")
     assert bench_main(["plan", "--trace", str(path)]) == 2
     assert "t.csv:3" in capsys.readouterr().err
+
+
+def test_a_backend_time_scale_reaches_the_router_config() -> None:
+    """Shipped shapes get the ``time_scale`` key, derived ones their scaled numbers: the router
+    loads the same scaled schedule either way."""
+    arts = [a.scaled(10.0) for a in shapes(FAM, [2048, 4096])]
+    layout = Layout(MODEL, tuple(BucketPlan(a, 1, 10.0) for a in arts), time_scale=10.0)
+    cfg = router_config(layout)
+    got = [b.policy.replicas[0].prefill_s for b in cfg.buckets]
+    assert got == pytest.approx([a.prefill_s for a in arts])
+    assert got[0] == pytest.approx(0.8)
