@@ -263,7 +263,7 @@ class SharedLimits:
         else:
             what = (f"{v.queued} requests queued across the router's processes, the limit for"
                     f" {adm.priority} requests is {ask.max_queue}")
-        return f"bucket '{adm.bucket}' is at capacity: {what}; retry in {retry:.3f} s"
+        return f"bucket '{ask.bucket}' is at capacity: {what}; retry in {retry:.3f} s"
 
 
 def _whole(policy: TenantPolicy) -> RateLimitState:
