@@ -4,7 +4,9 @@
   and ``retry-after-ms`` (see :func:`router.errors.retry_after_headers`) when waiting can help;
   ``x-lpu-reject-reason`` (a :class:`~router.outcomes.RejectReason`); and, when the controller
   computed them, ``x-lpu-predicted-wait-ms`` and ``x-lpu-predicted-ttft-ms``.
-* Admitted: ``x-lpu-predicted-ttft-ms`` (the router's prediction, from its decision); when the
+* Admitted: ``x-lpu-bucket`` and ``x-lpu-spilled-from`` (set by :mod:`router.attempts`: the
+  bucket that served it, and its own when it spilled to a larger shape);
+  ``x-lpu-predicted-ttft-ms`` (the router's prediction, from its decision); when the
   output allowance was lowered, ``x-lpu-max-tokens-clamped`` (``bucket_cap`` or ``degraded``)
   and ``x-lpu-max-tokens-clamped-from`` (the client's allowance).
 * Every completion response of a tenant with limits, refusals included:
