@@ -216,7 +216,8 @@ def render(result: SearchResult, trace: Trace, speedup: float, elapsed_s: float,
     lines = [f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s"
              f" ({trace.rate_rps:.3f} req/s, speedup {speedup:g})",
              f"searched {len(result.evaluated)} layouts in {elapsed_s:.1f} s",
-             f"recommended: {lay.describe()} ({lay.replicas} replicas, spill"
+             f"recommended: {lay.describe()} ({lay.replicas} replica"
+             f"{'s' if lay.replicas != 1 else ''}, spill"
              f" {'on' if lay.spill else 'off'})"]
     for b, (lo, hi) in zip(lay.buckets, _boundaries(lay), strict=True):
         kind = "derived: compile it" if b.shape.version == "derived" else "shipped"
