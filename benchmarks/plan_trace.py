@@ -27,6 +27,7 @@ from typing import Any
 from benchmarks.plan_layout import (
     BASE_PORT,
     SPILL_SUPPORTED,
+    BucketPlan,
     Layout,
     config_mapping,
     render_toml,
@@ -34,6 +35,7 @@ from benchmarks.plan_layout import (
 )
 from benchmarks.plan_replay import Prediction, replay
 from benchmarks.plan_search import (
+    Candidate,
     SearchOptions,
     SearchResult,
     Slo,
@@ -47,8 +49,8 @@ from benchmarks.traces import FORMATS, Trace, TraceError, read_trace
 from lpu_protocol.artifact import Artifact
 from lpu_protocol.tokens import ESTIMATE_UNDERCOUNT_MARGIN
 
-__all__ = ["Overload", "add_arguments", "execute", "overload_speedup", "parse_slo", "predict",
-           "theory_check", "to_json"]
+__all__ = ["Overload", "add_arguments", "execute", "overload_speedup", "parse_layout",
+           "parse_slo", "predict", "theory_check", "to_json"]
 
 DEFAULT_MODEL = "llama-3.1-8b-instant"
 DEFAULT_SLO_PREFILL_X = 4.0
@@ -211,12 +213,14 @@ def _render_prediction(title: str, p: Prediction) -> list[str]:
 
 
 def render(result: SearchResult, trace: Trace, speedup: float, elapsed_s: float,
-           overload: Overload | None, margin: float = ESTIMATE_UNDERCOUNT_MARGIN) -> str:
+           overload: Overload | None, margin: float = ESTIMATE_UNDERCOUNT_MARGIN,
+           searched: bool = True) -> str:
     lay = result.best.layout
     lines = [f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s"
              f" ({trace.rate_rps:.3f} req/s, speedup {speedup:g})",
-             f"searched {len(result.evaluated)} layouts in {elapsed_s:.1f} s",
-             f"recommended: {lay.describe()} ({lay.replicas} replica"
+             f"searched {len(result.evaluated)} layouts in {elapsed_s:.1f} s" if searched
+             else f"the given layout, replayed in {elapsed_s:.1f} s",
+             f"{'recommended' if searched else 'layout'}: {lay.describe()} ({lay.replicas} replica"
              f"{'s' if lay.replicas != 1 else ''}, spill"
              f" {'on' if lay.spill else 'off'})"]
     for b, (lo, hi) in zip(lay.buckets, _boundaries(lay), strict=True):
@@ -258,6 +262,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spill", choices=["auto", "on", "off"], default="auto")
     g.add_argument("--speedup", "--time-scale", dest="speedup", type=float, default=1.0,
                    help="divide the trace's time by this (2: twice the rate)")
+    g.add_argument("--layout", default=None,
+                   help="predict this layout instead of searching: LEN:REPLICAS,... of"
+                   " --shapes (spill on unless --spill off)")
     g.add_argument("--overload", type=float, default=None,
                    help="also predict the layout at this multiple of its slot capacity")
     g.add_argument("--backend-time-scale", type=float, default=1.0,
@@ -269,6 +276,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="first port of the backend URL placeholders")
     g.add_argument("--out-config", type=Path, default=None, help="write the router config")
     g.add_argument("--json", type=Path, default=None, help="write the plan as JSON ('-': stdout)")
+
+
+def parse_layout(spec: str, cands: list[Artifact], slo: Slo, model: str, spill: bool,
+                 time_scale: float) -> Layout:
+    """``"2048:1,8192:2"`` (shape length: replicas) as a layout of the candidate shapes."""
+    by_len = {a.max_seq_len: a for a in cands}
+    buckets = []
+    for part in spec.split(","):
+        length, _, count = part.partition(":")
+        try:
+            n, replicas = int(length), int(count or "1")
+        except ValueError:
+            raise ValueError(f"--layout: expected LEN:REPLICAS pairs, got {part!r}") from None
+        if n not in by_len or replicas < 1:
+            raise ValueError(f"--layout: {part!r} needs a shape of --shapes and replicas >= 1")
+        buckets.append(BucketPlan(by_len[n], replicas, slo(by_len[n])))
+    buckets.sort(key=lambda b: b.shape.max_seq_len)
+    return Layout(model, tuple(buckets), spill and SPILL_SUPPORTED, time_scale)
 
 
 def _lengths(spec: str | None) -> list[int]:
@@ -295,7 +320,13 @@ def execute(args: argparse.Namespace) -> int:
                              args.max_artifacts, args.max_replicas, args.goodput_target,
                              args.spill, args.estimate_margin, args.backend_time_scale)
         t0 = time.perf_counter()
-        result = search(trace, cands, args.model, opts)
+        if args.layout is not None:
+            given = parse_layout(args.layout, cands, opts.slo, args.model, args.spill != "off",
+                                 args.backend_time_scale)
+            one = Candidate(given, predict(given, trace, args.estimate_margin))
+            result = SearchResult(one, (one,), given.buckets[-1].shape)
+        else:
+            result = search(trace, cands, args.model, opts)
         elapsed = time.perf_counter() - t0
     except (TraceError, ValueError) as exc:
         print(f"lpu-bench plan: {exc}", file=sys.stderr)
@@ -310,7 +341,8 @@ def execute(args: argparse.Namespace) -> int:
             for spill in ((False, True) if SPILL_SUPPORTED else (False,))})
     to_stdout = args.json is not None and str(args.json) == "-"
     if not to_stdout:
-        print(render(result, trace, args.speedup, elapsed, overload, args.estimate_margin))
+        print(render(result, trace, args.speedup, elapsed, overload, args.estimate_margin,
+                     searched=args.layout is None))
     if args.out_config is not None:
         header = (f"Router config written by lpu-bench plan --trace {args.trace} (speedup"
                   f" {args.speedup:g}).\nBackends are placeholders: one per replica, ports from"

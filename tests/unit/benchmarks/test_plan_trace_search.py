@@ -120,6 +120,21 @@ def test_cli_writes_a_config_the_router_accepts_and_json(tmp_path: Path) -> None
     assert data["overload"]["speedup"] > 1.0
 
 
+def test_cli_predicts_a_given_layout(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(f'{{"t": {i * 0.1}, "prompt_tokens": {p}, "output_tokens": 5}}\n'
+                            for i, p in enumerate([100, 3000, 100, 100])))
+    js = tmp_path / "plan.json"
+    assert bench_main(["plan", "--trace", str(path), "--layout", "8192:2,2048:1", "--spill",
+                       "off", "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert [(b["max_seq_len"], b["replicas"]) for b in data["layout"]["buckets"]] == [
+        (2048, 1), (8192, 2)]
+    assert data["layout"]["spill"] is False
+    assert [b["offered"] for b in data["prediction"]["buckets"]] == [3, 1]
+    assert len(data["evaluated"]) == 1
+
+
 def test_cli_names_a_bad_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "t.csv"
     path.write_text("t,prompt_tokens,output_tokens\n0,10,1\n1,ten,1\n")
