@@ -10,7 +10,8 @@ import pytest
 
 from benchmarks.plan_layout import BucketPlan, Layout
 from benchmarks.plan_replay import replay
-from benchmarks.plan_trace import predict, theory_check
+from benchmarks.plan_report import theory_check
+from benchmarks.plan_trace import predict
 from benchmarks.shape_family import derive_shape, family
 from benchmarks.traces import Trace
 from lpu_protocol.tokens import ESTIMATE_UNDERCOUNT_MARGIN
