@@ -8,10 +8,13 @@ each request of a :class:`~benchmarks.traces.Trace` as the router would see it, 
 
 * at its arrival the clock is set to it, the table places it (its own bucket: the smallest shape
   that fits) and ``decide`` admits or refuses it;
-* an admitted request starts at the admitter's predicted start (``now + predicted_wait_s``) on
-  the replica it was given, its first token comes a prefill later (``ticket.first_token()``), and
-  it ends at start + the service time of its output length (``ticket.finish``); the backend is
-  modelled as doing exactly what the timeline predicts, the deterministic backend's contract.
+* an admitted request reaches the replica it was given ``dispatch_s`` later and starts there on
+  the first free slot, FIFO (the emulator's engine, modelled apart from the router's view); its
+  first token reaches the router a prefill plus ``return_s`` after its start
+  (``ticket.first_token()``), and it ends at start + the service time of its output length
+  (+ ``return_s``: ``ticket.finish``). Without the delays every start is the admitter's
+  prediction (``now + predicted_wait_s``, checked: :attr:`Prediction.worst_start_error_s`);
+  with them the router's view errs late as in production and its adaptive margin learns it.
 
 Events at one instant run in the order finish, first token, arrival (a slot that frees at ``t``
 is free for an arrival at ``t``). Nothing here copies the rule: every admission, refusal, spill
@@ -105,6 +108,9 @@ class Prediction:
     p99_ttft_s: float | None
     padding_waste: float
     buckets: tuple[BucketOutcome, ...]
+    worst_start_error_s: float = 0.0
+    """Largest gap between a request's start on its backend and the admitter's prediction
+    (0 without dispatch and return delays: the timeline is exact)."""
 
     @property
     def served_fraction(self) -> float:
@@ -120,10 +126,13 @@ def _p99(xs: list[float]) -> float | None:
     return float(np.percentile(xs, 99)) if xs else None
 
 
-def replay(config: RouterConfig, trace: Trace, *, margin: float) -> Prediction:
+def replay(config: RouterConfig, trace: Trace, *, margin: float, dispatch_s: float = 0.0,
+           return_s: float = 0.0) -> Prediction:
     """Play ``trace`` through ``config``'s admission; ``margin``: the token estimate's (the
     router's :data:`~lpu_protocol.tokens.ESTIMATE_UNDERCOUNT_MARGIN` without a tokenizer, 0
-    with one)."""
+    with one). ``dispatch_s``: seconds from a decision until the backend has the request;
+    ``return_s``: from a token leaving the backend until the router sees it (both 0: the
+    backend starts each request exactly when the timeline predicts)."""
     clock = _Clock()
     admitter = TimelineAdmitter(config.admission, clock=clock)
     table = BucketTable(config.buckets, margin=margin)
@@ -133,8 +142,12 @@ def replay(config: RouterConfig, trace: Trace, *, margin: float) -> Prediction:
            for b in config.buckets}
     model = config.buckets[0].model
     events: list[tuple[float, int, int, Ticket]] = []
+    # The backends, apart from the router's view: per replica its slots' free times, FIFO in
+    # the order requests reach it (the emulator's engine).
+    free = {r.url: [0.0] * r.slots for b in config.buckets for r in b.policy.replicas}
     all_ttfts: list[float] = []
     seq = unplaceable = violations = 0
+    worst_error = 0.0
     at, prompts, outputs = (a.tolist() for a in (trace.at_s, trace.prompt_tokens,
                                                  trace.output_tokens))
     for t, prompt, output in zip(at, prompts, outputs, strict=True):
@@ -161,12 +174,15 @@ def replay(config: RouterConfig, trace: Trace, *, margin: float) -> Prediction:
             continue
         where = out[d.bucket or place.bucket.name]
         shape = by_name[where.name].policy.replicas[0]
-        start = t + d.predicted_wait_s
-        ttft = d.predicted_wait_s + shape.prefill_s
         service = shape.service_time(min(output, d.terms.max_tokens))
+        slots = free[d.backend]
+        start = max(t + dispatch_s, slots[0])
+        heapq.heapreplace(slots, start + service)
+        worst_error = max(worst_error, abs(start - (t + d.predicted_wait_s)))
+        ttft = start - t + shape.prefill_s + return_s
         seq += 1
-        heapq.heappush(events, (start + shape.prefill_s, _FIRST, seq, d.ticket))
-        heapq.heappush(events, (start + service, _FINISH, seq, d.ticket))
+        heapq.heappush(events, (t + ttft, _FIRST, seq, d.ticket))
+        heapq.heappush(events, (start + service + return_s, _FINISH, seq, d.ticket))
         own.admitted += 1
         if ttft <= own.ttft_slo_s:
             own.good += 1
@@ -194,4 +210,5 @@ def replay(config: RouterConfig, trace: Trace, *, margin: float) -> Prediction:
         span_s=span, offered=sum(b.offered for b in buckets),
         admitted=sum(b.admitted for b in buckets), good=good, violations=violations,
         unplaceable=unplaceable, goodput_rps=good / span, p99_ttft_s=_p99(all_ttfts),
-        padding_waste=1.0 - used / shape_tokens if shape_tokens else 0.0, buckets=buckets)
+        padding_waste=1.0 - used / shape_tokens if shape_tokens else 0.0, buckets=buckets,
+        worst_start_error_s=worst_error)

@@ -45,6 +45,7 @@ def _prediction_json(p: Prediction) -> dict[str, Any]:
         "refused": p.refused, "violations": p.violations, "unplaceable": p.unplaceable,
         "goodput_rps": p.goodput_rps, "served_fraction": p.served_fraction,
         "p99_ttft_s": p.p99_ttft_s, "padding_waste": p.padding_waste,
+        "worst_start_error_s": p.worst_start_error_s,
         "buckets": [{
             "name": b.name, "offered": b.offered, "admitted": b.admitted, "good": b.good,
             "goodput_rps": b.goodput_rps, "refused": dict(b.refused),

@@ -60,6 +60,10 @@ class SearchOptions:
     """The router's token estimate margin (:mod:`router.buckets`)."""
     time_scale: float = 1.0
     """The durations of ``shapes`` are their artifacts' times this (:class:`Layout`)."""
+    dispatch_s: float = 0.0
+    """Decision to backend, seconds (:func:`benchmarks.plan_replay.replay`)."""
+    return_s: float = 0.0
+    """Backend to router, seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +156,9 @@ class _Search:
     def evaluate(self, layout: Layout) -> Candidate:
         hit = self.cache.get(layout)
         if hit is None:
-            hit = Candidate(layout, replay(router_config(layout), self.trace,
-                                           margin=self.opts.margin))
+            o = self.opts
+            hit = Candidate(layout, replay(router_config(layout), self.trace, margin=o.margin,
+                                           dispatch_s=o.dispatch_s, return_s=o.return_s))
             self.cache[layout] = hit
             self.order.append(hit)
         return hit

@@ -83,10 +83,11 @@ def parse_slo(spec: str | None, prefill_x: float) -> Slo:
     return slo
 
 
-def predict(layout: Layout, trace: Trace, margin: float = ESTIMATE_UNDERCOUNT_MARGIN
-            ) -> Prediction:
+def predict(layout: Layout, trace: Trace, margin: float = ESTIMATE_UNDERCOUNT_MARGIN,
+            dispatch_s: float = 0.0, return_s: float = 0.0) -> Prediction:
     """The layout's figures on ``trace`` (already compressed as wanted)."""
-    return replay(router_config(layout), trace, margin=margin)
+    return replay(router_config(layout), trace, margin=margin, dispatch_s=dispatch_s,
+                  return_s=return_s)
 
 
 def overload_speedup(layout: Layout, trace: Trace, factor: float,
@@ -137,6 +138,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    " and emulator's time_scale)")
     g.add_argument("--estimate-margin", type=float, default=ESTIMATE_UNDERCOUNT_MARGIN,
                    help="the router's prompt count margin (0 with a tokenizer)")
+    g.add_argument("--dispatch-ms", type=float, default=0.0,
+                   help="modelled delay from a decision until the backend has the request")
+    g.add_argument("--return-ms", type=float, default=0.0,
+                   help="modelled delay from a backend's token until the router sees it")
     g.add_argument("--base-port", type=int, default=BASE_PORT,
                    help="first port of the backend URL placeholders")
     g.add_argument("--out-config", type=Path, default=None, help="write the router config")
@@ -181,14 +186,17 @@ def execute(args: argparse.Namespace) -> int:
             raise ValueError("--backend-time-scale must be > 0")
         cands = [a.scaled(args.backend_time_scale)
                  for a in shapes(family(args.model), _lengths(args.shapes))]
+        if args.dispatch_ms < 0 or args.return_ms < 0:
+            raise ValueError("--dispatch-ms and --return-ms must be >= 0")
+        delays = (args.dispatch_ms / 1e3, args.return_ms / 1e3)
         opts = SearchOptions(parse_slo(args.ttft_slo_ms, args.slo_prefill_x),
                              args.max_artifacts, args.max_replicas, args.goodput_target,
-                             args.spill, args.estimate_margin, args.backend_time_scale)
+                             args.spill, args.estimate_margin, args.backend_time_scale, *delays)
         t0 = time.perf_counter()
         if args.layout is not None:
             given = parse_layout(args.layout, cands, opts.slo, args.model, args.spill != "off",
                                  args.backend_time_scale)
-            one = Candidate(given, predict(given, trace, args.estimate_margin))
+            one = Candidate(given, predict(given, trace, args.estimate_margin, *delays))
             result = SearchResult(one, (one,), given.buckets[-1].shape)
         else:
             result = search(trace, cands, args.model, opts)
@@ -202,7 +210,7 @@ def execute(args: argparse.Namespace) -> int:
         at = overload_speedup(lay, trace, args.overload, args.estimate_margin)
         hot = trace.compressed(at)
         overload = Overload(args.overload, args.speedup * at, {
-            spill: predict(lay.with_spill(spill), hot, args.estimate_margin)
+            spill: predict(lay.with_spill(spill), hot, args.estimate_margin, *delays)
             for spill in ((False, True) if SPILL_SUPPORTED else (False,))})
     to_stdout = args.json is not None and str(args.json) == "-"
     if not to_stdout:

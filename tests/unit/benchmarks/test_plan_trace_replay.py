@@ -59,6 +59,20 @@ def test_one_slot_schedule_by_hand() -> None:
     assert p.goodput_rps == pytest.approx(4 / 0.5)
     assert s.utilization == pytest.approx(0.8 / 0.5)  # slot-seconds run past the span
     assert p.padding_waste == pytest.approx(1 - 111 / 1024)
+    assert p.worst_start_error_s < 1e-12  # the backend started each where the timeline said
+
+
+def test_a_dispatch_delay_starts_the_backend_late_and_the_router_learns_it() -> None:
+    """As above with 10 ms from decision to backend: r0 starts at 0.01 (TTFT 0.11), r1, admitted
+    for a start at 0.2, starts at 0.21 (TTFT 0.31); at r0's first token the router pins its
+    start at 0.01, so r2 at t=0.15 is predicted to start at 0.41 (TTFT 0.36 > 0.35): refused."""
+    cfg = _config(_bucket("s", 9100, 1024, 512, 100.0, 0.35))
+    trace = _trace([(0.0, 100, 11), (0.0, 100, 11), (0.15, 100, 11)])
+    p = replay(cfg, trace, margin=0.0, dispatch_s=0.01)
+    (s,) = p.buckets
+    assert s.ttfts == pytest.approx([0.11, 0.31])
+    assert (p.admitted, p.refused, p.violations) == (2, 1, 0)
+    assert p.worst_start_error_s == pytest.approx(0.01)
 
 
 def test_spill_to_the_larger_shape_by_hand() -> None:
