@@ -129,8 +129,7 @@ class AttemptLoop:
         was never admitted."""
         limits = self._limits
         if limits is None or not limits.counts(adm.tenant, adm.bucket):
-            return self._padded(adm, ex, await self._run(request, ex, req, placement, adm,
-                                                         path, None))
+            return await self._run(request, ex, req, placement, adm, path, None)
         # The shared store counts it: charged on its first admitted attempt, given back here.
         charge = RequestCharge(limits)
         tokens = None
@@ -138,22 +137,20 @@ class AttemptLoop:
             got = await self._run(request, ex, req, placement, adm, path, charge)
             if isinstance(got, RelayResult):
                 tokens = got.completion_tokens
-            return self._padded(adm, ex, got)
+            return got
         finally:
             charge.end(admitted=ex.admitted, completion_tokens=tokens)
 
-    def _padded(self, adm: AdmissionRequest, ex: Exchange,
-                got: RelayResult | Unserved) -> RelayResult | Unserved:
-        """Count a completed request's padding in the bucket that served it."""
-        if isinstance(got, RelayResult) and got.outcome is Outcome.COMPLETED \
-                and got.completion_tokens is not None:
-            bucket = self._buckets.get(ex.bucket or adm.bucket)
-            if bucket is not None:
-                prompt = got.prompt_tokens if got.prompt_tokens is not None else adm.prompt_tokens
-                pad_prompt, pad_allowance = padding_tokens(bucket, prompt, got.completion_tokens)
-                self._padding(bucket.name, "prompt").inc(pad_prompt)
-                self._padding(bucket.name, "allowance").inc(pad_allowance)
-        return got
+    def _padded(self, name: str, adm: AdmissionRequest, got: RelayResult) -> None:
+        """Count a completed request's padding in ``name``, the bucket that served it."""
+        bucket = self._buckets.get(name)
+        if bucket is None or got.outcome is not Outcome.COMPLETED \
+                or got.completion_tokens is None:
+            return
+        prompt = got.prompt_tokens if got.prompt_tokens is not None else adm.prompt_tokens
+        pad_prompt, pad_allowance = padding_tokens(bucket, prompt, got.completion_tokens)
+        self._padding(name, "prompt").inc(pad_prompt)
+        self._padding(name, "allowance").inc(pad_allowance)
 
     async def _run(self, request: web.Request, ex: Exchange, req: CompletionRequest,
                    placement: Placement, adm: AdmissionRequest, path: str,
@@ -195,6 +192,7 @@ class AttemptLoop:
                     self._pool.report_success(bucket, backend)
                 else:
                     self._upstream_failed(bucket, backend, got.failure)
+                self._padded(bucket, adm, got)
                 return got
             last = got
             tried.add(backend)
@@ -226,7 +224,6 @@ class AttemptLoop:
         ticket, backend = decision.ticket, decision.backend
         bucket = decision.bucket or placement.bucket.name
         ex.backend = backend
-        ex.bucket = bucket
         predicted = decision.terms.predicted_ttft_s
         ex.predicted_ttft_ms = None if predicted is None else predicted * 1e3
         outcome, tokens = Outcome.FAILED, None
@@ -275,6 +272,8 @@ class AttemptLoop:
             return
         ex.admitted = True
         bucket = decision.bucket or placement.bucket.name
+        # Its series are this bucket's from here on (a retry elsewhere does not move them).
+        ex.bucket = bucket
         self._series.admitted(bucket, adm.priority).inc()
         if decision.spilled_from is not None:
             self._spills(decision.spilled_from, bucket).inc()

@@ -22,10 +22,20 @@ from typing import Any
 
 from open_loop import Planned, open_loop, poisson_times
 from recorded_schedule import fifo_problems, late_problems, recorded
-from stack import MODEL, SCALE, chat, client_session, rig_emulators, router, service_s
+from stack import (
+    MODEL,
+    SCALE,
+    assert_settled,
+    chat,
+    client_session,
+    rig_emulators,
+    router,
+    service_s,
+)
 
 from lpu_emulator.server import EmulatorOptions, start_emulators
 from lpu_protocol.artifact import builtin_artifact
+from router.app import ADMITTER
 from router.attempts import padding_tokens
 from router.config import parse_config
 
@@ -63,6 +73,8 @@ async def test_short_overload_spills_to_an_idle_medium_bucket() -> None:
         plan = [Planned(t, "standard", chat(TOKENS))
                 for t in poisson_times(2 * CAPACITY, DURATION_S, seed=3)]
         shots = await open_loop(session, r.url, plan)
+        await assert_settled(r)  # admitted == finished per bucket, nothing left in flight
+        snapshot = r.app[ADMITTER].snapshot()["buckets"]
         schedules = await recorded(short_urls + medium_urls)
         spills = r.metric("lpu_router_spills_total", {"from": "short", "to": "medium"})
         padding = {(b, k): r.metric("lpu_router_padding_tokens_total", {"bucket": b, "kind": k})
@@ -79,6 +91,7 @@ async def test_short_overload_spills_to_an_idle_medium_bucket() -> None:
     # Twice short's capacity: it cannot take all, medium takes part of the rest.
     assert served["short"] > 0 and served["medium"] > 0, served
     assert spills == len(spilled)
+    assert snapshot["medium"]["spilled_in_flight"] == 0  # every spilled ticket gave it back
 
     # Each answer ran where its header says, once, within the request's (short) SLO.
     where = {e.request_id: e.backend for entries in schedules.values() for e in entries}
