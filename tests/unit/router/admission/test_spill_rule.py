@@ -18,6 +18,7 @@ from router.admission import AdmissionRequest, Admitted, Decision, Priority, Ref
 from router.admission.controller import TimelineAdmitter
 from router.admission.settings import AdmissionSettings, BucketPolicy, ReplicaShape, TenantPolicy
 from router.admission.spill import Skip, SpillPair, consider, soonest, spill_targets
+from router.attempts import padding_tokens
 from router.config import ConfigError, parse_config
 from router.outcomes import Outcome, RejectReason
 
@@ -375,3 +376,21 @@ def test_own_goodput_keeps_its_share(gaps: list[tuple[float, bool, int]], share:
     off = _play((dataclasses.replace(SHORT, spill=False), medium), arrivals)
     assert on["short"] == off["short"]
     assert on["medium"] >= (1 - share) * off["medium"]
+
+
+# --- Padding accounting (router.attempts.padding_tokens) ---------------------------------------
+
+@pytest.mark.parametrize(("prompt", "completion", "want"), [
+    (100, 11, (1024 - 100, 1024 - 11)),  # the shape's prompt part is 2048 - 1024 = 1024
+    (1024, 1024, (0, 0)),  # fills the shape exactly
+    (1500, 100, (0, 2048 - 1500 - 100)),  # a prompt past the prompt part takes output room
+    (2000, 48, (0, 0)),
+    (0, 1, (1024, 1023)),
+], ids=["short_request", "full_shape", "long_prompt", "long_prompt_full", "empty_prompt"])
+def test_padding_tokens(prompt: int, completion: int, want: tuple[int, int]) -> None:
+    bucket = parse_config({"buckets": [{"name": "short", "model": "m",
+                                        "artifact": "llama-3.1-8b-2k",
+                                        "backends": ["http://127.0.0.1:1"]}]}).buckets[0]
+    got = padding_tokens(bucket, prompt, completion)
+    assert got == want
+    assert sum(got) == 2048 - prompt - completion  # the unused part of the shape, split in two
