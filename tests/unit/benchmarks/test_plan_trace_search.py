@@ -12,6 +12,7 @@ import pytest
 from benchmarks.__main__ import main as bench_main
 from benchmarks.plan_layout import BucketPlan, Layout, router_config
 from benchmarks.plan_search import SearchOptions, search, theory_replicas
+from benchmarks.plan_trace import parse_slo
 from benchmarks.shape_family import derive_shape, family, shapes
 from benchmarks.traces import Trace
 from lpu_protocol.artifact import Artifact
@@ -151,3 +152,18 @@ def test_a_backend_time_scale_reaches_the_router_config() -> None:
     got = [b.policy.replicas[0].prefill_s for b in cfg.buckets]
     assert got == pytest.approx([a.prefill_s for a in arts])
     assert got[0] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(("spec", "want"), [
+    (None, [0.32, 0.76]),  # 4x each prefill (80 ms, 190 ms)
+    ("500", [0.5, 0.5]),
+    ("2048=300,8192=900", [0.3, 0.9]),
+], ids=["prefill-x", "one", "per-shape"])
+def test_slo_specs(spec: str | None, want: list[float]) -> None:
+    slo = parse_slo(spec, 4.0)
+    assert [slo(a) for a in shapes(FAM, [2048, 8192])] == pytest.approx(want)
+
+
+def test_a_per_shape_slo_must_name_every_shape() -> None:
+    with pytest.raises(ValueError, match="no SLO for shape 4096"):
+        parse_slo("2048=300", 4.0)(derive_shape(FAM, 4096))
