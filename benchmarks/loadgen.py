@@ -48,6 +48,9 @@ class LoadConfig:
     """Longest silence between two stream reads before the request fails."""
     keep_gaps: bool = False
     """Keep every inter-token gap in the records (large); the pooled ITL is kept anyway."""
+    request_id_prefix: str | None = None
+    """Send ``x-request-id: <prefix><index>`` with each request (None: none), so a request
+    can be found on a backend's recorded schedule."""
 
     @property
     def endpoint(self) -> str:
@@ -110,6 +113,9 @@ class _Runner:
         body = json.dumps(
             self.prompts.body(cfg.kind, cfg.model, p.prompt_tokens, p.max_tokens, p.index)
         ).encode()
+        headers = {"Content-Type": "application/json"}
+        if cfg.request_id_prefix is not None:
+            headers["x-request-id"] = f"{cfg.request_id_prefix}{p.index}"
         if self.progress is not None:
             self.progress.sent()
         rec.sent_s = self.clock() - self.t0
@@ -117,7 +123,7 @@ class _Runner:
             async with self.session.post(
                 cfg.endpoint,
                 data=body,
-                headers={"Content-Type": "application/json"},
+                headers=headers,
                 timeout=self.timeout,
             ) as resp:
                 rec.status = resp.status
