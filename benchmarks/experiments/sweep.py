@@ -1,6 +1,6 @@
 """``lpu-bench sweep``: run the experiments and write their index.
 
-    lpu-bench sweep                          # all seven, full length (~20 min on 2 cores)
+    lpu-bench sweep                          # all eight, full length (~30 min on 2 cores)
     lpu-bench sweep --only 1,2 --quick       # a smoke run (CI): short, in one process
     lpu-bench sweep --index-only             # rebuild the prose and README.md from the JSON
     lpu-bench sweep --only 1 --check         # the M/D/c check: exit 1 unless every claim holds
@@ -43,6 +43,7 @@ from benchmarks.experiments import (
     exp5_batching,
     exp6_step,
     exp7_hol,
+    exp8_trace_replay,
     variable_lengths,
 )
 from benchmarks.experiments.claims import Claim, sentences
@@ -53,7 +54,8 @@ __all__ = ["EXPERIMENTS", "HELP", "configure", "execute", "interpretation", "loa
 
 HELP = "run the queueing and admission experiments; write tables, plots and an index"
 EXPERIMENTS: tuple[ModuleType, ...] = (exp1_queueing, exp2_admission, exp3_rejection,
-                                       exp4_burstiness, exp5_batching, exp6_step, exp7_hol)
+                                       exp4_burstiness, exp5_batching, exp6_step, exp7_hol,
+                                       exp8_trace_replay)
 DEFAULT_OUT = Path("benchmarks/results")
 
 Docs = Mapping[str, Mapping[str, Any]]
@@ -80,6 +82,7 @@ _BULLETS: tuple[tuple[str, Callable[[Docs], list[Claim]]], ...] = (
     ("Batching windows and compiled shapes (experiments 5 and 7)",
      _claims_of(exp5_batching, exp7_hol)),
     ("Burstiness (experiment 4)", _claims_of(exp4_burstiness)),
+    ("Spill on a real trace (experiment 8)", _claims_of(exp8_trace_replay)),
 )
 
 

@@ -24,6 +24,7 @@ _FINITE = {
     "exp5_batching": ("p50", "p99", "pred_p99"),
     "exp6_step": ("offered_rps", "admitted_rps", "rejected_share"),
     "exp7_hol": ("short_p99", "long_p99"),
+    "exp8_trace_replay": ("offered_rps", "goodput_rps", "p99_ttft_s"),
 }
 
 
