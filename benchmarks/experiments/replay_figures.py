@@ -22,7 +22,8 @@ Per home bucket (its *own traffic*):
   how busy the machine was); ``late_client``: completions later than the SLO at the client;
 * ``spilled_to``: requests of this home bucket served by each larger bucket;
 * ``timed_out``: admitted requests still streaming at the run's drain deadline (cancelled by
-  the client); ``failed``: any other answer or error.
+  the client); ``failed``: any other answer or error (``failed_by_status``: their HTTP
+  statuses, ``"0"`` for no answer).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def arm_figures(planned: Sequence[PlannedRequest], records: Sequence[RequestReco
     per: dict[str, dict[str, Any]] = {
         b: {"offered": 0, "refused": 0, "admitted": 0, "completed": 0, "met": 0, "own_met": 0,
             "met_schedule": 0, "violations": 0, "late_client": 0, "failed": 0,
-            "timed_out": 0,
+            "timed_out": 0, "failed_by_status": {},
             "spilled_to": {o: 0 for o in buckets[i + 1:]}, "_ttft": []}
         for i, b in enumerate(buckets)}
     for p, r in zip(planned, records, strict=True):
@@ -114,7 +115,12 @@ def arm_figures(planned: Sequence[PlannedRequest], records: Sequence[RequestReco
             f["refused"] += 1
             continue
         if r.status != 200:
-            f["timed_out" if r.outcome == ClientOutcome.TIMED_OUT else "failed"] += 1
+            if r.outcome == ClientOutcome.TIMED_OUT:
+                f["timed_out"] += 1
+            else:
+                f["failed"] += 1
+                key = str(r.status)
+                f["failed_by_status"][key] = f["failed_by_status"].get(key, 0) + 1
             continue
         f["admitted"] += 1
         slo = slo_s[home]

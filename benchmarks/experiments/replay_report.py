@@ -125,7 +125,7 @@ def claims(data: Mapping[str, Any]) -> list[Claim]:
                      f"{v['spill']} violations with spill, {v['no_spill']} without"))
     losses = {name: 1.0 - _ratio(f["goodput_rps"], nospill["buckets"][name]["goodput_rps"])
               for name, f in spill["buckets"].items()}
-    shown = [f"{n} {pct(-x) if x < 0 else '-' + pct(x)}" for n, x in losses.items() if finite(x)]
+    shown = [f"{n} {-x:+.1%}" for n, x in losses.items() if finite(x)]
     out.append(Claim(texts[2], bool(shown) and all(x <= OWN_LOSS for x in losses.values()
                                                    if finite(x)),
                      "own-traffic goodput change with spill: " + ", ".join(shown)))
@@ -211,6 +211,7 @@ def plot(data: Mapping[str, Any]) -> Any:
             ax.set_ylabel(label)
             ax.grid(True, axis="y", alpha=0.3)
             ax.legend(fontsize=8)
+        axes[1][col].set_ylim(bottom=0.0)
         axes[0][col].set_title(f"{rep['label']}: trace x{rep['load']:.1f},"
                                f" durations x{rep['scale']:g}")
     fig.suptitle("Azure LLM trace 2023 (code, CC-BY) through router + emulators;"
