@@ -12,7 +12,9 @@ Layout (:data:`LAYOUT`): one model at two compiled shapes, ``short`` = ``llama-3
 (8 slots, 80 ms prefill) and ``medium`` = ``llama-3.1-8b-8k`` (8 slots, 190 ms prefill), one
 replica each, TTFT SLO 4x each shape's prefill (the issue's setting). Why these two: every
 request of the trace fits 8K (the longest prompt is 7,437 tokens) and 62% fit 2K, so a 32K
-shape would take no traffic.
+shape would take no traffic. (The planner's own recommendation for the trace at 1x is one 8K
+replica, where spill has nothing to do; its simulator predicts this layout instead:
+:func:`prediction`.)
 
 Speeds. ``load`` is the trace's arrival rate relative to the artifacts' own timings: at 1x the
 replay is the trace as it happened; at ``2x`` (:func:`overload_factor`) the arrivals are
@@ -158,7 +160,7 @@ def busiest_window(trace: Trace, length_s: float) -> float:
 def typical_window(trace: Trace, length_s: float) -> float:
     """Start (trace seconds) of the first ``length_s`` window whose arrivals are nearest the
     hour's mean rate (the trace is bursty at the scale of minutes: 63 requests in its first
-    3 minutes, 838 in the next)."""
+    3 minutes, 848 in the next 3)."""
     counts = _window_counts(trace, length_s)
     counts[trace.at_s + length_s > trace.at_s[-1]] = -1  # windows that run past the end
     return float(trace.at_s[int(np.argmin(np.abs(counts - trace.rate_rps * length_s)))])
