@@ -140,6 +140,12 @@ def markdown(doc: Mapping[str, Any]) -> str:
                 f" {_f(one['cpu_ms_per_request'], '.3f')} -> {_f(two['cpu_ms_per_request'], '.3f')}"
                 f" ms ({_f(wrk['cpu_ratio'], '.2f')}x); cores used"
                 f" {_f(one['cpu_cores_used'], '.2f')} -> {_f(two['cpu_cores_used'], '.2f')}"]
+        rounds = wrk.get("rounds")
+        if rounds:
+            out.append(f"- {len(rounds)} rounds, the median one above: throughput ratio "
+                       + " / ".join(_f(r["throughput_ratio"], ".2f") for r in rounds)
+                       + ", CPU per request ratio "
+                       + " / ".join(_f(r["cpu_ratio"], ".2f") for r in rounds))
         redis = doc.get("redis_cpu_ms_per_admitted")
         single = next((c for c in cells if c["routers"] == 1 and c["workers"] == 1), None)
         for label, per in (("router overhead alone (canned upstream, `--workers 2`)",
