@@ -48,7 +48,7 @@ from router.admission.bucket_state import BucketState
 from router.admission.decision import Inputs, judge
 from router.admission.priority import rule_table
 from router.admission.ratelimit import Charge, TenantLimiter
-from router.admission.settings import AdmissionSettings, PriorityRule
+from router.admission.settings import AdmissionSettings, BucketPolicy, PriorityRule
 from router.admission.spill import SPILLABLE, SpillPair, consider, soonest, spill_targets
 from router.admission.timeline import ReplicaTimeline, Reservation
 from router.metrics import RouterMetrics
@@ -207,6 +207,25 @@ class TimelineTicket:
                                  request=True)
 
 
+def _pick(b: BucketState, now: float, exclude: frozenset[str]
+          ) -> tuple[ReplicaTimeline | None, float, int, int]:
+    """``b``'s usable replica with the least predicted TTFT (ties: fewest in flight, then config
+    order) and that TTFT, with the bucket's queued and in-flight counts over every replica."""
+    best: ReplicaTimeline | None = None
+    best_ttft = best_load = 0.0
+    queued = in_flight = 0
+    for rep in b.replicas:
+        q, n, start = rep.poll(now)
+        queued += q
+        in_flight += n
+        if not (rep.health.up and rep.ready) or (exclude and rep.shape.url in exclude):
+            continue
+        ttft = start - now + rep.shape.prefill_s
+        if best is None or ttft < best_ttft or (ttft == best_ttft and n < best_load):
+            best, best_ttft, best_load = rep, ttft, n
+    return best, best_ttft, queued, in_flight
+
+
 class TimelineAdmitter:
     """Admission from exact per-replica timelines. See the module docstring."""
 
@@ -241,18 +260,7 @@ class TimelineAdmitter:
         rule = self._rules[req.priority]
         s = self.settings
         limiter = self._tenants.get(req.tenant) if req.tenant is not None else None
-        best: ReplicaTimeline | None = None
-        best_ttft = best_load = 0.0
-        queued = in_flight = 0
-        for rep in b.replicas:
-            q, n, start = rep.poll(now)
-            queued += q
-            in_flight += n
-            if not (rep.health.up and rep.ready) or (exclude and rep.shape.url in exclude):
-                continue
-            ttft = start - now + rep.shape.prefill_s
-            if best is None or ttft < best_ttft or (ttft == best_ttft and n < best_load):
-                best, best_ttft, best_load = rep, ttft, n
+        best, best_ttft, queued, in_flight = _pick(b, now, exclude)
         if best is None:
             why = "every healthy replica" if exclude else "no healthy replica"
             return self._refuse(b, req, Refused(
@@ -265,27 +273,8 @@ class TimelineAdmitter:
                 reason, retry, message = over
                 return self._refuse(b, req, Refused(
                     reason, message, max(retry, s.min_retry_after_s)))
-        shape = best.shape
-        wait = best_ttft - shape.prefill_s
-        b.decided_at = now
-        margin = b.margin.value
-        if wait > margin:
-            util, util_age = b.utilization(now), now - b.utilization_at
-        else:
-            # The rule reads utilization only while a queue forms (the guard, and a refusal's
-            # retry when it is sooner than the wait, which it then cannot be); measuring it
-            # was the largest part of a light-load decision.
-            util, util_age = math.nan, 0.0
-        # Positional, in the field order of Inputs: seventeen keywords cost more than the rule.
-        terms = judge(Inputs(
-            b.policy, rule, wait, shape.timings,  # policy, rule, wait_s, timings
-            req.max_tokens, b.lengths.reserve_tokens(req.max_tokens),  # max_, reserve_tokens
-            req.wait_budget_s, queued, in_flight,  # wait_budget_s, queued, in_flight
-            util,  # utilization
-            b.next_queue_exit_s, b.next_slot_exit_s,  # from decided_at
-            margin, s.utilization_window_s, s.min_retry_after_s,  # margin_s, window_s, min_retry
-            req.elapsed_s, util_age,  # elapsed_s, utilization_age_s
-        ))
+        wait = best_ttft - best.shape.prefill_s
+        terms = self._judge(b, b.policy, rule, req, best, wait, queued, in_flight, now)
         if isinstance(terms, Refused):
             pairs = self._spill[b.policy.name]
             if pairs and terms.reason in SPILLABLE:
@@ -324,37 +313,16 @@ class TimelineAdmitter:
         by: str | None = None
         """The candidate whose retry is sooner than the origin's, if any."""
         need = req.need_tokens or req.prompt_tokens
-        s = self.settings
         for pair in pairs:
             t = self._buckets[pair.target.name]
             if consider(pair, need, req.max_tokens, t.utilization(now),
                         t.spilled_in_flight) is not None:
                 continue
-            best: ReplicaTimeline | None = None
-            best_ttft = best_load = 0.0
-            queued = in_flight = 0
-            for rep in t.replicas:
-                q, n, start = rep.poll(now)
-                queued += q
-                in_flight += n
-                if not (rep.health.up and rep.ready) or (exclude and rep.shape.url in exclude):
-                    continue
-                ttft = start - now + rep.shape.prefill_s
-                if best is None or ttft < best_ttft or (ttft == best_ttft and n < best_load):
-                    best, best_ttft, best_load = rep, ttft, n
+            best, best_ttft, queued, in_flight = _pick(t, now, exclude)
             if best is None:
                 continue
             wait = best_ttft - best.shape.prefill_s
-            t.decided_at = now
-            terms = judge(Inputs(
-                pair.policy, rule, wait, best.shape.timings,
-                req.max_tokens, t.lengths.reserve_tokens(req.max_tokens),
-                req.wait_budget_s, queued, in_flight,
-                t.utilization(now),
-                t.next_queue_exit_s, t.next_slot_exit_s,
-                t.margin.value, s.utilization_window_s, s.min_retry_after_s,
-                req.elapsed_s, now - t.utilization_at,
-            ))
+            terms = self._judge(t, pair.policy, rule, req, best, wait, queued, in_flight, now)
             if isinstance(terms, Refused):
                 sooner = soonest(retry, terms.retry_after_s)
                 if sooner is not retry:
@@ -367,6 +335,32 @@ class TimelineAdmitter:
             refused.message = f"{head}; retry in {retry:.3f} s (in bucket '{by}')"
             refused.retry_after_s = retry
         return self._refuse(origin, req, refused)
+
+    def _judge(self, b: BucketState, policy: BucketPolicy, rule: PriorityRule,
+               req: AdmissionRequest, best: ReplicaTimeline, wait: float, queued: int,
+               in_flight: int, now: float) -> Terms | Refused:
+        """The pure rule on ``b``'s state for a request that would wait ``wait`` on ``best``,
+        under ``policy`` (``b``'s own, or a spill pair's: the request's SLOs, ``b``'s caps)."""
+        s = self.settings
+        b.decided_at = now
+        margin = b.margin.value
+        if wait > margin:
+            util, util_age = b.utilization(now), now - b.utilization_at
+        else:
+            # The rule reads utilization only while a queue forms (the guard, and a refusal's
+            # retry when it is sooner than the wait, which it then cannot be); measuring it
+            # was the largest part of a light-load decision.
+            util, util_age = math.nan, 0.0
+        # Positional, in the field order of Inputs: seventeen keywords cost more than the rule.
+        return judge(Inputs(
+            policy, rule, wait, best.shape.timings,  # policy, rule, wait_s, timings
+            req.max_tokens, b.lengths.reserve_tokens(req.max_tokens),  # max_, reserve_tokens
+            req.wait_budget_s, queued, in_flight,  # wait_budget_s, queued, in_flight
+            util,  # utilization
+            b.next_queue_exit_s, b.next_slot_exit_s,  # from decided_at
+            margin, s.utilization_window_s, s.min_retry_after_s,  # margin_s, window_s, min_retry
+            req.elapsed_s, util_age,  # elapsed_s, utilization_age_s
+        ))
 
     @staticmethod
     def _refuse(b: BucketState, req: AdmissionRequest, refused: Refused) -> Refused:
