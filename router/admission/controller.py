@@ -149,13 +149,20 @@ class TimelineTicket:
                                               math.nextafter(self._decided_at, math.inf))
         owner.schedule_counts[_MERGED if merged else _SKIPPED].inc()
 
-    def finish(self, outcome: Outcome, completion_tokens: int | None = None) -> None:
-        """End the request (idempotent): free the slot now, learn the output length."""
+    def _end(self) -> bool:
+        """Mark the ticket ended, once (a spilled one leaves its bucket's spilled count); False
+        when it already was."""
         if self._ended:
-            return
+            return False
         self._ended = True
         if self._spilled:
             self._bucket.spilled_in_flight -= 1
+        return True
+
+    def finish(self, outcome: Outcome, completion_tokens: int | None = None) -> None:
+        """End the request (idempotent): free the slot now, learn the output length."""
+        if not self._end():
+            return
         now = self._owner.clock()
         b, rep, r = self._bucket, self._replica, self._res
         rep.advance(now)
@@ -175,11 +182,8 @@ class TimelineTicket:
         ``now + reported - prefill`` (raised as its floor). The reservation is dropped and the
         tenant's charge refunded; a later ``finish`` is a no-op."""
         reported_ttft_s = predicted_ttft_s
-        if self._ended:
+        if not self._end():
             return
-        self._ended = True
-        if self._spilled:
-            self._bucket.spilled_in_flight -= 1
         now = self._owner.clock()
         rep = self._replica
         rep.refused(self._res, now + reported_ttft_s - rep.shape.prefill_s, now)
@@ -190,11 +194,8 @@ class TimelineTicket:
         """End the request as never admitted, refused for ``reason`` after the decision (the
         shared limits store said over): the reservation is dropped, nothing is learned, the
         tenant's charge is refunded. Idempotent; a no-op after ``finish``."""
-        if self._ended:
+        if not self._end():
             return
-        self._ended = True
-        if self._spilled:
-            self._bucket.spilled_in_flight -= 1
         now = self._owner.clock()
         self._replica.advance(now)
         self._replica.release(self._res, now)
