@@ -23,6 +23,11 @@ artifact duration by ``scale`` (the emulators' ``time_scale``; the router's buck
 scaled shape) and divides the trace's gaps by ``load / scale``, so its wall time is the trace
 window's length times ``scale / load``. Every figure is reported in model time (the artifacts'
 own seconds), so the speeds read in the same units.
+
+The issue's own scenario (``10x``, full run only): the trace at 10x its rate through the demo's
+layout (:data:`DEMO_LAYOUT`: short 2K / medium 8K / long 32K, one replica each, the same SLO
+rule), the setting of the issue's "Why" paragraph, with the same arms. Its window is the
+trace's busiest :data:`ISSUE_WINDOW_S` at scale 1 (:func:`replays` says why).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from router.buckets import BucketTable
 from router.config import RouterConfig, parse_config
 from router.errors import Rejection
 
-__all__ = ["ARMS", "LAYOUT", "NAME", "TITLE", "TRACE", "ArmRun", "Replay", "claims",
+__all__ = ["ARMS", "DEMO_LAYOUT", "LAYOUT", "NAME", "TITLE", "TRACE", "ArmRun", "Replay", "claims",
            "overload_factor", "replay_arm", "replays", "run", "summarize"]
 
 NAME = "exp8_trace_replay"
@@ -63,9 +68,15 @@ TITLE = "8. Trace replay: spill to a larger shape on a real trace"
 TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "azure_llm_2023_code.csv"
 CITATION = ("Azure LLM inference trace 2023 (code), Azure Public Dataset, CC-BY; Patel et al.,"
             " \"Splitwise: Efficient generative LLM inference using phase splitting\", ISCA 2024")
-LAYOUT: tuple[tuple[str, str, int], ...] = (("short", "llama-3.1-8b-2k", 1),
-                                            ("medium", "llama-3.1-8b-8k", 1))
+Layout = tuple[tuple[str, str, int], ...]
 """(bucket, artifact, replicas), smallest shape first."""
+LAYOUT: Layout = (("short", "llama-3.1-8b-2k", 1), ("medium", "llama-3.1-8b-8k", 1))
+DEMO_LAYOUT: Layout = (*LAYOUT, ("long", "llama-3.1-8b-32k", 1))
+"""The demo's layout (``lpu_demo.stack``), the issue's scenario."""
+ISSUE_LOAD = 10.0
+"""The issue's scenario: the trace at this multiple of its rate."""
+ISSUE_WINDOW_S = 600.0
+"""The issue's scenario replays the trace's busiest window of this length (trace seconds)."""
 SLO_PREFILLS = 4.0
 """Each bucket's TTFT SLO in multiples of its prefill."""
 ARMS = ("spill", "no_spill", "off")
@@ -87,6 +98,9 @@ class Replay:
     scale: float
     start_s: float
     length_s: float
+    layout: Layout = LAYOUT
+    issue: bool = False
+    """The issue's own scenario (module docstring), not one of the speeds of :data:`LAYOUT`."""
 
     @property
     def compression(self) -> float:
@@ -107,23 +121,23 @@ class ArmRun:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def artifacts(scale: float = 1.0) -> list[tuple[str, Artifact, int]]:
-    return [(b, builtin_artifact(a).scaled(scale), r) for b, a, r in LAYOUT]
+def artifacts(scale: float = 1.0, layout: Layout = LAYOUT) -> list[tuple[str, Artifact, int]]:
+    return [(b, builtin_artifact(a).scaled(scale), r) for b, a, r in layout]
 
 
-def slo_s() -> dict[str, float]:
+def slo_s(layout: Layout = LAYOUT) -> dict[str, float]:
     """Each bucket's TTFT SLO, model time."""
-    return {b: SLO_PREFILLS * art.prefill_s for b, art, _ in artifacts()}
+    return {b: SLO_PREFILLS * art.prefill_s for b, art, _ in artifacts(1.0, layout)}
 
 
-def _table() -> BucketTable:
-    """The router's own placement for :data:`LAYOUT` (estimated counts: the router's margin)."""
-    return BucketTable(_config("off", 1.0).buckets, margin=ESTIMATE_UNDERCOUNT_MARGIN)
+def _table(layout: Layout) -> BucketTable:
+    """The router's own placement for ``layout`` (estimated counts: the router's margin)."""
+    return BucketTable(_config("off", 1.0, layout).buckets, margin=ESTIMATE_UNDERCOUNT_MARGIN)
 
 
-def home_buckets(trace: Trace) -> list[str | None]:
+def home_buckets(trace: Trace, layout: Layout = LAYOUT) -> list[str | None]:
     """The bucket the router places each request in (None: no bucket fits it)."""
-    table, model = _table(), artifacts()[0][1].model
+    table, model = _table(layout), artifacts(1.0, layout)[0][1].model
     out: list[str | None] = []
     for p, o in zip(trace.prompt_tokens.tolist(), trace.output_tokens.tolist(), strict=True):
         try:
@@ -172,12 +186,21 @@ def replays(trace: Trace, homes: Sequence[str | None], quick: bool) -> list[Repl
     and a smaller scale puts the SLOs within the machine's own jitter), and 2x overload on the
     whole hour at scale 1 (under a minute). Quick: 2x on a 3-minute window of the hour's
     mean rate (:func:`typical_window`) at scale 4 (fewer requests per wall second for one
-    event loop)."""
+    event loop).
+
+    The full run adds the issue's scenario: 10x through :data:`DEMO_LAYOUT` on the trace's
+    busiest :data:`ISSUE_WINDOW_S` at scale 1 (60 s of wall time per arm). Why that window:
+    the whole hour at 10x would take 344 s per arm; at 10x the hour's mean offers about a
+    seventh of the slots the 2x overload does, so the refusals the issue describes come from
+    the trace's bursts, and the busiest 10 minutes hold the biggest (minutes 3-6). Scale 1
+    keeps every SLO at the artifacts' own value, well above the machine's jitter."""
     over = overload_factor(trace, homes)
     if quick:
         return [Replay(f"{OVERLOAD:g}x", over, 4.0, typical_window(trace, 180.0), 180.0)]
     return [Replay("1x", 1.0, 0.25, busiest_window(trace, 240.0), 240.0),
-            Replay(f"{OVERLOAD:g}x", over, 1.0, 0.0, trace.duration_s + 1e-6)]
+            Replay(f"{OVERLOAD:g}x", over, 1.0, 0.0, trace.duration_s + 1e-6),
+            Replay(f"{ISSUE_LOAD:g}x", ISSUE_LOAD, 1.0, busiest_window(trace, ISSUE_WINDOW_S),
+                   ISSUE_WINDOW_S, DEMO_LAYOUT, issue=True)]
 
 
 def plan_window(trace: Trace, homes: Sequence[str | None], replay: Replay
@@ -194,12 +217,13 @@ def plan_window(trace: Trace, homes: Sequence[str | None], replay: Replay
     return out
 
 
-def _pools(arm: str, scale: float) -> list[Pool]:
-    options = {b: {"ttft_slo_s": SLO_PREFILLS * art.prefill_s} for b, art, _ in artifacts(scale)}
+def _pools(arm: str, scale: float, layout: Layout = LAYOUT) -> list[Pool]:
+    arts = artifacts(scale, layout)
+    options = {b: {"ttft_slo_s": SLO_PREFILLS * art.prefill_s} for b, art, _ in arts}
     if arm != "off":
         for o in options.values():
             o["spill"] = arm == "spill"
-    return [Pool(b, art, r, options[b]) for b, art, r in artifacts(scale)]
+    return [Pool(b, art, r, options[b]) for b, art, r in arts]
 
 
 async def _poll(backends: Mapping[str, list[str]], polls: list[tuple[str, list[Any]]],
@@ -235,13 +259,13 @@ async def replay_arm(cfg: SweepConfig, arm: str, replay: Replay,
                      planned: list[PlannedRequest]) -> ArmRun:
     """Run ``planned`` through router + emulators configured for ``arm``; the figures of
     :func:`replay_figures.arm_figures` are in the result."""
-    pools = _pools(arm, replay.scale)
+    pools = _pools(arm, replay.scale, replay.layout)
     admission = {"mode": "off"} if arm == "off" else {"mode": "timeline"}
     prefix = f"x8-{arm}-{replay.label}-"
     polls: list[tuple[str, list[Any]]] = []
     # Long enough for the longest generation to finish after the last arrival.
     drain = 2 * replay.scale * max(SLO_PREFILLS * a.prefill_s + a.service_time(a.max_output_tokens)
-                                   for _, a, _ in artifacts())
+                                   for _, a, _ in artifacts(1.0, replay.layout))
     async with serve(cfg, pools, admission) as stack, _polling(stack.backends, polls):
         load = LoadConfig(stack.url, pools[0].artifact.model, drain_timeout_s=drain,
                           request_id_prefix=prefix)
@@ -249,16 +273,18 @@ async def replay_arm(cfg: SweepConfig, arm: str, replay: Replay,
     served = replay_figures.merge_schedules(polls)
     run = ArmRun(arm, replay, planned, result.records, served, prefix)
     run.figures = replay_figures.arm_figures(
-        planned, result.records, served, prefix=prefix, buckets=[b for b, _, _ in LAYOUT],
-        slo_s=slo_s(), scale=replay.scale, window_s=replay.length_s / replay.load)
+        planned, result.records, served, prefix=prefix,
+        buckets=[b for b, _, _ in replay.layout], slo_s=slo_s(replay.layout), scale=replay.scale,
+        window_s=replay.length_s / replay.load,
+        slots={b: a.slots * r for b, a, r in artifacts(1.0, replay.layout)})
     run.figures["ended_once_problems"] = replay_figures.ended_once_problems(
         planned, result.records, served, prefix)[:20]
     return run
 
 
-def _config(arm: str, scale: float) -> RouterConfig:
+def _config(arm: str, scale: float, layout: Layout = LAYOUT) -> RouterConfig:
     """The router config of ``arm`` with placeholder backend URLs (for the planner)."""
-    pools = _pools(arm, scale)
+    pools = _pools(arm, scale, layout)
     urls = {p.name: [f"http://127.0.0.1:{9100 + 10 * i + j}" for j in range(p.replicas)]
             for i, p in enumerate(pools)}
     admission = {"mode": "off"} if arm == "off" else {"mode": "timeline"}
@@ -274,7 +300,8 @@ def prediction(planned: Sequence[PlannedRequest], replay: Replay, arm: str) -> d
                   np.asarray([p.at_s / replay.scale for p in planned], dtype=np.float64),
                   np.asarray([p.prompt_tokens for p in planned], dtype=np.int64),
                   np.asarray([p.max_tokens for p in planned], dtype=np.int64))
-    pred = plan_replay.replay(_config(arm, 1.0), trace, margin=ESTIMATE_UNDERCOUNT_MARGIN)
+    pred = plan_replay.replay(_config(arm, 1.0, replay.layout), trace,
+                              margin=ESTIMATE_UNDERCOUNT_MARGIN)
     window = replay.length_s / replay.load
     return {"arm": arm, "goodput_rps": pred.good / window, "p99_ttft_s": pred.p99_ttft_s,
             "refused": pred.refused, "violations": pred.violations,
@@ -292,17 +319,30 @@ def summarize(data: Mapping[str, Any]) -> str:
     return replay_report.summarize(data)
 
 
+def _issue_note(rep: Mapping[str, Any], trace_s: float) -> str:
+    """How the issue's scenario differs from the other speeds (for the intro); ``trace_s``:
+    the whole trace's length."""
+    layout = ", ".join(f"{b} = {a} x{r} (TTFT SLO {rep['slo_s'][b] * 1e3:.0f} ms)"
+                       for b, a, r in rep["layout"])
+    return (f", the issue's own scenario: the demo's layout {layout}, on the trace's busiest"
+            f" {rep['length_s'] / 60:.0f} minutes (the whole trace at {rep['load']:g}x would"
+            f" take {trace_s * rep['scale'] / rep['load']:.0f} s per arm; the refusals come from"
+            " the trace's bursts, and these minutes hold its biggest)")
+
+
 async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
     t0 = time.perf_counter()
     trace = read_trace(TRACE, "azure")
     homes = home_buckets(trace)
     reps: list[dict[str, Any]] = []
     for replay in replays(trace, homes, quick):
-        planned = plan_window(trace, homes, replay)
+        own = homes if replay.layout == LAYOUT else home_buckets(trace, replay.layout)
+        planned = plan_window(trace, own, replay)
         arms = {arm: (await replay_arm(cfg, arm, replay, planned)).figures for arm in ARMS}
         reps.append({"label": replay.label, "load": replay.load, "scale": replay.scale,
                      "start_s": replay.start_s, "length_s": replay.length_s,
-                     "requests": len(planned), "arms": arms,
+                     "layout": [list(x) for x in replay.layout], "issue_scenario": replay.issue,
+                     "slo_s": slo_s(replay.layout), "requests": len(planned), "arms": arms,
                      "prediction": prediction(planned, replay, "spill"),
                      "prediction_no_spill": prediction(planned, replay, "no_spill")})
     unplaced = sum(h is None for h in homes)
@@ -317,6 +357,7 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
         f"{r['label']}: trace seconds {r['start_s']:.0f} to {r['start_s'] + r['length_s']:.0f}"
         f" ({r['requests']} requests) at {r['load']:.1f}x the trace's rate, artifact durations"
         f" x{r['scale']:g}, so {r['length_s'] * r['scale'] / r['load']:.0f} s of wall time"
+        + (_issue_note(r, trace.duration_s) if r["issue_scenario"] else "")
         for r in reps)
     intro = (
         f"Replay of the {CITATION} ({len(trace)} requests over {trace.duration_s / 60:.0f}"

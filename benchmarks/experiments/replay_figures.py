@@ -24,6 +24,10 @@ Per home bucket (its *own traffic*):
 * ``timed_out``: admitted requests still streaming at the run's drain deadline (cancelled by
   the client); ``failed``: any other answer or error (``failed_by_status``: their HTTP
   statuses, ``"0"`` for no answer).
+
+Per served bucket, ``utilization``: the slot-seconds its recorded schedule kept busy (each
+entry's ``start`` to ``end``, whoever's traffic it was) over its slots times the replayed
+window, as the planner's simulator defines it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import numpy as np
 from benchmarks.records import ClientOutcome, RequestRecord
 from benchmarks.workload import PlannedRequest
 
-__all__ = ["Served", "arm_figures", "ended_once_problems", "merge_schedules"]
+__all__ = ["Served", "arm_figures", "ended_once_problems", "merge_schedules", "utilization"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,10 @@ class Served:
     arrival: float
     first_token: float
     state: str
+    start: float | None = None
+    """When it took a slot (None: not read)."""
+    end: float | None = None
+    """When its slot freed (None: not read)."""
 
     @property
     def ttft_s(self) -> float:
@@ -65,8 +73,9 @@ def merge_schedules(polls: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
     for bucket, entries in polls:
         for e in entries:
             rid, arrival = str(e["request_id"]), float(e["arrival"])
-            latest[(bucket, rid, arrival)] = Served(bucket, arrival, float(e["first_token"]),
-                                                    str(e["state"]))
+            latest[(bucket, rid, arrival)] = Served(
+                bucket, arrival, float(e["first_token"]), str(e["state"]),
+                _seconds(e.get("start")), _seconds(e.get("end")))
     out: dict[str, list[Served]] = {}
     for (_, rid, _), s in latest.items():
         out.setdefault(rid, []).append(s)
@@ -91,15 +100,38 @@ def ended_once_problems(planned: Sequence[PlannedRequest], records: Sequence[Req
     return problems
 
 
+def _seconds(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) else None
+
+
+def utilization(served: Mapping[str, Sequence[Served]], *, prefix: str,
+                slots: Mapping[str, int], scale: float, window_s: float) -> dict[str, float]:
+    """Per served bucket: busy slot-seconds of the run's requests (ids starting ``prefix``)
+    over ``slots[bucket]`` x ``window_s``, model time (``scale``: the run's time scale).
+    Entries without both times count nothing."""
+    busy = dict.fromkeys(slots, 0.0)
+    for rid, entries in served.items():
+        if not rid.startswith(prefix):
+            continue
+        for e in entries:
+            if e.bucket in busy and e.start is not None and e.end is not None:
+                busy[e.bucket] += max(e.end - e.start, 0.0) / scale
+    return {b: busy[b] / (n * window_s) if n and window_s > 0 else math.nan
+            for b, n in slots.items()}
+
+
 def _p99(values: list[float]) -> float:
     return float(np.percentile(values, 99)) if values else math.nan
 
 
 def arm_figures(planned: Sequence[PlannedRequest], records: Sequence[RequestRecord],
                 served: Mapping[str, Sequence[Served]], *, prefix: str, buckets: Sequence[str],
-                slo_s: Mapping[str, float], scale: float, window_s: float) -> dict[str, Any]:
+                slo_s: Mapping[str, float], scale: float, window_s: float,
+                slots: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Figures of one arm, per home bucket and for all (module docstring). ``slo_s``: each
-    bucket's TTFT SLO in model time; ``window_s``: the replayed window in model time."""
+    bucket's TTFT SLO in model time; ``window_s``: the replayed window in model time;
+    ``slots``: each bucket's slots over its replicas (given: the figures hold
+    ``utilization``)."""
     per: dict[str, dict[str, Any]] = {
         b: {"offered": 0, "refused": 0, "admitted": 0, "completed": 0, "met": 0, "own_met": 0,
             "met_schedule": 0, "violations": 0, "late_client": 0, "failed": 0,
@@ -158,4 +190,8 @@ def arm_figures(planned: Sequence[PlannedRequest], records: Sequence[RequestReco
     total["schedule_goodput_rps"] = total["met_schedule"] / window_s
     total["offered_rps"] = total["offered"] / window_s
     total["p99_ttft_s"] = _p99(every)
-    return {"buckets": per, "total": total}
+    out: dict[str, Any] = {"buckets": per, "total": total}
+    if slots is not None:
+        out["utilization"] = utilization(served, prefix=prefix, slots=slots, scale=scale,
+                                         window_s=window_s)
+    return out

@@ -5,7 +5,9 @@ committed numbers). Part of experiment 8, not an experiment of its own.
 The mapping: ``config`` (layout, SLOs, the trace and its citation) and ``replays``, one per
 speed, each ``{"label", "load", "scale", "start_s", "length_s", "arms": {arm: figures},
 "prediction": {...} | None}`` with the figures of
-:func:`benchmarks.experiments.replay_figures.arm_figures`.
+:func:`benchmarks.experiments.replay_figures.arm_figures`. A replay with ``issue_scenario``
+true is the issue's own scenario (its own ``layout`` and ``slo_s``): it is checked on its own
+(:func:`issue_claims`), never taken for the overload.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from benchmarks.experiments.claims import (
 )
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table, plt
 
-__all__ = ["claims", "overloaded", "plot", "points", "summarize", "table"]
+__all__ = ["claims", "issue_claims", "issue_scenario", "overloaded", "plot", "points",
+           "summarize", "table"]
 
 ARMS = ("spill", "no_spill", "off")
 SPILL_GAIN = 1.2
@@ -35,9 +38,16 @@ PLANNER_TOLERANCE = 0.10
 
 
 def overloaded(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The replay at the highest load above 1x (None: the run has none)."""
-    over = [r for r in data.get("replays") or [] if finite(r.get("load")) and r["load"] > 1.0]
+    """The replay at the highest load above 1x, of the experiment's own layout (None: the run
+    has none)."""
+    over = [r for r in data.get("replays") or [] if finite(r.get("load")) and r["load"] > 1.0
+            and not r.get("issue_scenario")]
     return max(over, key=lambda r: r["load"]) if over else None
+
+
+def issue_scenario(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The issue's own scenario (None: the run has none, as the quick one)."""
+    return next((r for r in data.get("replays") or [] if r.get("issue_scenario")), None)
 
 
 def _ratio(a: Any, b: Any) -> float:
@@ -90,6 +100,18 @@ def table(data: Mapping[str, Any]) -> str:
              for rep in data.get("replays") or []
              for key in ("prediction", "prediction_no_spill")
              if (p := rep.get(key)) and (arm := p.get("arm")) in rep["arms"]]
+    util = [[rep["label"], arm, name, pct(u),
+             pct(((rep.get(key) or {}).get("buckets") or {}).get(name, {}).get("utilization"))]
+            for rep in data.get("replays") or []
+            for arm, key in (("spill", "prediction"), ("no_spill", "prediction_no_spill"),
+                             ("off", ""))
+            if arm in rep["arms"]
+            for name, u in (rep["arms"][arm].get("utilization") or {}).items()]
+    if util:
+        out += ("\nUtilization per served bucket (busy slot-seconds on the recorded schedule over"
+                " its slots times the window, whoever's traffic; above 100%: work admitted in the"
+                " window ran past its end; the planner's simulator beside it):\n\n"
+                + md_table(["speed", "arm", "bucket", "utilization", "predicted"], util))
     if preds:
         out += ("\nThe planner's simulator (`benchmarks.plan_replay`: the router's admission code"
                 " on a virtual clock) on the same arrivals, against the measurement:\n\n"
@@ -102,9 +124,8 @@ def table(data: Mapping[str, Any]) -> str:
 
 
 def claims(data: Mapping[str, Any]) -> list[Claim]:
-    """What the issue requires shown at ~2x overload, each checked on the run's numbers."""
-    rep = overloaded(data)
-    out: list[Claim] = []
+    """What the issue requires shown at ~2x overload, each checked on the run's numbers, then
+    the same checks on the issue's own scenario when the run has it (:func:`issue_claims`)."""
     texts = (f"at the overload, goodput with spill is at least {SPILL_GAIN:g}x goodput without",
              "the timeline rule's admitted requests meet their SLO on the recorded schedules"
              " (with and without spill)",
@@ -112,6 +133,28 @@ def claims(data: Mapping[str, Any]) -> list[Claim]:
              " spilled work",
              f"the planner's predicted goodput and p99 TTFT are within"
              f" {pct(PLANNER_TOLERANCE)} of the measured replay")
+    return [*_checks(overloaded(data), texts), *issue_claims(data)]
+
+
+def issue_claims(data: Mapping[str, Any]) -> list[Claim]:
+    """The checks of :func:`claims` on the issue's own scenario ([]: the run has none)."""
+    rep = issue_scenario(data)
+    if rep is None:
+        return []
+    head = f"in the issue's own scenario ({rep['label']} through the demo's layout)"
+    texts = (f"{head}, goodput with spill is at least {SPILL_GAIN:g}x goodput without",
+             f"{head}, the timeline rule's admitted requests meet their SLO on the recorded"
+             " schedules (with and without spill)",
+             f"{head}, no bucket's own traffic loses more than {pct(OWN_LOSS)} of its goodput"
+             " to spilled work",
+             f"{head}, the planner's predicted goodput and p99 TTFT are within"
+             f" {pct(PLANNER_TOLERANCE)} of the measured replay")
+    return _checks(rep, texts)
+
+
+def _checks(rep: Mapping[str, Any] | None, texts: Sequence[str]) -> list[Claim]:
+    """The four checks of one replay with and without spill, ``texts`` their conclusions."""
+    out: list[Claim] = []
     arms = rep["arms"] if rep is not None else {}
     spill, nospill = arms.get("spill"), arms.get("no_spill")
     if rep is None or spill is None or nospill is None:
@@ -155,7 +198,7 @@ def _arm_line(arm: str, f: Mapping[str, Any]) -> str:
 
 
 def _why_spill(rep: Mapping[str, Any] | None) -> str:
-    """How much spill had to work with at the overload, from the spill arm's figures."""
+    """How much spill had to work with in ``rep``, from the spill arm's figures."""
     fig = rep["arms"].get("spill") if rep is not None else None
     if rep is None or fig is None:
         return ""
@@ -165,12 +208,30 @@ def _why_spill(rep: Mapping[str, Any] | None) -> str:
         f = fig["buckets"][name]
         moved = sum(f["spilled_to"].values())
         larger = [fig["buckets"][n] for n in names[i + 1:]]
-        own = ", ".join(f"{n} {pct(b['refused'] / b['offered'] if b['offered'] else None)}"
+        own = ", ".join(f"{n} {pct(b['refused'] / b['offered'])}" if b["offered"]
+                        else f"{n} none (it had no traffic of its own)"
                         for n, b in zip(names[i + 1:], larger, strict=True))
         items.append(f"{name} spilled {moved} of the {f['refused'] + moved} requests it could"
                      f" not take itself, while the larger buckets refused this share of their"
                      f" own traffic: {own}")
     return listing(f"With spill at {rep['label']}", items)
+
+
+def _issue_contrast(rep: Mapping[str, Any] | None) -> str:
+    """The issue's "Why" figures measured on its scenario without spill: the smallest
+    bucket's refused share against the next bucket's utilization, each with the planner's."""
+    fig = rep["arms"].get("no_spill") if rep is not None else None
+    if rep is None or fig is None or len(fig["buckets"]) < 2:
+        return ""
+    small, nxt = list(fig["buckets"])[:2]
+    f = fig["buckets"][small]
+    pred = (rep.get("prediction_no_spill") or {}).get("buckets") or {}
+    util = (fig.get("utilization") or {}).get(nxt)
+    return (f"Without spill at {rep['label']}, the {small} bucket refused"
+            f" {pct(f['refused'] / f['offered'] if f['offered'] else None)} of its requests"
+            f" (planner: {pred.get(small, {}).get('refused', '-')} of {f['offered']}) while the"
+            f" {nxt} bucket ran at {pct(util)} utilization (planner:"
+            f" {pct(pred.get(nxt, {}).get('utilization'))}).")
 
 
 def summarize(data: Mapping[str, Any]) -> str:
@@ -180,14 +241,17 @@ def summarize(data: Mapping[str, Any]) -> str:
         offered = next(iter(rep["arms"].values()))["total"]["offered_rps"] if rep["arms"] else 0
         parts.append(listing(f"At {rep['label']} ({offered:.1f} req/s offered)",
                              [_arm_line(a, rep["arms"][a]) for a in ARMS if a in rep["arms"]]))
-    return paragraph([*parts, _why_spill(overloaded(data)), sentences(claims(data))])
+    issue = issue_scenario(data)
+    return paragraph([*parts, _why_spill(overloaded(data)), _issue_contrast(issue),
+                      _why_spill(issue), sentences(claims(data))])
 
 
 def plot(data: Mapping[str, Any]) -> Any:
-    """Goodput and refused share per home bucket, the arms side by side, one column per
-    speed; the planner's predicted total goodput as a line."""
+    """Goodput and refused share per home bucket, and utilization per served bucket, the arms
+    side by side, one column per speed; the planner's predicted total goodput as a line, its
+    predicted utilization as markers."""
     reps = list(data.get("replays") or [])
-    fig, axes = plt.subplots(2, max(len(reps), 1), figsize=(6.5 * max(len(reps), 1), 7.5),
+    fig, axes = plt.subplots(3, max(len(reps), 1), figsize=(6.5 * max(len(reps), 1), 11),
                              squeeze=False)
     for col, rep in enumerate(reps):
         names = [*next(iter(rep["arms"].values()))["buckets"], "all"]
@@ -200,19 +264,32 @@ def plot(data: Mapping[str, Any]) -> Any:
                              color=f"C{i}")
             axes[1][col].bar(x, [100 * r["refused"] / r["offered"] if r["offered"] else 0
                                  for r in rows], width, label=arm, color=f"C{i}")
+            util = f.get("utilization") or {}
+            axes[2][col].bar(x[:-1], [100 * util.get(n, math.nan) for n in names[:-1]], width,
+                             label=arm, color=f"C{i}")
+            pred_util = ((rep.get({"spill": "prediction", "no_spill": "prediction_no_spill"}
+                                  .get(arm, "")) or {}).get("buckets") or {})
+            if pred_util:
+                axes[2][col].plot(x[:-1], [100 * pred_util.get(n, {}).get("utilization", math.nan)
+                                           for n in names[:-1]], "k_", ms=14,
+                                  label=f"planner ({arm})" if i == 0 else None)
         pred = rep.get("prediction")
         if pred:
             axes[0][col].axhline(pred["goodput_rps"], color="grey", ls="--",
                                  label=f"planner ({pred.get('arm')}), all")
         for row, label in ((0, "goodput (SLO-meeting completions / s)"),
-                           (1, "refused (% of offered)")):
+                           (1, "refused (% of offered)"),
+                           (2, "utilization of the served bucket (% of slots)")):
             ax = axes[row][col]
-            ax.set_xticks(range(len(names)), names)
+            ticks = names if row < 2 else names[:-1]
+            ax.set_xticks(range(len(ticks)), ticks)
             ax.set_ylabel(label)
             ax.grid(True, axis="y", alpha=0.3)
             ax.legend(fontsize=8)
         axes[1][col].set_ylim(bottom=0.0)
-        axes[0][col].set_title(f"{rep['label']}: trace x{rep['load']:.1f},"
+        axes[2][col].set_ylim(0.0, 100.0)
+        layout = "demo layout, " if rep.get("issue_scenario") else ""
+        axes[0][col].set_title(f"{rep['label']}: {layout}trace x{rep['load']:.1f},"
                                f" durations x{rep['scale']:g}")
     fig.suptitle("Azure LLM trace 2023 (code, CC-BY) through router + emulators;"
                  " home bucket = smallest fitting shape")

@@ -12,6 +12,7 @@ from benchmarks.experiments.replay_figures import (
     arm_figures,
     ended_once_problems,
     merge_schedules,
+    utilization,
 )
 from benchmarks.records import ClientOutcome, RequestRecord
 from benchmarks.workload import PlannedRequest
@@ -86,3 +87,49 @@ def test_ended_once_names_a_request_on_two_schedules_and_a_refused_one_on_any() 
     assert ended_once_problems(planned, records, served, _P) == [
         "request 1 refused, yet on a schedule", "request 2 admitted, on 2 schedules"]
     assert ended_once_problems(planned, records, {"r-0": [entry], "r-2": [entry]}, _P) == []
+
+
+def _busy(bucket: str, start: float | None, end: float | None) -> Served:
+    return Served(bucket, 0.0, 0.1, "done", start, end)
+
+
+UTILIZATION_CASES = [
+    # (id, served, scale, expected per bucket; slots short 2, medium 1, window 4 s)
+    ("busy slot-seconds over slots x window", {"r-0": [_busy("short", 0.0, 2.0)]}, 1.0,
+     {"short": 0.25, "medium": 0.0}),
+    ("counted on the bucket that served it, whoever's traffic",
+     {"r-0": [_busy("medium", 1.0, 3.0)], "r-1": [_busy("medium", 3.0, 4.0)]}, 1.0,
+     {"short": 0.0, "medium": 0.75}),
+    ("scaled run: wall seconds / scale", {"r-0": [_busy("short", 0.0, 1.0)]}, 0.5,
+     {"short": 0.25, "medium": 0.0}),
+    ("another run's requests count nothing", {"x-0": [_busy("short", 0.0, 4.0)]}, 1.0,
+     {"short": 0.0, "medium": 0.0}),
+    ("an entry without its times counts nothing", {"r-0": [_busy("short", None, 2.0)]}, 1.0,
+     {"short": 0.0, "medium": 0.0}),
+]
+
+
+@pytest.mark.parametrize(("served", "scale", "want"), [c[1:] for c in UTILIZATION_CASES],
+                         ids=[c[0] for c in UTILIZATION_CASES])
+def test_utilization(served: dict[str, list[Served]], scale: float,
+                     want: dict[str, float]) -> None:
+    assert utilization(served, prefix=_P, slots={"short": 2, "medium": 1}, scale=scale,
+                       window_s=4.0) == pytest.approx(want)
+
+
+def test_arm_figures_hold_utilization_only_when_given_slots() -> None:
+    planned = [PlannedRequest(0, 0.0, 100, 10, "short")]
+    served = {f"{_P}0": [Served("medium", 0.0, 0.3, "done", 0.0, 0.5)]}
+    args: dict[str, Any] = {"prefix": _P, "buckets": ["short", "medium"], "slo_s": _SLO,
+                            "scale": 1.0, "window_s": 1.0}
+    rec = [_record(_OK, 200, 0.3)]
+    assert "utilization" not in arm_figures(planned, rec, served, **args)
+    got = arm_figures(planned, rec, served, slots={"short": 8, "medium": 1}, **args)
+    assert got["utilization"] == {"short": 0.0, "medium": 0.5}
+
+
+def test_merge_reads_each_entrys_slot_times() -> None:
+    entry = {"request_id": "r-0", "arrival": 1.0, "start": 1.1, "first_token": 1.2,
+             "end": 2.0, "state": "done"}
+    assert merge_schedules([("short", [entry])]) == {
+        "r-0": [Served("short", 1.0, 1.2, "done", 1.1, 2.0)]}
