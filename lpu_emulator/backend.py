@@ -134,13 +134,16 @@ class Backend:
         )
         seq = np.random.SeedSequence(options.seed)
         self._length_rng, self._fault_rng = (np.random.default_rng(s) for s in seq.spawn(2))
-        self._install(options.artifact.scaled(options.time_scale))
+        self._install(options.artifact.scaled(options.time_scale), options.artifact.digest)
         self.pending: Artifact | None = None
         self.ready_at = -math.inf
         self._swap_task: asyncio.Task[None] | None = None
 
-    def _install(self, artifact: Artifact) -> None:
+    def _install(self, artifact: Artifact, digest: str) -> None:
         self.artifact = artifact
+        # The digest of the artifact as compiled: the scaled copy is an emulator's
+        # detail, and the digest must match the file an operator holds.
+        self.digest = digest
         self.schedule = LiveSchedule(artifact, self._clock)
         self.series = self.metrics.child(artifact.model)
         self.fingerprint = _fingerprint(artifact)
@@ -293,14 +296,15 @@ class Backend:
         scaled = artifact.scaled(self.options.time_scale)
         self.pending = scaled
         self.ready_at = self._clock() + scaled.compile_time_s
-        self._swap_task = asyncio.get_running_loop().create_task(self._compile(scaled))
+        self._swap_task = asyncio.get_running_loop().create_task(
+            self._compile(scaled, artifact.digest))
         return scaled.compile_time_s
 
-    async def _compile(self, scaled: Artifact) -> None:
+    async def _compile(self, scaled: Artifact, digest: str) -> None:
         await asyncio.sleep(scaled.compile_time_s)
         await self.schedule.drained()
         old = self.schedule
-        self._install(scaled)
+        self._install(scaled, digest)
         self.pending = None
         old.close()
 
@@ -332,6 +336,10 @@ class Backend:
             time_scale=self.options.time_scale,
             max_seq_len=art.max_seq_len,
             max_output_tokens=art.max_output_tokens,
+            compiler_version=art.compiler_version,
+            precision=art.precision,
+            target=art.target,
+            digest=self.digest,
         )
 
     def refresh_metrics(self) -> None:

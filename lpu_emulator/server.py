@@ -129,8 +129,15 @@ def _model_entries(backend: Backend, created: int) -> list[dict[str, object]]:
             "owned_by": "lpu-emulator",
             "artifact": art.name,
             "version": art.version,
+            "compiler_version": art.compiler_version,
+            "precision": art.precision,
+            "target": art.target,
+            "digest": backend.digest,
             "max_seq_len": art.max_seq_len,
             "max_output_tokens": art.max_output_tokens,
+            "slots": art.slots,
+            "prefill_s": art.prefill_s,
+            "per_token_s": art.per_token_s,
             "ready": backend.ready,
         }
         for name in backend.model_names()

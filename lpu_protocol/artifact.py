@@ -16,6 +16,14 @@ So a request that produces ``n >= 1`` tokens occupies one slot for exactly
 written once, in :class:`Timings`; the artifact, the router's replica shape and
 the emulator's engine all hold one and ask it.
 
+An artifact's identity is its description (every field below) and a content
+digest: ``sha256:`` and the hex SHA-256 of the canonical JSON of
+:meth:`Artifact.to_dict` (keys sorted, no spaces, UTF-8). Two files that describe
+the same schedule have the same digest whatever their layout or comments; any
+change of a field (a recompile with another compiler, a new precision) changes it.
+A backend reports the digest of the artifact as compiled, before any emulator
+``time_scale``.
+
 Example::
 
     [artifact]
@@ -35,6 +43,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import tomllib
 from collections.abc import Mapping
@@ -47,6 +57,7 @@ __all__ = [
     "Artifact",
     "ArtifactError",
     "Timings",
+    "artifact_digest",
     "builtin_artifact",
     "builtin_artifact_names",
     "load_artifact",
@@ -164,6 +175,22 @@ class Artifact:
             "per_token_ms": self.per_token_s * 1e3,
             "compile_time_s": self.compile_time_s,
         }
+
+    @property
+    def digest(self) -> str:
+        """The content digest of this description (see the module docstring)."""
+        return artifact_digest(self.to_dict())
+
+
+def artifact_digest(description: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of the canonical JSON of an artifact description (:meth:`Artifact.to_dict`).
+
+    Canonical: keys sorted, ``(",", ":")`` separators, non-ASCII kept, UTF-8; floats as
+    Python's shortest round-trip repr, so the same values give the same digest everywhere.
+    """
+    text = json.dumps(dict(description), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 _STR_FIELDS = ("name", "model", "version", "compiler_version", "precision", "target")

@@ -4,7 +4,8 @@ Every backend replica is shared by all router replicas and worker processes,
 so only the backend knows the whole schedule. It reports it as JSON::
 
     {"artifact": "llama-3.1-8b-2k", "version": "2026.11.1", "model": "llama-3.1-8b-instant",
-     "ready": true, "pending_artifact": null, "ready_in_s": 0.0,
+     "compiler_version": "lpuc 0.31.2", "precision": "fp8", "target": "lpu-v1 x8",
+     "digest": "sha256:65ba...", "ready": true, "pending_artifact": null, "ready_in_s": 0.0,
      "slots": 8, "running": 8, "waiting": 3, "queue_limit": 64, "time_scale": 1.0,
      "prefill_s": 0.19, "per_token_s": 0.001786,
      "max_seq_len": 2048, "max_output_tokens": 1024,
@@ -18,7 +19,10 @@ The emulator writes the body with :meth:`LoadReport.to_mapping`, the router read
 it with :meth:`LoadReport.from_mapping`. The schedule fields (``slots`` through
 ``per_token_s``) are required; ``ready`` defaults to true; the descriptive fields
 (which artifact, the queue bound, the time scale, the shape's limits, a pending
-swap) are optional, so a backend that knows only its schedule can still answer.
+swap, the artifact's provenance and content digest) are optional, so a backend that knows
+only its schedule can still answer. ``prefill_s`` and ``per_token_s`` are the timings the
+backend declares it serves (after any emulator ``time_scale``); ``digest`` is
+:attr:`lpu_protocol.artifact.Artifact.digest` of the artifact as compiled.
 
 The same schedule, on every completion answer: :class:`ScheduleReport` is the
 ``x-lpu-schedule`` response header (:data:`lpu_protocol.headers.X_LPU_SCHEDULE`), the
@@ -72,6 +76,11 @@ class LoadReport:
     """Factor the backend multiplies every compiled duration by (emulators only)."""
     max_seq_len: int | None = None
     max_output_tokens: int | None = None
+    compiler_version: str | None = None
+    precision: str | None = None
+    target: str | None = None
+    digest: str | None = None
+    """``sha256:<hex>`` of the artifact's canonical description (see lpu_protocol.artifact)."""
 
     def to_mapping(self) -> dict[str, Any]:
         """The JSON-ready body; :meth:`from_mapping` of it gives back an equal report."""
@@ -79,6 +88,10 @@ class LoadReport:
             "artifact": self.artifact,
             "version": self.version,
             "model": self.model,
+            "compiler_version": self.compiler_version,
+            "precision": self.precision,
+            "target": self.target,
+            "digest": self.digest,
             "ready": self.ready,
             "pending_artifact": self.pending_artifact,
             "ready_in_s": self.ready_in_s,
@@ -150,6 +163,8 @@ class LoadReport:
             ready = False
         artifact, version, model = text("artifact"), text("version"), text("model")
         pending = text("pending_artifact")
+        compiler, precision = text("compiler_version"), text("precision")
+        target, digest = text("target"), text("digest")
         ready_in = maybe_seconds("ready_in_s")
         queue_limit, time_scale = maybe_count("queue_limit"), maybe_seconds("time_scale")
         max_seq_len, max_output = maybe_count("max_seq_len"), maybe_count("max_output_tokens")
@@ -160,7 +175,8 @@ class LoadReport:
         return cls(slots, running, waiting, tuple(sorted(free)), prefill, per_token, ready,
                    artifact=artifact, version=version, model=model, pending_artifact=pending,
                    ready_in_s=0.0 if ready_in is None else ready_in, queue_limit=queue_limit,
-                   time_scale=time_scale, max_seq_len=max_seq_len, max_output_tokens=max_output)
+                   time_scale=time_scale, max_seq_len=max_seq_len, max_output_tokens=max_output,
+                   compiler_version=compiler, precision=precision, target=target, digest=digest)
 
 
 MAX_SCHEDULE_SLOTS: Final = 1024

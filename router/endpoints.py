@@ -7,10 +7,12 @@
   probe): 200 while the process serves, draining included (``/readyz`` says whether to send).
 * ``GET /readyz``: 200 when not shutting down and every bucket has a backend up, else 503; the
   body gives the backends up per bucket.
-* ``GET /admin/backends``: every replica's health state; needs the admin key when any API key
-  is configured (401 without a valid key, 403 for a tenant's key, as ``/admin/buckets``). Its
-  ``worker`` field and ``x-lpu-worker`` header say which worker process answered (each has its
-  own health state: one worker's view).
+* ``GET /admin/backends``: every replica's health state, the artifact identity it last reported
+  on ``/load`` (``identity``: :class:`router.identity.ReplicaIdentity`, null before one) and
+  why its shape does not fit its bucket (``shape_mismatch``, null when it fits); needs the
+  admin key when any API key is configured (401 without a valid key, 403 for a tenant's key,
+  as ``/admin/buckets``). Its ``worker`` field and ``x-lpu-worker`` header say which worker
+  process answered (each has its own health state: one worker's view).
 * ``GET /metrics``: the Prometheus text; with worker processes, the whole pod's
   (:meth:`router.metrics.RouterMetrics.exposition`).
 """
@@ -84,7 +86,9 @@ class Endpoints:
         self._auth.check_admin(request.headers)
         rows = [
             {"bucket": r.bucket, "url": r.url, "up": r.up, "probe_ok": r.probe_ok,
-             "consecutive_failures": r.failures}
+             "consecutive_failures": r.failures,
+             "identity": None if r.identity is None else r.identity.as_json(),
+             "shape_mismatch": r.mismatch}
             for b in self._config.buckets for r in self._pool.replicas(b.name)
         ]
         return _json({"backends": rows, "worker": self._worker.as_json()},

@@ -9,7 +9,9 @@ the same way (router/probe.py: ``/load`` when the backend has an LPU one, else `
 ``/health`` or ``/v1/models``), and one check feeds two consumers:
 
 * backend health: :meth:`~router.pool.BackendPool.set_probe_url` -- up or down as the check says
-  (the pool's own rules, passive ejection after failed requests, still apply on top);
+  (the pool's own rules, passive ejection after failed requests, still apply on top), and the
+  artifact identity of a ``/load`` report: :meth:`~router.pool.BackendPool.set_identity`
+  (before the report reaches admission, so a replica of the wrong shape is never admitted to);
 * the timeline controller, when there is one and the check is ``/load``: every report (ready or
   not) goes to :meth:`~router.admission.controller.TimelineAdmitter.observe_load` for every
   bucket the URL serves, with ``sent_at`` = when the poll was sent and ``now`` = when the answer
@@ -87,6 +89,8 @@ class LoadPoller:
     async def poll(self, session: aiohttp.ClientSession, url: str) -> bool:
         """One check of ``url``, published; True when the backend is up."""
         check = await self._prober.check(session, url)
+        if check.report is not None:
+            self._pool.set_identity(url, check.report)
         if check.report is not None and self._sink is not None:
             for bucket in self._pool.buckets_of(url):
                 self._sink.observe_load(bucket, url, check.report, check.received_at,

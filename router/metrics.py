@@ -85,6 +85,11 @@ class RouterMetrics:
     limit_store_up: Gauge  # 1 while the store answers, 0 in back-off after an error
     # Worker processes (router.workers); set only when the process is one of several workers.
     worker_info: Gauge  # {worker}: 1 per live worker (and its pid, multiprocess mode "liveall")
+    # What each replica reports it serves (router.identity; set by the pool from /load).
+    backend_artifact_info: Gauge  # {bucket, backend, artifact, version, compiler, digest}: 1
+    backend_shape_mismatch: Gauge  # {bucket, backend}: 1 while the reported shape differs
+    backend_declared_seconds: Gauge  # {bucket, backend, timing}: prefill | per_token, reported
+    backend_observed_seconds: Gauge  # {bucket, backend, timing}: median of recent requests
     multiprocess_dir: str | None = None
     """The shared directory of a worker's series; None in a single process."""
     sampler: GaugeSampler | None = None
@@ -298,5 +303,26 @@ def make_metrics(registry: CollectorRegistry | None = None, *,
             p + "limit_store_up", "1 while the shared limits store answers, 0 while the router"
             " backs off after an error (pod-wide: the worst worker).", registry=reg,
             multiprocess_mode="livemin",
+        ),
+        backend_artifact_info=Gauge(
+            p + "backend_artifact_info", "1 per replica and the artifact identity it reports on"
+            " /load (a replaced identity's series is removed; with workers it reads 0).",
+            ["bucket", "backend", "artifact", "version", "compiler", "digest"], registry=reg,
+            multiprocess_mode="livemax",
+        ),
+        backend_shape_mismatch=Gauge(
+            p + "backend_shape_mismatch", "1 while the replica reports a model, max_seq_len or"
+            " max_output_tokens other than its bucket's (it is not admitted to), else 0.",
+            ["bucket", "backend"], registry=reg, multiprocess_mode="livemax",
+        ),
+        backend_declared_seconds=Gauge(
+            p + "backend_declared_seconds", "Timings the replica declares (its /load report,"
+            " else the bucket's config), by timing: prefill | per_token.",
+            ["bucket", "backend", "timing"], registry=reg, multiprocess_mode="livemax",
+        ),
+        backend_observed_seconds=Gauge(
+            p + "backend_observed_seconds", "Timings the router observes on the replica's"
+            " answers (median of recent requests), by timing: prefill | per_token.",
+            ["bucket", "backend", "timing"], registry=reg, multiprocess_mode="livemax",
         ),
     )

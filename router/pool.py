@@ -12,6 +12,12 @@ active check succeeded and it is not ejected:
   after which it is used again (recovery) unless a check says otherwise. Any success resets the
   count.
 
+Identity (:mod:`router.identity`): each ``/load`` report's artifact identity arrives through
+:meth:`BackendPool.set_identity` and is kept on the replica (``lpu_router_backend_artifact_info``,
+the declared timings in ``lpu_router_backend_declared_seconds``). A replica whose reported shape
+does not fit its bucket (:func:`router.identity.shape_mismatch`) is not up while it does not
+(``mismatch`` says why; ``lpu_router_backend_shape_mismatch`` is 1; logged once per change).
+
 Replicas start up (optimistically) and are checked at once. The pool is the one owner of
 health: admission reads each replica's :class:`Replica` (:meth:`BackendPool.replica`), never a
 copy. Every change of state is published to the ``lpu_router_backend_up`` and
@@ -27,8 +33,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from lpu_protocol.load_report import LoadReport
 from router.bucket_config import BucketConfig
 from router.config import HealthConfig
+from router.identity import ReplicaIdentity, shape_mismatch
 from router.metrics import RouterMetrics
 
 __all__ = ["BackendPool", "Replica"]
@@ -45,7 +53,11 @@ class Replica:
     """Consecutive failed requests (passive health)."""
     ejected_until: float = 0.0
     up: bool = True
-    """State last published (probe_ok and not ejected)."""
+    """State last published (probe_ok, not ejected and no shape mismatch)."""
+    identity: ReplicaIdentity | None = None
+    """What the replica last reported it serves (None: no /load report yet)."""
+    mismatch: str | None = None
+    """Why the reported shape does not fit the bucket (None: it fits or is not reported)."""
 
 
 class BackendPool:
@@ -62,9 +74,11 @@ class BackendPool:
             (b.name, url): Replica(b.name, url) for b in buckets for url in b.backends
         }
         self._buckets = {b.name: b.backends for b in buckets}
+        self._configs = {b.name: b for b in buckets}
         self._slots = {(b.name, s.url): s.slots for b in buckets for s in b.policy.replicas}
         for r in self._replicas.values():
             metrics.backend_up.labels(r.bucket, r.url).set(1)
+            metrics.backend_shape_mismatch.labels(r.bucket, r.url).set(0)
         for b in buckets:
             self._publish_slots(b.name)
 
@@ -128,11 +142,42 @@ class BackendPool:
                 r.probe_ok = ok
         self.refresh()
 
+    def set_identity(self, url: str, report: LoadReport) -> None:
+        """The identity in a ``/load`` report of ``url``, for every bucket it serves."""
+        identity = ReplicaIdentity.of(report)
+        for r in self._replicas.values():
+            if r.url == url and r.identity != identity:
+                self._set_identity(r, identity)
+        self.refresh()
+
+    def _set_identity(self, r: Replica, identity: ReplicaIdentity) -> None:
+        m = self._metrics
+        if r.identity is not None and r.identity.info_labels != identity.info_labels:
+            old = (r.bucket, r.url, *r.identity.info_labels)
+            m.backend_artifact_info.labels(*old).set(0)  # what a worker's file keeps
+            m.backend_artifact_info.remove(*old)
+        r.identity = identity
+        m.backend_artifact_info.labels(r.bucket, r.url, *identity.info_labels).set(1)
+        m.backend_declared_seconds.labels(r.bucket, r.url, "prefill").set(identity.prefill_s)
+        m.backend_declared_seconds.labels(r.bucket, r.url, "per_token").set(
+            identity.per_token_s)
+        mismatch = shape_mismatch(identity, self._configs[r.bucket])
+        if mismatch != r.mismatch:
+            r.mismatch = mismatch
+            m.backend_shape_mismatch.labels(r.bucket, r.url).set(0 if mismatch is None else 1)
+            if mismatch is None:
+                log.info("backend %s in bucket %s reports a fitting shape again (%s %s)",
+                         r.url, r.bucket, identity.artifact, identity.version)
+            else:
+                log.warning("backend %s in bucket %s is not admitted to: its artifact %s %s"
+                            " does not fit the bucket's shape: %s", r.url, r.bucket,
+                            identity.artifact, identity.version, mismatch)
+
     def refresh(self) -> None:
         """Publish every replica whose state changed (ejections expire with time)."""
         now = self._clock()
         for r in self._replicas.values():
-            up = r.probe_ok and now >= r.ejected_until
+            up = r.probe_ok and now >= r.ejected_until and r.mismatch is None
             if up != r.up:
                 r.up = up
                 self._metrics.backend_up.labels(r.bucket, r.url).set(1 if up else 0)
