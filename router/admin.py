@@ -9,6 +9,12 @@ free-in times, reserved / running / queued requests, predicted wait and TTFT now
 answered: with ``server.workers`` > 1 each worker has its own admission state, and this is one
 worker's view (:mod:`router.worker_id`).
 
+``POST /admin/buckets/{name}/canary/clear`` starts a fresh comparison of a bucket's canary (after
+a rollback: traffic goes to it again); ``POST /admin/buckets/{name}/canary/promote`` makes the
+canary version the bucket's stable version and ends the split (:mod:`router.canary`). Both answer
+the bucket's canary state; 404 ``bucket_not_found`` for a bucket without canary state, 409
+``no_canary`` for a promotion without a canary. With workers, each call reaches one worker.
+
 Access: open while no API key is configured at all; otherwise the admin key
 (``server.admin_api_key``) only -- 401 ``invalid_api_key`` without a valid key, 403
 ``permission_denied`` for a valid tenant key that is not the admin key (OpenAI's error shape;
@@ -18,11 +24,14 @@ Access: open while no API key is configured at all; otherwise the admin key
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from aiohttp import web
 
+from lpu_protocol.openai_api import APIError
 from router.admission import Admitter
 from router.auth import Auth
+from router.canary import Canary
 from router.worker_id import WORKER_HEADER, WorkerId
 
 __all__ = ["AdminBuckets"]
@@ -31,10 +40,12 @@ __all__ = ["AdminBuckets"]
 class AdminBuckets:
     """The ``/admin/buckets`` handler."""
 
-    def __init__(self, *, auth: Auth, admitter: Admitter, worker: WorkerId) -> None:
+    def __init__(self, *, auth: Auth, admitter: Admitter, worker: WorkerId,
+                 canaries: Mapping[str, Canary] | None = None) -> None:
         self._auth = auth
         self._admitter = admitter
         self._worker = worker
+        self._canaries = dict(canaries or {})
 
     async def buckets(self, request: web.Request) -> web.Response:
         self._auth.check_admin(request.headers)
@@ -42,3 +53,31 @@ class AdminBuckets:
         body = json.dumps(data, default=str).encode()
         return web.Response(body=body, content_type="application/json",
                             headers={WORKER_HEADER: self._worker.header})
+
+    def _canary(self, request: web.Request) -> Canary:
+        self._auth.check_admin(request.headers)
+        name = request.match_info["name"]
+        canary = self._canaries.get(name)
+        if canary is None:
+            raise APIError(404, f"Bucket '{name}' has no canary state (no stable_version or"
+                           " [buckets.canary] in its config).", code="bucket_not_found")
+        return canary
+
+    def _answer(self, canary: Canary) -> web.Response:
+        body = json.dumps({"bucket": canary.bucket, **canary.as_json(),
+                           "worker": self._worker.as_json()}).encode()
+        return web.Response(body=body, content_type="application/json",
+                            headers={WORKER_HEADER: self._worker.header})
+
+    async def canary_clear(self, request: web.Request) -> web.Response:
+        canary = self._canary(request)
+        canary.clear()
+        return self._answer(canary)
+
+    async def canary_promote(self, request: web.Request) -> web.Response:
+        canary = self._canary(request)
+        try:
+            canary.promote()
+        except ValueError as exc:
+            raise APIError(409, str(exc), code="no_canary") from exc
+        return self._answer(canary)

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 
 import aiohttp
@@ -46,6 +46,7 @@ from router.auth import Auth
 from router.body_memory import BodyBudget
 from router.body_rate import LargeBodyRate
 from router.buckets import BucketTable
+from router.canary import Canary, make_canaries
 from router.config import RouterConfig
 from router.edge import Edge
 from router.endpoints import Endpoints
@@ -72,11 +73,15 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 
 
 def make_admitter(settings: AdmissionSettings, *, clock: Callable[[], float],
-                  metrics: RouterMetrics, health: Health) -> OffAdmitter | TimelineAdmitter:
+                  metrics: RouterMetrics, health: Health,
+                  canaries: Mapping[str, Canary] | None = None
+                  ) -> OffAdmitter | TimelineAdmitter:
     """``off`` -> :class:`OffAdmitter`; ``timeline`` -> :class:`TimelineAdmitter`; both read
-    each replica's health from ``health`` (the backend pool)."""
+    each replica's health from ``health`` (the backend pool). ``canaries`` (per bucket) split
+    the timeline's traffic by version; ``off`` has none."""
     if settings.mode is AdmissionMode.TIMELINE:
-        return TimelineAdmitter(settings, clock=clock, metrics=metrics, health=health)
+        return TimelineAdmitter(settings, clock=clock, metrics=metrics, health=health,
+                                canaries=canaries)
     return OffAdmitter(settings, health)
 
 
@@ -101,7 +106,9 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     limits = shared_limits(config.limits, config.admission, metrics=metrics, clock=clock)
     local = config.admission if limits is None else dataclasses.replace(config.admission,
                                                                          tenants=())
-    admitter = make_admitter(local, clock=clock, metrics=metrics, health=pool.replica)
+    canaries = make_canaries(config.buckets, metrics)
+    admitter = make_admitter(local, clock=clock, metrics=metrics, health=pool.replica,
+                             canaries=canaries)
     timeline = admitter if isinstance(admitter, TimelineAdmitter) else None
     poller = LoadPoller(pool, timeline, prober=Prober(config.health, clock=clock), clock=clock,
                         interval_s=config.health.interval_s,
@@ -121,7 +128,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     proxy = Proxy(config, table=table, counter=counter,
                   admitter=admitter if limits is None else SharedRateLimits(admitter, limits),
                   attempts=attempts, auth=auth, series=series, clock=clock)
-    admin = AdminBuckets(auth=auth, admitter=admitter, worker=worker)
+    admin = AdminBuckets(auth=auth, admitter=admitter, worker=worker, canaries=canaries)
     endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth,
                           created=int(time.time()), worker=worker)
 
@@ -197,6 +204,8 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
         ("GET", "/readyz", endpoints.readyz),
         ("GET", "/admin/backends", endpoints.backends),
         ("GET", "/admin/buckets", admin.buckets),
+        ("POST", "/admin/buckets/{name}/canary/clear", admin.canary_clear),
+        ("POST", "/admin/buckets/{name}/canary/promote", admin.canary_promote),
         ("GET", "/openapi.json", openapi_handler(config)),
     ]
     for method, path, handler in routes:

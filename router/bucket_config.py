@@ -10,6 +10,12 @@ model when this one would refuse them for capacity; ``spill_share`` (default 0.5
 the fraction of this bucket's slots that work spilled in from smaller buckets may hold
 (:mod:`router.admission.spill`).
 
+``stable_version`` names the artifact version the bucket's replicas serve; ``[buckets.canary]``
+(``version``, ``share``, ``max_prediction_error_ms``, ``max_error_rate``, ``min_requests``,
+``error_quantile``; :class:`router.canary.CanaryConfig`) sends ``share`` of the bucket's admitted
+requests to replicas reporting ``version`` and rolls it back beyond the bounds
+(:mod:`router.canary`).
+
 ``upstream_model`` is the name the bucket's backends know the model by (vLLM's served model
 name); the router splices it into the forwarded body. ``extra_params`` and
 ``extra_params_allow`` override the ``[server]`` parameter policy for the bucket
@@ -26,6 +32,7 @@ from urllib.parse import urlsplit
 from lpu_protocol.artifact import Artifact, ArtifactError, load_artifact
 from lpu_protocol.param_policy import DEFAULT_PARAMS, PARAM_PRESETS, ExtraParams, ParamPolicy
 from router.admission.settings import BucketPolicy, ReplicaShape
+from router.canary import CanaryConfig
 from router.config_fields import Fields
 
 __all__ = ["BucketConfig", "OverCap", "parse_bucket", "parse_params"]
@@ -60,12 +67,17 @@ class BucketConfig:
     """The model name sent to the backends; None: the public ``model``."""
     params: ParamPolicy = DEFAULT_PARAMS
     """Parameters beyond OpenAI's this bucket accepts (the server's unless overridden)."""
+    stable_version: str | None = None
+    """The artifact version the bucket's replicas serve (informational until a canary)."""
+    canary: CanaryConfig | None = None
+    """``[buckets.canary]``: a canary version, its share and bounds; None: no canary."""
 
 
 # The defaults are the dataclasses' fields: the parser reads them from these prototypes (every
 # required field empty), never again.
 _POLICY = BucketPolicy(name="", replicas=())
 _BUCKET = BucketConfig("", "", (), 0, 0, 0, _POLICY)
+_CANARY = CanaryConfig("")
 _TIME_SCALE = 1.0
 """``time_scale`` when omitted: the artifact's own timings. No dataclass holds it (it is applied
 to the artifact while parsing), so this is its one place."""
@@ -96,6 +108,24 @@ def parse_params(f: Fields, inherit: ParamPolicy) -> ParamPolicy:
                 names.add(name)
         allow = frozenset(names)
     return ParamPolicy(mode, allow)
+
+
+def parse_canary(f: Fields) -> CanaryConfig | None:
+    """Read ``[buckets.canary]``; None (errors recorded) when it is unusable."""
+    version = f.string("version", "")
+    if not version:
+        f.error("version", "required non-empty string")
+    share = f.number("share", _CANARY.share, lo=0.0, hi=1.0, lo_open=True)
+    if share >= 1.0:
+        f.error("share", f"must be below 1, got {share}")
+    err_ms = f.number("max_prediction_error_ms", _CANARY.max_prediction_error_ms, lo=0.0)
+    rate = f.number("max_error_rate", _CANARY.max_error_rate, lo=0.0, hi=1.0)
+    min_requests = f.integer("min_requests", _CANARY.min_requests, lo=1)
+    q = f.number("error_quantile", _CANARY.error_quantile, lo=0.0, hi=1.0, lo_open=True)
+    f.finish()
+    if not version or share >= 1.0:
+        return None
+    return CanaryConfig(version, share, err_ms, rate, min_requests, q)
 
 
 def parse_bucket(f: Fields, base_dir: Path | None,
@@ -170,6 +200,11 @@ def parse_bucket(f: Fields, base_dir: Path | None,
     spill_share = f.number("spill_share", _POLICY.spill_share, lo=0.0, hi=1.0, lo_open=True)
     upstream_model = f.opt_str("upstream_model")
     bucket_params = parse_params(f, params)
+    stable_version = f.opt_str("stable_version")
+    canary: CanaryConfig | None = None
+    if f.has("canary"):
+        canary = parse_canary(f.sub("canary"))
+        ok = ok and canary is not None
     f.finish()
     if not ok or None in shape.values():
         return None
@@ -204,4 +239,6 @@ def parse_bucket(f: Fields, base_dir: Path | None,
         ),
         upstream_model=upstream_model,
         params=bucket_params,
+        stable_version=stable_version,
+        canary=canary,
     )

@@ -47,6 +47,14 @@ class Fields:
         self._known.add(key)
         return self._table.get(key)
 
+    def sub(self, key: str) -> Fields:
+        """A reader over the sub-table ``key`` (marked as read; an error when not a table)."""
+        table = self.raw(key)
+        if not isinstance(table, Mapping):
+            self.error(key, f"must be a table ([{self._path}.{key}])")
+            table = {}
+        return Fields.of(table, f"{self._path}.{key}", self._errors)
+
     def error(self, key: str, message: str) -> None:
         self._errors.append(f"{self._path}.{key}: {message}")
 

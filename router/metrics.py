@@ -90,6 +90,7 @@ class RouterMetrics:
     backend_shape_mismatch: Gauge  # {bucket, backend}: 1 while the reported shape differs
     backend_declared_seconds: Gauge  # {bucket, backend, timing}: prefill | per_token, reported
     backend_observed_seconds: Gauge  # {bucket, backend, timing}: median of recent requests
+    canary_state: Gauge  # {bucket}: 1 canary active, 0 rolled back (absent: no canary)
     multiprocess_dir: str | None = None
     """The shared directory of a worker's series; None in a single process."""
     sampler: GaugeSampler | None = None
@@ -298,6 +299,11 @@ def make_metrics(registry: CollectorRegistry | None = None, *,
         limit_store_errors=Counter(
             p + "limit_store_errors", "Failed calls to the shared limits store, by kind"
             " (timeout, connection, script).", ["kind"], registry=reg,
+        ),
+        canary_state=Gauge(
+            p + "canary_state", "A bucket's canary: 1 active (its share goes to the canary"
+            " version), 0 rolled back (beyond its bounds: none goes to it until cleared).",
+            ["bucket"], registry=reg, multiprocess_mode="livemin",
         ),
         limit_store_up=Gauge(
             p + "limit_store_up", "1 while the shared limits store answers, 0 while the router"

@@ -51,6 +51,7 @@ from router.admission.ratelimit import Charge, TenantLimiter
 from router.admission.settings import AdmissionSettings, BucketPolicy, PriorityRule
 from router.admission.spill import SPILLABLE, SpillPair, consider, soonest, spill_targets
 from router.admission.timeline import ReplicaTimeline, Reservation
+from router.canary import Canary, Role
 from router.metrics import RouterMetrics
 from router.outcomes import Outcome, RejectReason
 
@@ -77,19 +78,20 @@ class TimelineTicket:
     """One admitted request's reservation. Implements :class:`router.admission.Ticket`."""
 
     __slots__ = (
-        "_bucket", "_charge", "_decided_at", "_ended", "_first_seen", "_limiter", "_max_tokens",
-        "_owner", "_predicted_ttft", "_priority", "_prompt_tokens", "_replica", "_res",
-        "_reserve_tokens", "_spilled",
+        "_bucket", "_canary", "_charge", "_decided_at", "_ended", "_first_seen", "_limiter",
+        "_max_tokens", "_owner", "_predicted_ttft", "_priority", "_prompt_tokens", "_replica",
+        "_res", "_reserve_tokens", "_role", "_spilled",
     )
 
     def __init__(
         self, owner: TimelineAdmitter, bucket: BucketState, replica: ReplicaTimeline,
         res: Reservation, req: AdmissionRequest, max_tokens: int, reserve_tokens: int,
         predicted_ttft: float, limiter: TenantLimiter | None, charge: Charge | None,
-        spilled: bool = False,
+        spilled: bool = False, canary: Canary | None = None, role: Role = Role.STABLE,
     ) -> None:
         """``spilled``: the request spilled into ``bucket``, whose spilled count it holds
-        until it ends."""
+        until it ends. ``canary``: the bucket's canary, told the request's first token and end
+        under ``role``."""
         self._owner = owner
         self._bucket = bucket
         self._replica = replica
@@ -105,6 +107,8 @@ class TimelineTicket:
         self._ended = False
         self._first_seen = False
         self._spilled = spilled
+        self._canary = canary
+        self._role = role
         if spilled:
             bucket.spilled_in_flight += 1
 
@@ -126,7 +130,10 @@ class TimelineTicket:
             return
         self._first_seen = True
         now = self._owner.clock()
-        self._bucket.observe_prediction_error(now - self._decided_at - self._predicted_ttft)
+        error = now - self._decided_at - self._predicted_ttft
+        self._bucket.observe_prediction_error(error)
+        if self._canary is not None:
+            self._canary.first_token(self._role, now - self._decided_at, error)
         self._replica.observe_start(self._res, now - self._replica.shape.prefill_s, now)
 
     def schedule(self, value: str) -> None:
@@ -163,6 +170,8 @@ class TimelineTicket:
         """End the request (idempotent): free the slot now, learn the output length."""
         if not self._end():
             return
+        if self._canary is not None:
+            self._canary.ended(self._role, outcome is Outcome.FAILED)
         now = self._owner.clock()
         b, rep, r = self._bucket, self._replica, self._res
         rep.advance(now)
@@ -208,10 +217,12 @@ class TimelineTicket:
                                  request=True)
 
 
-def _pick(b: BucketState, now: float, exclude: frozenset[str]
-          ) -> tuple[ReplicaTimeline | None, float, int, int]:
+def _pick(b: BucketState, now: float, exclude: frozenset[str], version: str | None = None,
+          want: bool = False) -> tuple[ReplicaTimeline | None, float, int, int]:
     """``b``'s usable replica with the least predicted TTFT (ties: fewest in flight, then config
-    order) and that TTFT, with the bucket's queued and in-flight counts over every replica."""
+    order) and that TTFT, with the bucket's queued and in-flight counts over every replica.
+    With a ``version`` (a canary's), only replicas whose last report says that version
+    (``want``) or only the others (not ``want``) are usable."""
     best: ReplicaTimeline | None = None
     best_ttft = best_load = 0.0
     queued = in_flight = 0
@@ -221,10 +232,18 @@ def _pick(b: BucketState, now: float, exclude: frozenset[str]
         in_flight += n
         if not (rep.health.up and rep.ready) or (exclude and rep.shape.url in exclude):
             continue
+        if version is not None and (_version(rep) == version) is not want:
+            continue
         ttft = start - now + rep.shape.prefill_s
         if best is None or ttft < best_ttft or (ttft == best_ttft and n < best_load):
             best, best_ttft, best_load = rep, ttft, n
     return best, best_ttft, queued, in_flight
+
+
+def _version(rep: ReplicaTimeline) -> str | None:
+    """The artifact version ``rep`` last reported (None before its first report)."""
+    report = rep.last_report
+    return report.version if report is not None else None
 
 
 class TimelineAdmitter:
@@ -237,8 +256,12 @@ class TimelineAdmitter:
         clock: Callable[[], float] = time.monotonic,
         metrics: RouterMetrics | None = None,
         health: Health = always_up,
+        canaries: Mapping[str, Canary] | None = None,
     ) -> None:
+        """``canaries``: per bucket name, its canary (:mod:`router.canary`), which picks the
+        version each admitted request goes to."""
         self.settings = settings
+        self._canaries = {name: c for name, c in (canaries or {}).items() if c is not None}
         self.clock = clock
         now = clock()
         self._buckets = {b.name: BucketState(b, settings, metrics, now, health, clock=clock)
@@ -261,7 +284,19 @@ class TimelineAdmitter:
         rule = self._rules[req.priority]
         s = self.settings
         limiter = self._tenants.get(req.tenant) if req.tenant is not None else None
-        best, best_ttft, queued, in_flight = _pick(b, now, exclude)
+        canary = self._canaries.get(req.bucket)
+        role = Role.STABLE
+        if canary is not None and canary.splitting:
+            # The split picks the version first, then the replica among those serving it.
+            role = canary.route()
+            version = canary.canary_version
+            best, best_ttft, queued, in_flight = _pick(b, now, exclude, version,
+                                                       role is Role.CANARY)
+            if best is None and role is Role.CANARY:
+                role = Role.STABLE  # no replica serves the canary now: a stable one takes it
+                best, best_ttft, queued, in_flight = _pick(b, now, exclude, version, False)
+        else:
+            best, best_ttft, queued, in_flight = _pick(b, now, exclude)
         if best is None:
             why = "every healthy replica" if exclude else "no healthy replica"
             return self._refuse(b, req, Refused(
@@ -281,13 +316,16 @@ class TimelineAdmitter:
             if pairs and terms.reason in SPILLABLE:
                 return self._spill_or_refuse(b, req, terms, pairs, rule, now, exclude, limiter)
             return self._refuse(b, req, terms)
-        return self._admit(b, best, req, terms, wait, now, limiter, None)
+        if canary is not None:
+            canary.admitted()
+        return self._admit(b, best, req, terms, wait, now, limiter, None, canary, role)
 
     def _admit(self, b: BucketState, best: ReplicaTimeline, req: AdmissionRequest, terms: Terms,
                wait: float, now: float, limiter: TenantLimiter | None,
-               spilled_from: str | None) -> Admitted:
+               spilled_from: str | None, canary: Canary | None = None,
+               role: Role = Role.STABLE) -> Admitted:
         """Place the reservation on ``best`` of ``b``, charge the tenant (once), hand out the
-        ticket."""
+        ticket (told to ``canary`` under ``role``; spilled requests are in no canary)."""
         shape = best.shape
         res = best.reserve(next(self._seq), shape.timings.service_s(terms.reserve_tokens), now)
         assert terms.predicted_ttft_s is not None, "the rule predicts every admission"
@@ -297,7 +335,7 @@ class TimelineAdmitter:
             ratelimit = limiter.state(now)
         ticket = TimelineTicket(self, b, best, res, req, terms.max_tokens, terms.reserve_tokens,
                                 terms.predicted_ttft_s, limiter, charge,
-                                spilled_from is not None)
+                                spilled_from is not None, canary, role)
         b.record_admitted(req.priority, terms.degraded, wait)
         return Admitted(shape.url, ticket, terms, wait, ratelimit, b.policy.name, spilled_from)
 
@@ -401,5 +439,13 @@ class TimelineAdmitter:
             "mode": str(self.settings.mode),
             "prediction": str(self.settings.prediction),
             "margin": str(self.settings.margin),
-            "buckets": {name: b.snapshot(now) for name, b in self._buckets.items()},
+            "buckets": {name: self._bucket_snapshot(name, b, now)
+                        for name, b in self._buckets.items()},
         }
+
+    def _bucket_snapshot(self, name: str, b: BucketState, now: float) -> dict[str, Any]:
+        data = b.snapshot(now)
+        canary = self._canaries.get(name)
+        if canary is not None:
+            data["canary"] = canary.as_json()
+        return data
