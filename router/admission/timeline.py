@@ -66,7 +66,7 @@ import heapq
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lpu_protocol.load_report import LoadReport
@@ -221,7 +221,15 @@ class ReplicaTimeline:
         ``report.slot_free_in_s`` is read relative to ``now`` (when it arrived),
         and reservations admitted at or after ``sent_at`` (when it was asked for)
         are counted as not yet in it: both choices err late, never early.
+
+        Timings the backend reports that differ from the shape's (a replica serving another
+        artifact version during a rollout) replace them for every later reservation (those
+        admitted keep the duration they were placed with); the slot count stays the config's.
         """
+        if _differs(report.prefill_s, self.shape.prefill_s) or _differs(
+                report.per_token_s, self.shape.per_token_s):
+            self.shape = replace(self.shape, prefill_s=report.prefill_s,
+                                 per_token_s=report.per_token_s)
         self.ready = report.ready
         self.last_report = report
         self.last_report_at = now
@@ -453,3 +461,9 @@ def _later_per_slot(heap: list[float], floor: list[float]) -> list[float]:
     The result is sorted, so it is a valid heap as it stands.
     """
     return [a if a > b else b for a, b in zip(sorted(heap), floor, strict=True)]
+
+
+def _differs(reported: float, configured: float) -> bool:
+    """A reported timing that is not the configured one: beyond float rounding (the router
+    scales the config's milliseconds, the backend its own), so equal shapes stay put."""
+    return reported > 0 and abs(reported - configured) > 1e-9 * max(reported, configured)
