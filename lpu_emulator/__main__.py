@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept any request field (default: OpenAI's and vLLM's sampling"
                    " extensions)")
     f = p.add_argument_group("fault injection (all off by default)")
-    f.add_argument("--error-rate", type=float, default=0.0, help="P(500 before the first byte)")
+    f.add_argument("--error-rate", "--fail-share", type=float, default=0.0, dest="error_rate",
+                   help="P(500 before the first byte): the share of requests that fail")
     f.add_argument("--stall-rate", type=float, default=0.0, help="P(a pause mid-stream)")
     f.add_argument("--stall-s", type=float, default=0.0, help="length of a stall (seconds)")
     f.add_argument("--stall-after-tokens", type=int, default=1)
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--garbage-rate", type=float, default=0.0, help="P(a broken SSE frame)")
     f.add_argument("--stream-error-rate", type=float, default=0.0,
                    help="P(an error frame mid-stream)")
+    f.add_argument("--actual-prefill-factor", type=float, default=1.0,
+                   help="run prefill this many times the declared time (a lying artifact)")
+    f.add_argument("--actual-per-token-factor", type=float, default=1.0,
+                   help="run each token this many times the declared time (1.1: 10%% slower)")
     return p
 
 
@@ -93,6 +98,8 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         write_budget_per_s=args.write_budget if args.write_budget > 0 else None,
         tokenizer=args.tokenizer,
         strict_params=not args.lenient,
+        actual_prefill_factor=args.actual_prefill_factor,
+        actual_per_token_factor=args.actual_per_token_factor,
     )
 
 

@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -144,7 +144,13 @@ class Backend:
         # The digest of the artifact as compiled: the scaled copy is an emulator's
         # detail, and the digest must match the file an operator holds.
         self.digest = digest
-        self.schedule = LiveSchedule(artifact, self._clock)
+        # What runs may differ from what is declared (EmulatorOptions.actual_*_factor):
+        # the engine keeps the real schedule, ``artifact`` stays the declared one.
+        o = self.options
+        actual = artifact if o.actual_prefill_factor == o.actual_per_token_factor == 1.0 else (
+            replace(artifact, prefill_s=artifact.prefill_s * o.actual_prefill_factor,
+                    per_token_s=artifact.per_token_s * o.actual_per_token_factor))
+        self.schedule = LiveSchedule(actual, self._clock)
         self.series = self.metrics.child(artifact.model)
         self.fingerprint = _fingerprint(artifact)
 

@@ -23,6 +23,11 @@ Every field, its unit and default:
   None removes the bound.
 * ``tokenizer`` (default None): a Hugging Face ``tokenizer.json`` to count
   prompt tokens exactly; None uses the shared estimator.
+* ``actual_prefill_factor``, ``actual_per_token_factor`` (default 1.0): the emulator runs
+  its schedule with the artifact's prefill / per-token time multiplied by these, while it
+  declares (on ``/load`` and ``/v1/models``) the artifact's own: an artifact that lies about
+  its timings, or hardware that cannot keep them (1.1: per token 10% slower than declared).
+  Applies to every artifact served, a swapped-in one too.
 * ``strict_params`` (default True): refuse request fields neither OpenAI nor vLLM's sampling
   extensions define (``lpu_protocol.param_policy.VLLM_SAMPLING_PARAMS``); False accepts any.
 
@@ -56,6 +61,8 @@ class EmulatorOptions:
     write_budget_per_s: float | None = 20000.0
     tokenizer: str | None = None
     strict_params: bool = True
+    actual_prefill_factor: float = 1.0
+    actual_per_token_factor: float = 1.0
 
     def __post_init__(self) -> None:
         problems = self.errors()
@@ -74,6 +81,10 @@ class EmulatorOptions:
         budget = self.write_budget_per_s
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             out.append(f"write_budget_per_s: must be a number > 0 or None, got {budget!r}")
+        for name in ("actual_prefill_factor", "actual_per_token_factor"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                out.append(f"{name}: must be a finite number > 0, got {v!r}")
         out += self.output_length.errors()
         out += self.faults.errors()
         return out

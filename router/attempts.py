@@ -53,9 +53,11 @@ from lpu_protocol.headers import (
 from lpu_protocol.openai_api import CompletionRequest, forward_body
 from router.access_log import Exchange
 from router.admission import AdmissionRequest, Admitted, Admitter, Refused
+from router.admission.settings import AdmissionSettings
 from router.admission_headers import admitted_headers, ratelimit_headers, refusal_headers
 from router.bucket_config import BucketConfig
 from router.buckets import Placement
+from router.drift import DriftEstimator
 from router.errors import Rejection, UpstreamFailure, refusal_error
 from router.limits.shared import RequestCharge, SharedLimits
 from router.metrics import RouterMetrics
@@ -63,6 +65,8 @@ from router.outcomes import Outcome, RejectReason
 from router.pool import BackendPool
 from router.relay import RelayResult, Upstream, relay, schedule_of, upstream_headers
 from router.series import Children, RequestSeries
+
+_DRIFT_TOLERANCE = AdmissionSettings().drift_tolerance
 
 __all__ = ["AttemptLoop", "Unserved", "padding_tokens"]
 
@@ -103,9 +107,13 @@ class AttemptLoop:
                  metrics: RouterMetrics, series: RequestSeries, max_retries: int,
                  min_retry_after_s: float, upstream_model: dict[str, str | None],
                  clock: Callable[[], float], limits: SharedLimits | None = None,
-                 buckets: Mapping[str, BucketConfig] | None = None) -> None:
-        """``buckets``: the configured buckets by name, for padding accounting (None: none)."""
+                 buckets: Mapping[str, BucketConfig] | None = None,
+                 drift: DriftEstimator | None = None) -> None:
+        """``buckets``: the configured buckets by name, for padding accounting (None: none).
+        ``drift``: observes each completed stream's timings (None: one at the default
+        tolerance)."""
         self._admitter = admitter
+        self._drift = drift or DriftEstimator(metrics, tolerance=_DRIFT_TOLERANCE)
         self._buckets = buckets or {}
         self._spills = Children(metrics.spills)
         self._padding = Children(metrics.padding_tokens)
@@ -227,6 +235,7 @@ class AttemptLoop:
         predicted = decision.terms.predicted_ttft_s
         ex.predicted_ttft_ms = None if predicted is None else predicted * 1e3
         outcome, tokens = Outcome.FAILED, None
+        sent_at = self._clock()
         refused_ttft: float | None = None
         refused_schedule: str | None = None
         if deadline_s is None:  # nothing can refuse it any more
@@ -245,6 +254,10 @@ class AttemptLoop:
             finally:
                 self._upstream.close(upstream)
             outcome, tokens = result.outcome, result.completion_tokens
+            if req.stream and outcome is Outcome.COMPLETED and tokens and ex.ttft_s is not None:
+                self._drift.observe(bucket, backend, sent_at=sent_at,
+                                    first_at=ex.started + ex.ttft_s, end_at=self._clock(),
+                                    tokens=tokens, idle=decision.predicted_wait_s == 0.0)
             return result
         except UpstreamFailure as f:  # before the client got a byte
             if f.reason is RejectReason.BACKEND_DEADLINE:

@@ -12,7 +12,7 @@ edge. Every field is documented once, in ``router/example.toml`` and ``docs/rout
     [health]     path, interval_s, timeout_s, eject_after_failures, eject_for_s
     [admission]  mode, margin_s, margin, margin_quantile, margin_window, prediction,
                  learned_quantile, utilization_window_s, load_poll_interval_s, on_demand_max_wait_s,
-                 schedule_from_answers
+                 schedule_from_answers, drift_tolerance
     [[buckets]]  name, model, backends, artifact, time_scale, max_seq_len, max_output_tokens,
                  slots, prefill_ms, per_token_ms, default_max_tokens, over_cap, ttft_slo_s,
                  e2e_slo_s, target_utilization, max_queue, max_concurrency, degraded_min_tokens,
@@ -208,6 +208,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", *, base_dir: 
         priorities=_priorities(adm, errors),
         min_retry_after_s=adm.number("min_retry_after_s", _ADM.min_retry_after_s, lo=0.0),
         learned_min_samples=adm.integer("learned_min_samples", _ADM.learned_min_samples, lo=1),
+        drift_tolerance=adm.number("drift_tolerance", _ADM.drift_tolerance, lo=0.0),
     )
     adm.finish()
     limits = parse_limits(Fields(raw, "limits", errors))

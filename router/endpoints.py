@@ -9,7 +9,9 @@
   body gives the backends up per bucket.
 * ``GET /admin/backends``: every replica's health state, the artifact identity it last reported
   on ``/load`` (``identity``: :class:`router.identity.ReplicaIdentity`, null before one) and
-  why its shape does not fit its bucket (``shape_mismatch``, null when it fits); needs the
+  why its shape does not fit its bucket (``shape_mismatch``, null when it fits), and the timings
+  the router observes on its streams (``observed``: ``prefill_s``, ``per_token_s``, the
+  medians of :mod:`router.drift`; null before a sample) beside the declared ones; needs the
   admin key when any API key is configured (401 without a valid key, 403 for a tenant's key,
   as ``/admin/buckets``). Its ``worker`` field and ``x-lpu-worker`` header say which worker
   process answered (each has its own health state: one worker's view).
@@ -27,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from router.auth import Auth
 from router.config import RouterConfig
+from router.drift import DriftEstimator, Timing
 from router.metrics import RouterMetrics
 from router.pool import BackendPool
 from router.worker_id import WORKER_HEADER, WorkerId
@@ -42,8 +45,10 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None
 
 class Endpoints:
     def __init__(self, config: RouterConfig, *, pool: BackendPool, metrics: RouterMetrics,
-                 auth: Auth, created: int, worker: WorkerId) -> None:
+                 auth: Auth, created: int, worker: WorkerId,
+                 drift: DriftEstimator | None = None) -> None:
         self._config = config
+        self._drift = drift
         self._worker = worker
         self._pool = pool
         self._metrics = metrics
@@ -88,8 +93,14 @@ class Endpoints:
             {"bucket": r.bucket, "url": r.url, "up": r.up, "probe_ok": r.probe_ok,
              "consecutive_failures": r.failures,
              "identity": None if r.identity is None else r.identity.as_json(),
-             "shape_mismatch": r.mismatch}
+             "shape_mismatch": r.mismatch,
+             "observed": self._observed(r.bucket, r.url)}
             for b in self._config.buckets for r in self._pool.replicas(b.name)
         ]
         return _json({"backends": rows, "worker": self._worker.as_json()},
                      headers={WORKER_HEADER: self._worker.header})
+
+    def _observed(self, bucket: str, url: str) -> dict[str, float | None]:
+        """The router's own reading of the replica's timings (router.drift), seconds."""
+        d = self._drift
+        return {f"{t.value}_s": None if d is None else d.observed(bucket, url, t) for t in Timing}

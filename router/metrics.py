@@ -90,6 +90,7 @@ class RouterMetrics:
     backend_shape_mismatch: Gauge  # {bucket, backend}: 1 while the reported shape differs
     backend_declared_seconds: Gauge  # {bucket, backend, timing}: prefill | per_token, reported
     backend_observed_seconds: Gauge  # {bucket, backend, timing}: median of recent requests
+    drift_tolerance: Gauge  # [admission] drift_tolerance (LpuRouterArtifactDrift's bound)
     canary_state: Gauge  # {bucket}: 1 canary active, 0 rolled back (absent: no canary)
     multiprocess_dir: str | None = None
     """The shared directory of a worker's series; None in a single process."""
@@ -330,5 +331,10 @@ def make_metrics(registry: CollectorRegistry | None = None, *,
             p + "backend_observed_seconds", "Timings the router observes on the replica's"
             " answers (median of recent requests), by timing: prefill | per_token.",
             ["bucket", "backend", "timing"], registry=reg, multiprocess_mode="livemax",
+        ),
+        drift_tolerance=Gauge(
+            p + "drift_tolerance", "[admission] drift_tolerance: the relative gap between"
+            " observed and declared timings beyond which LpuRouterArtifactDrift fires.",
+            registry=reg, multiprocess_mode="livemax",
         ),
     )

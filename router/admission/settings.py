@@ -167,3 +167,6 @@ class AdmissionSettings:
     learned_min_samples: int = 32
     """Completions a bucket must have seen before ``learned`` prediction is used
     (worst case until then)."""
+    drift_tolerance: float = 0.05
+    """Relative gap between a replica's observed and declared timings (prefill, per token)
+    beyond which ``LpuRouterArtifactDrift`` fires (:mod:`router.drift`); 0.05: 5 %."""
