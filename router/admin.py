@@ -15,6 +15,11 @@ canary version the bucket's stable version and ends the split (:mod:`router.cana
 the bucket's canary state; 404 ``bucket_not_found`` for a bucket without canary state, 409
 ``no_canary`` for a promotion without a canary. With workers, each call reaches one worker.
 
+``POST /admin/buckets/{name}/rollout`` with the target artifact (``{"artifact": ...}`` or
+``{"toml": ...}``) starts the bucket's rolling swap (:mod:`router.rollout`): 202 and its progress,
+which ``GET /admin/buckets`` then shows as the bucket's ``rollout``; 404 ``bucket_not_found``,
+400 ``invalid_artifact`` / ``invalid_value``, 409 ``rollout_in_progress``.
+
 Access: open while no API key is configured at all; otherwise the admin key
 (``server.admin_api_key``) only -- 401 ``invalid_api_key`` without a valid key, 403
 ``permission_denied`` for a valid tenant key that is not the admin key (OpenAI's error shape;
@@ -32,6 +37,7 @@ from lpu_protocol.openai_api import APIError
 from router.admission import Admitter
 from router.auth import Auth
 from router.canary import Canary
+from router.rollout import RolloutError, Rollouts
 from router.worker_id import WORKER_HEADER, WorkerId
 
 __all__ = ["AdminBuckets"]
@@ -41,15 +47,22 @@ class AdminBuckets:
     """The ``/admin/buckets`` handler."""
 
     def __init__(self, *, auth: Auth, admitter: Admitter, worker: WorkerId,
-                 canaries: Mapping[str, Canary] | None = None) -> None:
+                 canaries: Mapping[str, Canary] | None = None,
+                 rollouts: Rollouts | None = None) -> None:
         self._auth = auth
         self._admitter = admitter
         self._worker = worker
         self._canaries = dict(canaries or {})
+        self._rollouts = rollouts
 
     async def buckets(self, request: web.Request) -> web.Response:
         self._auth.check_admin(request.headers)
         data = {**self._admitter.snapshot(), "worker": self._worker.as_json()}
+        if self._rollouts is not None:
+            for name, progress in self._rollouts.snapshot().items():
+                bucket = data.get("buckets", {}).get(name)
+                if isinstance(bucket, dict):
+                    bucket["rollout"] = progress
         body = json.dumps(data, default=str).encode()
         return web.Response(body=body, content_type="application/json",
                             headers={WORKER_HEADER: self._worker.header})
@@ -81,3 +94,23 @@ class AdminBuckets:
         except ValueError as exc:
             raise APIError(409, str(exc), code="no_canary") from exc
         return self._answer(canary)
+
+    async def rollout(self, request: web.Request) -> web.Response:
+        self._auth.check_admin(request.headers)
+        if self._rollouts is None:
+            raise APIError(409, "Rolling swaps need admission mode 'timeline'.",
+                           code="rollout_unavailable")
+        try:
+            doc = json.loads(await request.read())
+        except ValueError:
+            raise APIError(400, "The body must be a JSON object.", code="invalid_json") from None
+        if not isinstance(doc, dict):
+            raise APIError(400, "The body must be a JSON object.", code="invalid_json")
+        try:
+            progress = self._rollouts.start(request.match_info["name"], doc)
+        except RolloutError as exc:
+            raise APIError(exc.status, str(exc), code=exc.code) from exc
+        body = json.dumps({"bucket": request.match_info["name"], **progress.as_json(),
+                           "worker": self._worker.as_json()}).encode()
+        return web.Response(status=202, body=body, content_type="application/json",
+                            headers={WORKER_HEADER: self._worker.header})

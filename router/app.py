@@ -48,7 +48,6 @@ from router.body_rate import LargeBodyRate
 from router.buckets import BucketTable
 from router.canary import Canary, make_canaries
 from router.config import RouterConfig
-from router.drift import DriftEstimator
 from router.edge import Edge
 from router.endpoints import Endpoints
 from router.handlers import Proxy
@@ -62,6 +61,7 @@ from router.pool import BackendPool
 from router.probe import Prober
 from router.process import trim_heap
 from router.relay import Upstream
+from router.rollout import Rollouts
 from router.series import RequestSeries
 from router.worker_id import WorkerId
 
@@ -121,18 +121,21 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
             metrics.in_flight.labels(b.name, url).set_function(
                 partial(admitter.in_flight, b.name, url))
     series = RequestSeries(metrics)
-    drift = DriftEstimator(metrics, tolerance=config.admission.drift_tolerance)
     attempts = AttemptLoop(admitter=admitter, pool=pool, upstream=upstream, metrics=metrics,
                            series=series, max_retries=config.server.max_retries,
                            min_retry_after_s=config.admission.min_retry_after_s,
                            upstream_model={b.name: b.upstream_model for b in config.buckets},
-                           clock=clock, limits=limits, buckets={b.name: b for b in config.buckets},
-                           drift=drift)
+                           clock=clock, limits=limits, buckets={b.name: b for b in config.buckets})
     proxy = Proxy(config, table=table, counter=counter,
                   admitter=admitter if limits is None else SharedRateLimits(admitter, limits),
                   attempts=attempts, auth=auth, series=series, clock=clock)
-    admin = AdminBuckets(auth=auth, admitter=admitter, worker=worker, canaries=canaries)
-    endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth, drift=drift,
+    rollouts = None if timeline is None else Rollouts(
+        {b.name: b.backends for b in config.buckets}, timeline,
+        session=lambda: upstream.session, canaries=canaries, metrics=metrics, clock=clock,
+        poll_s=min(0.05, config.admission.load_poll_interval_s))
+    admin = AdminBuckets(auth=auth, admitter=admitter, worker=worker, canaries=canaries,
+                         rollouts=rollouts)
+    endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth,
                           created=int(time.time()), worker=worker)
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
@@ -144,6 +147,8 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
             upstream.session = session
             probes = asyncio.create_task(poller.run(session), name="lpu-router-health")
             yield
+            if rollouts is not None:
+                await rollouts.close()
             probes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probes
@@ -209,6 +214,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
         ("GET", "/admin/buckets", admin.buckets),
         ("POST", "/admin/buckets/{name}/canary/clear", admin.canary_clear),
         ("POST", "/admin/buckets/{name}/canary/promote", admin.canary_promote),
+        ("POST", "/admin/buckets/{name}/rollout", admin.rollout),
         ("GET", "/openapi.json", openapi_handler(config)),
     ]
     for method, path, handler in routes:

@@ -92,6 +92,8 @@ class RouterMetrics:
     backend_observed_seconds: Gauge  # {bucket, backend, timing}: median of recent requests
     drift_tolerance: Gauge  # [admission] drift_tolerance (LpuRouterArtifactDrift's bound)
     canary_state: Gauge  # {bucket}: 1 canary active, 0 rolled back (absent: no canary)
+    rollout_running: Gauge  # {bucket}: 1 while a rolling swap runs (router.rollout)
+    rollout_swapped: Gauge  # {bucket}: replicas the last rollout brought to its target
     multiprocess_dir: str | None = None
     """The shared directory of a worker's series; None in a single process."""
     sampler: GaugeSampler | None = None
@@ -305,6 +307,16 @@ def make_metrics(registry: CollectorRegistry | None = None, *,
             p + "canary_state", "A bucket's canary: 1 active (its share goes to the canary"
             " version), 0 rolled back (beyond its bounds: none goes to it until cleared).",
             ["bucket"], registry=reg, multiprocess_mode="livemin",
+        ),
+        rollout_running=Gauge(
+            p + "rollout_running", "1 while a rolling swap of the bucket's artifact runs"
+            " (POST /admin/buckets/{name}/rollout), else 0.", ["bucket"], registry=reg,
+            multiprocess_mode="livemax",
+        ),
+        rollout_swapped=Gauge(
+            p + "rollout_replicas_swapped", "Replicas of the bucket the last rolling swap"
+            " brought to its target artifact.", ["bucket"], registry=reg,
+            multiprocess_mode="livemax",
         ),
         limit_store_up=Gauge(
             p + "limit_store_up", "1 while the shared limits store answers, 0 while the router"

@@ -51,7 +51,7 @@ from router.admission.ratelimit import Charge, TenantLimiter
 from router.admission.settings import AdmissionSettings, BucketPolicy, PriorityRule
 from router.admission.spill import SPILLABLE, SpillPair, consider, soonest, spill_targets
 from router.admission.timeline import ReplicaTimeline, Reservation
-from router.canary import Canary, Role
+from router.canary import Canary, CanaryState, Role
 from router.metrics import RouterMetrics
 from router.outcomes import Outcome, RejectReason
 
@@ -295,6 +295,11 @@ class TimelineAdmitter:
             if best is None and role is Role.CANARY:
                 role = Role.STABLE  # no replica serves the canary now: a stable one takes it
                 best, best_ttft, queued, in_flight = _pick(b, now, exclude, version, False)
+            elif best is None and canary.state is CanaryState.ACTIVE:
+                # No stable replica left (a rollout to the canary's version): the canary's
+                # replicas take it while the canary is trusted; never once rolled back.
+                role = Role.CANARY
+                best, best_ttft, queued, in_flight = _pick(b, now, exclude, version, True)
         else:
             best, best_ttft, queued, in_flight = _pick(b, now, exclude)
         if best is None:
@@ -413,6 +418,17 @@ class TimelineAdmitter:
 
     def in_flight(self, bucket: str, backend: str) -> int:
         return self._buckets[bucket].by_url[backend].in_flight
+
+    def replica_status(self, bucket: str, url: str) -> tuple[bool, LoadReport | None]:
+        """Whether ``url`` of ``bucket`` is admitted to now (healthy and ready), and its last
+        ``/load`` report (:class:`router.rollout.ReplicaView`)."""
+        rep = self._buckets[bucket].by_url[url]
+        return rep.eligible, rep.last_report
+
+    def hold(self, bucket: str, url: str) -> None:
+        """Admit nothing more to ``url`` of ``bucket`` until a ``/load`` report says it is
+        ready (a rollout is about to swap its artifact)."""
+        self._buckets[bucket].by_url[url].ready = False
 
     def observe_load(
         self, bucket: str, backend: str, report: LoadReport | Mapping[str, Any], now: float,
