@@ -48,6 +48,7 @@ from router.body_rate import LargeBodyRate
 from router.buckets import BucketTable
 from router.canary import Canary, make_canaries
 from router.config import RouterConfig
+from router.drift import DriftEstimator
 from router.edge import Edge
 from router.endpoints import Endpoints
 from router.handlers import Proxy
@@ -121,11 +122,13 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
             metrics.in_flight.labels(b.name, url).set_function(
                 partial(admitter.in_flight, b.name, url))
     series = RequestSeries(metrics)
+    drift = DriftEstimator(metrics, tolerance=config.admission.drift_tolerance)
     attempts = AttemptLoop(admitter=admitter, pool=pool, upstream=upstream, metrics=metrics,
                            series=series, max_retries=config.server.max_retries,
                            min_retry_after_s=config.admission.min_retry_after_s,
                            upstream_model={b.name: b.upstream_model for b in config.buckets},
-                           clock=clock, limits=limits, buckets={b.name: b for b in config.buckets})
+                           clock=clock, limits=limits, buckets={b.name: b for b in config.buckets},
+                           drift=drift)
     proxy = Proxy(config, table=table, counter=counter,
                   admitter=admitter if limits is None else SharedRateLimits(admitter, limits),
                   attempts=attempts, auth=auth, series=series, clock=clock)
@@ -135,7 +138,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
         poll_s=min(0.05, config.admission.load_poll_interval_s))
     admin = AdminBuckets(auth=auth, admitter=admitter, worker=worker, canaries=canaries,
                          rollouts=rollouts)
-    endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth,
+    endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth, drift=drift,
                           created=int(time.time()), worker=worker)
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
