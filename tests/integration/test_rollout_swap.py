@@ -102,4 +102,6 @@ async def test_rolling_swap_under_half_load_loses_nothing() -> None:
             statuses = {shot.status for shot in shots}
             assert statuses <= {200, 429}, statuses
             assert sum(shot.status == 200 for shot in shots) > 0
-            await assert_settled(stack)
+            text = await assert_settled(stack)
+            assert 'lpu_router_rollout_replicas_swapped{bucket="small"} 2.0' in text
+            assert 'lpu_router_rollout_running{bucket="small"} 0.0' in text
