@@ -60,15 +60,16 @@ class ReplicaIdentity:
 def shape_mismatch(identity: ReplicaIdentity, bucket: BucketConfig) -> str | None:
     """Why the replica's reported shape does not fit ``bucket`` (None: it fits).
 
-    Compared: ``max_seq_len`` and ``max_output_tokens`` (equal to the bucket's), and the model
-    (the reported model or artifact name is the bucket's public or upstream model name).
+    Compared: ``max_seq_len`` (equal to the bucket's: the compiled shape), ``max_output_tokens``
+    (at least the bucket's cap: a bucket may lower its artifact's cap, never raise it), and the
+    model (the reported model or artifact name is the bucket's public or upstream model name).
     """
     problems: list[str] = []
     if identity.max_seq_len is not None and identity.max_seq_len != bucket.max_seq_len:
         problems.append(f"max_seq_len {identity.max_seq_len} != bucket's {bucket.max_seq_len}")
     out = identity.max_output_tokens
-    if out is not None and out != bucket.max_output_tokens:
-        problems.append(f"max_output_tokens {out} != bucket's {bucket.max_output_tokens}")
+    if out is not None and out < bucket.max_output_tokens:
+        problems.append(f"max_output_tokens {out} < bucket's {bucket.max_output_tokens}")
     names = {bucket.model, bucket.upstream_model or bucket.model}
     reported = {n for n in (identity.model, identity.artifact) if n is not None}
     if reported and not reported & names:

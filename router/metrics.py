@@ -330,8 +330,9 @@ def make_metrics(registry: CollectorRegistry | None = None, *,
             multiprocess_mode="livemax",
         ),
         backend_shape_mismatch=Gauge(
-            p + "backend_shape_mismatch", "1 while the replica reports a model, max_seq_len or"
-            " max_output_tokens other than its bucket's (it is not admitted to), else 0.",
+            p + "backend_shape_mismatch", "1 while the replica reports a model or max_seq_len"
+            " other than its bucket's, or a max_output_tokens below the bucket's cap (it is not"
+            " admitted to), else 0.",
             ["bucket", "backend"], registry=reg, multiprocess_mode="livemax",
         ),
         backend_declared_seconds=Gauge(

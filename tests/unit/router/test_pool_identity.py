@@ -43,10 +43,12 @@ def _info(reg: CollectorRegistry) -> list[tuple[str, str, str, float]]:
 @pytest.mark.parametrize(("kw", "why"), [
     ({}, None),
     ({"max_seq_len": 2048}, "max_seq_len 2048 != bucket's 8192"),
-    ({"max_output_tokens": 1024}, "max_output_tokens 1024 != bucket's 2048"),
+    ({"max_output_tokens": 1024}, "max_output_tokens 1024 < bucket's 2048"),
+    ({"max_output_tokens": 4096}, None),  # the bucket caps output lower: it fits
     ({"model": "other", "artifact": "other-8k"}, "model 'other'"),
     ({"model": None, "artifact": None, "max_seq_len": None, "max_output_tokens": None}, None),
-], ids=["fits", "short-seq", "short-output", "other-model", "nothing-reported"])
+], ids=["fits", "short-seq", "short-output", "larger-output", "other-model",
+        "nothing-reported"])
 def test_shape_mismatch(kw: dict[str, object], why: str | None) -> None:
     got = shape_mismatch(ReplicaIdentity.of(_report(**kw)), BUCKET)
     assert (got is None) if why is None else (got is not None and why in got)
