@@ -42,6 +42,7 @@ backends = [{urls}]
 [[buckets]]
 name = "other"
 model = "reloaded-model"
+upstream_model = "{MODEL}"
 artifact = "llama-3.1-8b-2k"
 backends = [{urls}]
 """
@@ -144,7 +145,8 @@ async def test_sighup_reloads_without_dropping_in_flight(tmp_path: Path) -> None
                              + payload)
                 status = await asyncio.wait_for(reader.read(), 10)
                 writer.close()
-                # The new bucket routes it (the emulator itself only serves MODEL).
+                # The new bucket routes it (under MODEL, the name the emulator serves: a
+                # replica reporting another model than its bucket's is not admitted to).
                 if b"x-lpu-bucket: other" in status:
                     break
                 await asyncio.sleep(0.05)
