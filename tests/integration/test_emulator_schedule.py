@@ -149,6 +149,8 @@ async def test_load_document() -> None:
             "waiting": 0, "queue_limit": 5, "time_scale": 2.0,
             "prefill_s": pytest.approx(0.4), "per_token_s": pytest.approx(0.02),
             "max_seq_len": a.max_seq_len, "max_output_tokens": a.max_output_tokens,
+            "compiler_version": a.compiler_version, "precision": a.precision,
+            "target": a.target, "digest": a.digest,  # of the artifact before the time scale
             "slot_free_in_s": [0.0, 0.0],
         }
         tasks = [asyncio.create_task(session.post(url + "/v1/chat/completions",
