@@ -15,14 +15,17 @@ hop), exported as ``lpu_router_backend_observed_seconds{bucket,backend,timing}``
 ``lpu_router_backend_declared_seconds`` (set by the pool from ``/load``). The alert
 ``LpuRouterArtifactDrift`` compares the two against ``[admission] drift_tolerance``
 (``lpu_router_drift_tolerance``). Network time makes both estimates err slightly high, never
-low. Cost per completed request: two deque appends and a median of at most ``window`` floats.
+low. Cost per completed request: per sample an insertion into a sorted window of at most
+``window`` floats (the median is its middle) and a gauge set.
 """
 
 from __future__ import annotations
 
-import statistics
+from bisect import bisect_left, insort
 from collections import deque
 from enum import StrEnum
+
+from prometheus_client import Gauge
 
 from router.metrics import RouterMetrics
 
@@ -39,13 +42,38 @@ class Timing(StrEnum):
     PER_TOKEN = "per_token"
 
 
+class _Window:
+    """The last ``size`` samples, kept in arrival order and in sorted order, so the median is
+    read off the middle instead of sorting per sample; with its gauge child, looked up once."""
+
+    __slots__ = ("gauge", "order", "size", "sorted")
+
+    def __init__(self, size: int, gauge: Gauge) -> None:
+        self.size = size
+        self.gauge = gauge
+        self.order: deque[float] = deque()
+        self.sorted: list[float] = []
+
+    def add(self, value: float) -> None:
+        if len(self.order) == self.size:
+            del self.sorted[bisect_left(self.sorted, self.order.popleft())]
+        self.order.append(value)
+        insort(self.sorted, value)
+
+    def median(self) -> float:
+        """As :func:`statistics.median`: the middle sample, or the mean of the two middle."""
+        xs, n = self.sorted, len(self.sorted)
+        mid = n // 2
+        return xs[mid] if n % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
 class DriftEstimator:
     """Medians of recent observed timings per (bucket, backend, timing); see the module doc."""
 
     def __init__(self, metrics: RouterMetrics, *, tolerance: float, window: int = 64) -> None:
         self._metrics = metrics
         self._window = window
-        self._samples: dict[tuple[str, str, Timing], deque[float]] = {}
+        self._samples: dict[tuple[str, str, Timing], _Window] = {}
         metrics.drift_tolerance.set(tolerance)
 
     def observe(self, bucket: str, backend: str, *, sent_at: float, first_at: float,
@@ -59,13 +87,13 @@ class DriftEstimator:
     def observed(self, bucket: str, backend: str, timing: Timing) -> float | None:
         """The current estimate (None before any sample)."""
         samples = self._samples.get((bucket, backend, timing))
-        return statistics.median(samples) if samples else None
+        return samples.median() if samples else None
 
     def _add(self, bucket: str, backend: str, timing: Timing, value: float) -> None:
         key = (bucket, backend, timing)
         samples = self._samples.get(key)
         if samples is None:
-            samples = self._samples[key] = deque(maxlen=self._window)
-        samples.append(value)
-        self._metrics.backend_observed_seconds.labels(bucket, backend, timing.value).set(
-            statistics.median(samples))
+            gauge = self._metrics.backend_observed_seconds.labels(bucket, backend, timing.value)
+            samples = self._samples[key] = _Window(self._window, gauge)
+        samples.add(value)
+        samples.gauge.set(samples.median())
