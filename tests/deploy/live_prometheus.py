@@ -14,7 +14,7 @@ import contextlib
 import math
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +103,21 @@ async def streaming_client(session: aiohttp.ClientSession, url: str, model: str,
             await resp.read()
             statuses.append(resp.status)
         await asyncio.sleep(pause_s)
+
+
+async def await_data(session: aiohttp.ClientSession, prom: str, queries: Mapping[str, str],
+                     clients: list[asyncio.Task[None]], deadline_s: float) -> None:
+    """Query every expression of ``queries`` once a second until each returns a finite value,
+    for at most ``deadline_s``; a load client that died meanwhile raises its error. Fails the
+    test naming the queries that never returned data."""
+    missing = dict(queries)
+    deadline = time.monotonic() + deadline_s
+    while missing and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        for where, expr in list(missing.items()):
+            if has_finite(await query(session, prom, expr)):
+                del missing[where]
+        for task in clients:
+            if task.done():
+                task.result()  # a client that died: show why
+    assert not missing, f"no data for: {sorted(missing)}"

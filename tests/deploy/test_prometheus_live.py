@@ -17,7 +17,6 @@ offered little and admits everything.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from deploy_support import (
     substitute,
     supervisor_names,
 )
-from live_prometheus import has_finite, prometheus, query, streaming_client, wait_ready
+from live_prometheus import await_data, prometheus, query, streaming_client, wait_ready
 from prometheus_client import CollectorRegistry
 
 from lpu_emulator.options import EmulatorOptions
@@ -112,17 +111,7 @@ async def test_every_panel_query_and_recording_rule_returns_data(tmp_path: Path)
                 streaming_client(session, router_url, ROOMY_MODEL, 0.2, stop, statuses)))
             try:
                 await wait_ready(session, prom)
-                missing = dict(queries)
-                deadline = time.monotonic() + DEADLINE_S
-                while missing and time.monotonic() < deadline:
-                    await asyncio.sleep(1.0)
-                    for where, expr in list(missing.items()):
-                        if has_finite(await query(session, prom, expr)):
-                            del missing[where]
-                    for task in clients:
-                        if task.done():
-                            task.result()  # a client that died: show why
-                assert not missing, f"no data for: {sorted(missing)}"
+                await await_data(session, prom, queries, clients, DEADLINE_S)
                 assert 200 in statuses and 429 in statuses, sorted(set(statuses))
                 shed = await query(session, prom,
                                     'bucket:lpu_router_requests_shed:ratio_rate1m{bucket="tiny"}')

@@ -38,7 +38,14 @@ from deploy_support import (
     substitute,
 )
 from live_processes import pod_workers, served_router, stop
-from live_prometheus import has_finite, prometheus, query, scalar, streaming_client, wait_ready
+from live_prometheus import (
+    await_data,
+    prometheus,
+    query,
+    scalar,
+    streaming_client,
+    wait_ready,
+)
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -159,17 +166,7 @@ async def test_a_two_worker_pod_scraped_by_prometheus(tmp_path: Path) -> None:
                     load, router_url, ROOMY_MODEL, 0.2, stop_load, statuses)))
                 try:
                     await wait_ready(session, prom)
-                    missing = dict(queries)
-                    deadline = time.monotonic() + DEADLINE_S
-                    while missing and time.monotonic() < deadline:
-                        await asyncio.sleep(1.0)
-                        for where, expr in list(missing.items()):
-                            if has_finite(await query(session, prom, expr)):
-                                del missing[where]
-                        for task in clients:
-                            if task.done():
-                                task.result()  # a client that died: show why
-                    assert not missing, f"no data for: {sorted(missing)}"
+                    await await_data(session, prom, queries, clients, DEADLINE_S)
                     assert 200 in statuses and 429 in statuses, sorted(set(statuses))
 
                     # The HPA's metric, as prometheus-adapter computes it for the pod.
