@@ -20,6 +20,7 @@ subprocess variants are in ``tests/live_processes.py``, the emulator's recorded 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -424,3 +425,17 @@ async def assert_settled(stack: Stack, *, within_s: float = 10.0) -> str:
             await asyncio.sleep(0.05)
     assert not problems, problems
     return text
+
+
+async def post_counted(session: aiohttp.ClientSession, base: str, body: dict[str, Any],
+                       statuses: collections.Counter[str]) -> None:
+    """POST ``body`` to ``base``'s chat completions and count how it ended in ``statuses``:
+    ``"200"`` for a whole answer (a stream with its ``[DONE]``), else the status and the first
+    bytes of the body, or the client error's name."""
+    try:
+        async with session.post(base + "/v1/chat/completions", json=body) as r:
+            data = await r.read()
+            ok = r.status == 200 and (not body["stream"] or b"[DONE]" in data)
+            statuses[str(r.status) if ok else f"{r.status} {data[:120]!r}"] += 1
+    except aiohttp.ClientError as exc:
+        statuses[type(exc).__name__] += 1

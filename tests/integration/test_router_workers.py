@@ -24,7 +24,7 @@ from live_processes import (
     pod_workers,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from stack import chat, invariant_problems
+from stack import chat, invariant_problems, post_counted
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT, POSIX signals"),
               pytest.mark.timeout(120)]
@@ -202,14 +202,7 @@ async def test_sighup_reloads_both_workers_while_requests_run_and_loses_none(
     statuses: Counter[str] = Counter()
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
-        body = chat(60, stream=i % 3 == 0)
-        try:
-            async with session.post(base + "/v1/chat/completions", json=body) as r:
-                data = await r.read()
-                ok = r.status == 200 and (not body["stream"] or b"[DONE]" in data)
-                statuses[str(r.status) if ok else f"{r.status} {data[:120]!r}"] += 1
-        except aiohttp.ClientError as exc:
-            statuses[type(exc).__name__] += 1
+        await post_counted(session, base, chat(60, stream=i % 3 == 0), statuses)
 
     # A keep-alive pool at a steady 25 requests/s (open loop): a refused reload (invalid
     # file), then a valid one that lowers the SLO and asks for 3 workers (a restart's job).

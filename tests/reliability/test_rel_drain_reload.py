@@ -24,6 +24,7 @@ from stack import (
     error_code,
     fake_backend,
     http_exchange,
+    post_counted,
     raw_post,
     router_config,
 )
@@ -46,14 +47,7 @@ async def test_sighup_reloads_lose_no_keep_alive_request(tmp_path: Path) -> None
             statuses: Counter[str] = Counter()
 
             async def one(session: aiohttp.ClientSession, i: int) -> None:
-                body = chat(60, stream=i % 3 == 0)
-                try:
-                    async with session.post(base + "/v1/chat/completions", json=body) as r:
-                        data = await r.read()
-                        ok = r.status == 200 and (not body["stream"] or b"[DONE]" in data)
-                        statuses[str(r.status) if ok else f"{r.status} {data[:120]!r}"] += 1
-                except aiohttp.ClientError as exc:
-                    statuses[type(exc).__name__] += 1
+                await post_counted(session, base, chat(60, stream=i % 3 == 0), statuses)
 
             # A keep-alive pool at a steady 25 requests/s (open loop), three reloads meanwhile.
             connector = aiohttp.TCPConnector(limit=8)
