@@ -4,6 +4,7 @@ Examples::
 
     lpu-emulator --artifact llama-3.1-8b-2k --port 8001
     lpu-emulator --artifact ./my-shape.toml --port 8001 --replicas 4 --time-scale 10
+    lpu-emulator --artifact llama-3.1-8b-2k --port 8001 --replicas 8 --processes 4
     lpu-emulator --artifact llama-3.1-8b-2k --output-length geometric --output-mean 200
     lpu-emulator --artifact llama-3.1-8b-2k --error-rate 0.05 --crash-rate 0.01
     lpu-emulator --list-artifacts
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from lpu_emulator.faults import FaultSettings
+from lpu_emulator.fleet import default_processes, supervise
 from lpu_emulator.lengths import OutputLength
 from lpu_emulator.options import EmulatorOptions
 from lpu_emulator.server import start_emulators
@@ -37,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001, help="first port (0: ephemeral)")
     p.add_argument("--replicas", type=int, default=1, help="backends on consecutive ports")
+    p.add_argument("--processes", type=int, default=None,
+                   help="processes the replicas are spread over, each replica whole in one"
+                   " (default: one per core, at most --replicas; 1: this process alone)")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every artifact duration (10 = ten times slower)")
     p.add_argument("--max-queue", type=int, default=None,
@@ -128,11 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replicas < 1:
         print("lpu-emulator: --replicas must be >= 1", file=sys.stderr)
         return 2
+    processes = default_processes(args.replicas) if args.processes is None else args.processes
+    if not 1 <= processes <= args.replicas:
+        print(f"lpu-emulator: --processes must be between 1 and --replicas ({args.replicas}),"
+              f" got {processes}", file=sys.stderr)
+        return 2
     try:
         options = options_from_args(args)
     except (ValueError, ArtifactError) as exc:
         print(f"lpu-emulator: {exc}", file=sys.stderr)
         return 2
+    if processes > 1:
+        return supervise(list(sys.argv[1:] if argv is None else argv), args.replicas,
+                         processes, args.port, args.seed)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional off Linux
