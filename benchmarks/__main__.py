@@ -18,6 +18,7 @@ from benchmarks import (
     run_command,
     scale_out,
     soak,
+    trace_soak,
 )
 from benchmarks.experiments import sweep
 from benchmarks.overhead import command as overhead
@@ -34,6 +35,7 @@ _COMMANDS: dict[str, ModuleType] = {
     "emulator-fidelity": emulator_fidelity,
     "decision-cost": admission_decision,
     "scale-out": scale_out,
+    "trace-soak": trace_soak,
 }
 
 

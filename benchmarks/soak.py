@@ -45,7 +45,7 @@ from benchmarks.processes import Service, rss_kib, start, url_in
 from lpu_emulator.server import EmulatorOptions, start_emulators
 from lpu_protocol.artifact import builtin_artifact
 
-__all__ = ["HELP", "configure", "execute", "soak"]
+__all__ = ["HELP", "configure", "execute", "server_counts", "soak"]
 
 HELP = "mixed load with injected faults and client disconnects; reconcile every request"
 MODEL = "llama-3.1-8b-instant"
@@ -155,7 +155,9 @@ async def _faults(backends: list[str], rng: np.random.Generator, stop: asyncio.E
     return windows
 
 
-def _server_counts(text: str) -> dict[str, Any]:
+def server_counts(text: str) -> dict[str, Any]:
+    """The router's pod-wide books from a ``/metrics`` text: admitted, in flight, received
+    (``/v1/`` routes but models), finished by outcome and rejected by reason."""
     out: dict[str, Any] = {"admitted": 0.0, "in_flight": 0.0, "received": 0.0,
                            "finished": Counter(), "rejected": Counter()}
     for fam in text_string_to_metric_families(text):
@@ -207,7 +209,7 @@ async def soak(*, duration: float, rate: float, disconnect: float, time_scale: f
         for _ in range(100):  # let the router see every disconnect
             async with session.get(url + "/metrics") as r:
                 text = await r.text()
-            server = _server_counts(text)
+            server = server_counts(text)
             if server["in_flight"] == 0:
                 break
             await asyncio.sleep(0.1)
