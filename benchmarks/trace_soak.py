@@ -316,6 +316,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"--window-s {QUICK_WINDOW_S:g} (the CI test's run)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--source", default=None,
+                   help="what code ran (e.g. the commit a snapshot was taken at), shown in the"
+                        " results")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for trace_soak.json and trace_soak.md (default:"
                         " benchmarks/results for the whole trace, none for a window)")
@@ -325,6 +328,7 @@ def execute(args: argparse.Namespace) -> int:
     window = QUICK_WINDOW_S if args.quick else args.window_s
     doc = asyncio.run(soak(window_s=window, start_s=args.start_s, seed=args.seed,
                            progress=True))
+    doc["source"] = args.source
     out: Path | None = args.out or (Path("benchmarks/results") if window is None else None)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

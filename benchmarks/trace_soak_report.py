@@ -29,7 +29,9 @@ def _intro(doc: Mapping[str, Any]) -> list[str]:
         "# Trace soak: the shipped trace at 1x through 4 emulator processes and a 2-worker"
         " router",
         "",
-        f"Command: `{doc['command']}`. Trace: {s['citation']}; {s['trace_requests']} requests"
+        f"Command: `{doc['command']}`"
+        + (f", code: {doc['source']}" if doc.get("source") else "")
+        + f". Trace: {s['citation']}; {s['trace_requests']} requests"
         f" over {s['trace_duration_s'] / 60:.1f} minutes. Replayed: {span}, {s['requests']}"
         f" requests at the trace's own arrival times (load {s['load']:g}x, artifact durations"
         f" x{s['time_scale']:g}), each with the trace's prompt length and its output length as"
