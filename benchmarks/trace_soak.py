@@ -65,8 +65,8 @@ from benchmarks.traces import read_trace
 from benchmarks.workload import PlannedRequest
 from lpu_emulator.__main__ import build_parser as emulator_parser
 
-__all__ = ["HELP", "LATENESS_BOUND_S", "LAYOUT", "QUICK_WINDOW_S", "WORKERS", "configure",
-           "execute", "soak"]
+__all__ = ["EMULATORS", "HELP", "LATENESS_BOUND_S", "LAYOUT", "QUICK_WINDOW_S", "WORKERS",
+           "configure", "execute", "soak"]
 
 HELP = "the shipped trace at 1x through 4 emulator processes and a 2-worker router, as a soak"
 
@@ -80,6 +80,9 @@ QUICK_WINDOW_S = 15.0
 POLL_S = 60.0
 """Seconds between reads of the recorded schedules (a replica gets well under 4,096 requests
 a minute at 1x)."""
+EMULATORS = ("separate", "fleet")
+"""How the emulator processes are started (:func:`_start_emulators`); the first is the
+default."""
 _START_TIMEOUT_S = 60.0
 _SETTLE_S = 15.0
 """Longest wait for the router's in-flight gauge to reach 0 after the load (the sampled gauges
@@ -93,21 +96,31 @@ def _pools() -> list[Pool]:
             for b, art, r in exp8.artifacts(1.0, LAYOUT)]
 
 
-def _start_emulators(workdir: Path, seed: int) -> tuple[list[Service], dict[str, list[str]]]:
-    """One ``lpu-emulator`` process per replica of :data:`LAYOUT` (seeds differ per replica)."""
+def _start_emulators(workdir: Path, seed: int, mode: str
+                     ) -> tuple[list[Service], dict[str, list[str]]]:
+    """The replicas of :data:`LAYOUT`, one emulator process each: ``separate``, one
+    ``lpu-emulator`` per replica; ``fleet``, one ``lpu-emulator --replicas R --processes R``
+    per bucket (its children serve one replica each). Replica ``k`` of the layout gets seed
+    ``seed + k`` either way."""
     procs: list[Service] = []
     backends: dict[str, list[str]] = {}
+    k = 0
     try:
         for bucket, artifact, replicas in LAYOUT:
-            for i in range(replicas):
-                name = f"emulator-{bucket}{i}"
-                # It prints "lpu-emulator: ... at http://127.0.0.1:PORT/v1" once it serves.
+            blocks = [(f"{bucket}{i}", 1) for i in range(replicas)] if mode == "separate" \
+                else [(bucket, replicas)]
+            for label, n in blocks:
+                name = f"emulator-{label}"
+                fleet = [] if mode == "separate" else ["--replicas", str(n), "--processes", str(n)]
+                # It prints "lpu-emulator: ... at http://127.0.0.1:PORT/v1" per replica once
+                # they serve.
                 proc = start([sys.executable, "-m", "lpu_emulator", "--artifact", artifact,
-                              "--port", "0", "--seed", str(seed + len(procs))], name=name,
-                             ready_lines=1, timeout_s=_START_TIMEOUT_S,
+                              "--port", "0", "--seed", str(seed + k), *fleet], name=name,
+                             ready_lines=n, timeout_s=_START_TIMEOUT_S,
                              stderr=workdir / f"{name}.log")
                 procs.append(proc)
-                backends.setdefault(bucket, []).append(url_in(proc.lines[0]))
+                k += n
+                backends.setdefault(bucket, []).extend(url_in(line) for line in proc.lines)
     except BaseException:
         for p in procs:
             p.stop()
@@ -115,11 +128,13 @@ def _start_emulators(workdir: Path, seed: int) -> tuple[list[Service], dict[str,
     return procs, backends
 
 
-def _emulator_mode() -> str:
+def _emulator_mode(mode: str) -> str:
     """How the emulators ran, with the delivery settings they took (their CLI's defaults)."""
     cli = emulator_parser()
-    return ("one lpu-emulator process per replica (--replicas 1), default delivery settings"
-            f" --tick-ms {cli.get_default('tick_ms'):g}"
+    how = ("one lpu-emulator process per replica (--replicas 1)" if mode == "separate" else
+           "one `lpu-emulator --replicas 2 --processes 2` per bucket (a child process per"
+           " replica)")
+    return (f"{how}, default delivery settings --tick-ms {cli.get_default('tick_ms'):g}"
             f" --write-budget {cli.get_default('write_budget'):g}")
 
 
@@ -215,10 +230,11 @@ def _log_tails(workdir: Path, lines: int = 8) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def _run(planned: list[PlannedRequest], workdir: Path, seed: int, progress: bool
-               ) -> dict[str, Any]:
+async def _run(planned: list[PlannedRequest], workdir: Path, seed: int, progress: bool,
+               emulators_mode: str) -> dict[str, Any]:
     """Start the processes, replay ``planned``, read everything back; stop the processes."""
-    emulators, backends = await asyncio.to_thread(_start_emulators, workdir, seed)
+    emulators, backends = await asyncio.to_thread(_start_emulators, workdir, seed,
+                                                  emulators_mode)
     procs = list(emulators)
     try:
         router = await asyncio.to_thread(_start_router, workdir, backends)
@@ -258,10 +274,13 @@ async def _run(planned: list[PlannedRequest], workdir: Path, seed: int, progress
 
 
 async def soak(*, window_s: float | None = None, start_s: float | None = None, seed: int = 1,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, emulators: str = EMULATORS[0]) -> dict[str, Any]:
     """Run the soak on the trace window ``[start_s, start_s + window_s)`` (trace seconds; None:
     the whole trace; ``start_s`` None: 0 for the whole trace, else the first window at the
-    hour's mean rate) and return its document (figures, books, lateness and claims)."""
+    hour's mean rate) and return its document (figures, books, lateness and claims).
+    ``emulators``: one of :data:`EMULATORS` (:func:`_start_emulators`)."""
+    if emulators not in EMULATORS:
+        raise ValueError(f"emulators: one of {', '.join(EMULATORS)}, got {emulators!r}")
     trace = read_trace(exp8.TRACE, "azure")
     homes = exp8.home_buckets(trace, LAYOUT)
     length = trace.duration_s + 1e-6 if window_s is None else window_s
@@ -271,7 +290,7 @@ async def soak(*, window_s: float | None = None, start_s: float | None = None, s
     planned = exp8.plan_window(trace, homes, replay)
     buckets = [b for b, _, _ in LAYOUT]
     with tempfile.TemporaryDirectory(prefix="trace-soak-") as tmp:
-        got = await _run(planned, Path(tmp), seed, progress)
+        got = await _run(planned, Path(tmp), seed, progress, emulators)
     records, served = got["records"], got["served"]
     figures = replay_figures.arm_figures(
         planned, records, served, prefix=_PREFIX, buckets=buckets, slo_s=exp8.slo_s(LAYOUT),
@@ -281,7 +300,8 @@ async def soak(*, window_s: float | None = None, start_s: float | None = None, s
         planned, records, served, _PREFIX)[:20]
     doc: dict[str, Any] = {
         "command": "lpu-bench trace-soak" + ("" if window_s is None else
-                                             f" --window-s {window_s:g} --start-s {start_s:g}"),
+                                             f" --window-s {window_s:g} --start-s {start_s:g}")
+                   + ("" if emulators == EMULATORS[0] else f" --emulators {emulators}"),
         "machine": machine.describe(),
         "settings": {
             "trace": exp8.TRACE.name, "citation": exp8.CITATION,
@@ -293,7 +313,7 @@ async def soak(*, window_s: float | None = None, start_s: float | None = None, s
             "load": 1.0, "time_scale": 1.0, "layout": [list(x) for x in LAYOUT],
             "slo_s": exp8.slo_s(LAYOUT), "admission": "timeline, spill on",
             "emulator_processes": sum(r for _, _, r in LAYOUT),
-            "emulator_mode": _emulator_mode(),
+            "emulator_mode": _emulator_mode(emulators), "emulators": emulators,
             "router": f"lpu-router serve CONFIG --workers {WORKERS}", "seed": seed,
             "lateness_bound_s": LATENESS_BOUND_S},
         "elapsed_s": got["elapsed_s"], "loadavg": got["loadavg"], "cpu_s": got["cpu_s"],
@@ -316,6 +336,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"--window-s {QUICK_WINDOW_S:g} (the CI test's run)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--emulators", choices=EMULATORS, default=EMULATORS[0],
+                   help="separate: one lpu-emulator per replica; fleet: one lpu-emulator"
+                        " --processes per bucket")
     p.add_argument("--source", default=None,
                    help="what code ran (e.g. the commit a snapshot was taken at), shown in the"
                         " results")
@@ -327,7 +350,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     window = QUICK_WINDOW_S if args.quick else args.window_s
     doc = asyncio.run(soak(window_s=window, start_s=args.start_s, seed=args.seed,
-                           progress=True))
+                           progress=True, emulators=args.emulators))
     doc["source"] = args.source
     out: Path | None = args.out or (Path("benchmarks/results") if window is None else None)
     if out is not None:
