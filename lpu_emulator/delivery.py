@@ -112,6 +112,7 @@ class Deliverer:
         stall_at = plan.stall_at if plan.stall_at is not None and plan.stall_at < n else n + 1
         await adm.schedule.admitted(job)
         series.queue.observe(job.queue_s)
+        step = job.timings.per_token_s
         sent = 0
         wake = job.token_time(0)
         first_at = 0.0
@@ -129,12 +130,17 @@ class Deliverer:
                         adm.finish_reason, usage(adm.prompt_tokens, n), _timing(adm)
                     )
                 await resp.write(chunk)
+                written = clock()
                 if sent == 0:
                     series.lateness_first.observe(now - job.token_time(0))
-                    first_at = clock()
+                    series.token_first.observe_run(written - job.token_time(0), 0.0, 1)
+                    series.token_later.observe_run(written - job.token_time(1), step, due - 1)
+                    first_at = written
                     series.ttft.observe(first_at - adm.received)
                 else:
                     series.lateness_later.observe(now - job.token_time(sent))
+                    series.token_later.observe_run(written - job.token_time(sent), step,
+                                                   due - sent)
                 sent = due
                 if sent == stall_at:
                     self.metrics.faults.labels(FaultKind.STALL).inc()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from lpu_emulator.lateness import TokenLateness, TokenLatenessCollector
 from lpu_protocol.histograms import LATENCY_BUCKETS
 
 __all__ = ["LATENESS_BUCKETS", "EmulatorMetrics", "ModelSeries", "make_metrics"]
@@ -38,6 +39,10 @@ class ModelSeries:
     prompt_tokens: Counter
     lateness_first: Histogram
     lateness_later: Histogram
+    token_first: TokenLateness
+    """Per token (:mod:`lpu_emulator.lateness`): each request's first token."""
+    token_later: TokenLateness
+    """Per token: every other token."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,7 @@ class EmulatorMetrics:
     faults: Counter  # {kind}
     lateness: Histogram  # {model_name, token}: per write, lateness of its earliest token
     # (token="first": the write carrying a request's first token; "later": the others)
+    token_lateness: TokenLatenessCollector  # {model_name, token}: per token, every token
 
     def child(self, model: str) -> ModelSeries:
         return ModelSeries(
@@ -73,6 +79,8 @@ class EmulatorMetrics:
             prompt_tokens=self.prompt_tokens.labels(model),
             lateness_first=self.lateness.labels(model, "first"),
             lateness_later=self.lateness.labels(model, "later"),
+            token_first=self.token_lateness.series(model, "first"),
+            token_later=self.token_lateness.series(model, "later"),
         )
 
     def refresh(
@@ -95,6 +103,8 @@ def make_metrics(registry: CollectorRegistry | None = None) -> EmulatorMetrics:
     reg = registry if registry is not None else CollectorRegistry()
     m = ["model_name"]
     b = LATENCY_BUCKETS
+    token_lateness = TokenLatenessCollector()
+    reg.register(token_lateness)
     return EmulatorMetrics(
         registry=reg,
         running=Gauge("vllm:num_requests_running", "Requests holding a slot.", m, registry=reg),
@@ -153,4 +163,5 @@ def make_metrics(registry: CollectorRegistry | None = None) -> EmulatorMetrics:
             " was against the schedule; token=first for the write carrying the first token.",
             [*m, "token"], buckets=LATENESS_BUCKETS, registry=reg,
         ),
+        token_lateness=token_lateness,
     )
