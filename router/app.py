@@ -122,7 +122,8 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
             metrics.in_flight.labels(b.name, url).set_function(
                 partial(admitter.in_flight, b.name, url))
     series = RequestSeries(metrics)
-    drift = DriftEstimator(metrics, tolerance=config.admission.drift_tolerance)
+    drift = DriftEstimator(metrics, tolerance=config.admission.drift_tolerance,
+                           on_estimate=None if timeline is None else timeline.observe_timing)
     attempts = AttemptLoop(admitter=admitter, pool=pool, upstream=upstream, metrics=metrics,
                            series=series, max_retries=config.server.max_retries,
                            min_retry_after_s=config.admission.min_retry_after_s,

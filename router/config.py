@@ -12,7 +12,7 @@ edge. Every field is documented once, in ``router/example.toml`` and ``docs/rout
     [health]     path, interval_s, timeout_s, eject_after_failures, eject_for_s
     [admission]  mode, margin_s, margin, margin_quantile, margin_window, prediction,
                  learned_quantile, utilization_window_s, load_poll_interval_s, on_demand_max_wait_s,
-                 schedule_from_answers, drift_tolerance
+                 schedule_from_answers, drift_tolerance, drift_min_samples
     [[buckets]]  name, model, backends, artifact, time_scale, max_seq_len, max_output_tokens,
                  slots, prefill_ms, per_token_ms, default_max_tokens, over_cap, ttft_slo_s,
                  e2e_slo_s, target_utilization, max_queue, max_concurrency, degraded_min_tokens,
@@ -49,6 +49,7 @@ from router.admission.settings import (
 )
 from router.bucket_config import BucketConfig, OverCap, parse_bucket, parse_params
 from router.config_fields import Fields
+from router.drift import WINDOW as DRIFT_WINDOW
 from router.limits.settings import LimitsConfig, parse_limits, scale_problems
 
 log = logging.getLogger("lpu_router.config")
@@ -209,6 +210,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", *, base_dir: 
         min_retry_after_s=adm.number("min_retry_after_s", _ADM.min_retry_after_s, lo=0.0),
         learned_min_samples=adm.integer("learned_min_samples", _ADM.learned_min_samples, lo=1),
         drift_tolerance=adm.number("drift_tolerance", _ADM.drift_tolerance, lo=0.0),
+        drift_min_samples=adm.integer("drift_min_samples", _ADM.drift_min_samples, lo=1,
+                                      hi=DRIFT_WINDOW),
     )
     adm.finish()
     limits = parse_limits(Fields(raw, "limits", errors))

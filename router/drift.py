@@ -16,23 +16,33 @@ hop), exported as ``lpu_router_backend_observed_seconds{bucket,backend,timing}``
 ``LpuRouterArtifactDrift`` compares the two against ``[admission] drift_tolerance``
 (``lpu_router_drift_tolerance``). Network time makes both estimates err slightly high, never
 low. Cost per completed request: per sample an insertion into a sorted window of at most
-``window`` floats (the median is its middle) and a gauge set.
+``window`` floats (the median is its middle), a gauge set and the ``on_estimate`` call.
+
+Each new estimate also goes to ``on_estimate(bucket, backend, timing, median, samples)``: the
+timeline admitter, which schedules the replica with it once it drifts beyond the tolerance
+(:mod:`router.admission.observed`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
+from collections.abc import Callable
 from enum import StrEnum
 
 from prometheus_client import Gauge
 
 from router.metrics import RouterMetrics
 
-__all__ = ["MIN_TOKENS", "DriftEstimator", "Timing"]
+__all__ = ["MIN_TOKENS", "WINDOW", "DriftEstimator", "OnEstimate", "Timing"]
 
 MIN_TOKENS = 16
 """Fewest tokens a stream must have to give a per-token sample."""
+WINDOW = 64
+"""Recent samples the median is taken over, per (bucket, backend, timing)."""
+
+OnEstimate = Callable[[str, str, str, float, int], None]
+"""``(bucket, backend, timing, estimate_s, samples)``, after every sample."""
 
 
 class Timing(StrEnum):
@@ -70,9 +80,11 @@ class _Window:
 class DriftEstimator:
     """Medians of recent observed timings per (bucket, backend, timing); see the module doc."""
 
-    def __init__(self, metrics: RouterMetrics, *, tolerance: float, window: int = 64) -> None:
+    def __init__(self, metrics: RouterMetrics, *, tolerance: float, window: int = WINDOW,
+                 on_estimate: OnEstimate | None = None) -> None:
         self._metrics = metrics
         self._window = window
+        self._on_estimate = on_estimate
         self._samples: dict[tuple[str, str, Timing], _Window] = {}
         metrics.drift_tolerance.set(tolerance)
 
@@ -96,4 +108,7 @@ class DriftEstimator:
             gauge = self._metrics.backend_observed_seconds.labels(bucket, backend, timing.value)
             samples = self._samples[key] = _Window(self._window, gauge)
         samples.add(value)
-        samples.gauge.set(samples.median())
+        median = samples.median()
+        samples.gauge.set(median)
+        if self._on_estimate is not None:
+            self._on_estimate(bucket, backend, timing, median, len(samples.order))

@@ -46,6 +46,7 @@ from router.admission import (
 )
 from router.admission.bucket_state import BucketState
 from router.admission.decision import Inputs, judge
+from router.admission.observed import timing_in_use
 from router.admission.priority import rule_table
 from router.admission.ratelimit import Charge, TenantLimiter
 from router.admission.settings import AdmissionSettings, BucketPolicy, PriorityRule
@@ -424,6 +425,24 @@ class TimelineAdmitter:
         ``/load`` report (:class:`router.rollout.ReplicaView`)."""
         rep = self._buckets[bucket].by_url[url]
         return rep.eligible, rep.last_report
+
+    def observe_timing(self, bucket: str, backend: str, timing: str, observed: float,
+                       samples: int) -> None:
+        """The router's estimate of ``backend``'s ``timing`` (``prefill`` or ``per_token``:
+        the median of ``samples`` of its streams, :mod:`router.drift`): beyond the drift
+        tolerance from what the replica declares, its timeline schedules with it
+        (:mod:`router.admission.observed`). Unknown buckets or backends are ignored."""
+        b = self._buckets.get(bucket)
+        rep = b.by_url.get(backend) if b is not None else None
+        if rep is None:
+            return
+        field = timing + "_s"
+        declared: float = getattr(rep.served, field)
+        s = self.settings
+        rep.use_observed(field, timing_in_use(declared, observed, samples,
+                                              tolerance=s.drift_tolerance,
+                                              min_samples=s.drift_min_samples),
+                         self.clock())
 
     def hold(self, bucket: str, url: str) -> None:
         """Admit nothing more to ``url`` of ``bucket`` until a ``/load`` report says it is

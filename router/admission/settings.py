@@ -170,3 +170,7 @@ class AdmissionSettings:
     drift_tolerance: float = 0.05
     """Relative gap between a replica's observed and declared timings (prefill, per token)
     beyond which ``LpuRouterArtifactDrift`` fires (:mod:`router.drift`); 0.05: 5 %."""
+    drift_min_samples: int = 16
+    """Samples an observed timing needs before a replica's timeline schedules with it instead
+    of the declared one, when they differ beyond ``drift_tolerance``
+    (:mod:`router.admission.observed`)."""

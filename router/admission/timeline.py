@@ -69,6 +69,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from lpu_protocol.artifact import Timings
 from lpu_protocol.load_report import LoadReport
 from router.admission import Up, always_up
 from router.admission.settings import ReplicaShape
@@ -91,6 +92,8 @@ class Reservation:
     started: bool = False
     observed: bool = False
     """The start is known from the first token, not predicted."""
+    timings: Timings | None = None
+    """The timings ``duration_s`` was computed with (None: unknown, never re-timed)."""
 
     @property
     def end(self) -> float:
@@ -106,6 +109,12 @@ class ReplicaTimeline:
 
     def __init__(self, shape: ReplicaShape, health: Up | None = None) -> None:
         self.shape = shape
+        """What new reservations are scheduled with: :attr:`served`, with any timing
+        :meth:`use_observed` set in place of the declared one."""
+        self.served = shape
+        """The shape the replica declares: the config's, its timings replaced by a report's."""
+        self._observed: dict[str, float] = {}
+        """Timings (``prefill_s``, ``per_token_s``) taken from observation instead."""
         self.health: Up = health if health is not None else always_up(shape.url, shape.url)
         """The replica's health, owned by the backend pool: read, never copied."""
         self.ready = True
@@ -173,7 +182,7 @@ class ReplicaTimeline:
         tail = self._tail
         start = tail[0] if tail[0] > now else now
         heapq.heapreplace(tail, start + duration_s)
-        r = Reservation(seq, now, duration_s, start, start <= now)
+        r = Reservation(seq, now, duration_s, start, start <= now, False, self.shape.timings)
         self._items[seq] = r
         if r.started:
             self._add_started(r)
@@ -226,15 +235,46 @@ class ReplicaTimeline:
         artifact version during a rollout) replace them for every later reservation (those
         admitted keep the duration they were placed with); the slot count stays the config's.
         """
-        if _differs(report.prefill_s, self.shape.prefill_s) or _differs(
-                report.per_token_s, self.shape.per_token_s):
-            self.shape = replace(self.shape, prefill_s=report.prefill_s,
-                                 per_token_s=report.per_token_s)
+        served = self.served
+        if _differs(report.prefill_s, served.prefill_s) or _differs(
+                report.per_token_s, served.per_token_s):
+            self.served = replace(served, prefill_s=report.prefill_s,
+                                  per_token_s=report.per_token_s)
+            self.shape = _with_observed(self.served, self._observed)
         self.ready = report.ready
         self.last_report = report
         self.last_report_at = now
         self._take_floor(report.slot_free_in_s, now, sent_at)
         self.rebuild(now)
+
+    def use_observed(self, timing: str, value: float | None, now: float) -> None:
+        """Schedule with ``value`` as the ``timing`` (``prefill_s`` or ``per_token_s``)
+        instead of the declared one (None: the declared one again); see
+        :mod:`router.admission.observed`.
+
+        Unlike a report's new timings (work admitted before a swap finishes on the old
+        artifact), an observation says how this replica runs *all* its work: every live
+        reservation is re-timed to the new timings (its token count kept) and the timeline
+        rebuilt, so the requests already queued are predicted as they will run."""
+        if self._observed.get(timing) == value:
+            return
+        if value is None:
+            del self._observed[timing]
+        else:
+            self._observed[timing] = value
+        self.shape = _with_observed(self.served, self._observed)
+        new = self.shape.timings
+        for r in self._items.values():
+            old = r.timings
+            if old is not None and old is not new:
+                decode = round((r.duration_s - old.prefill_s) / old.per_token_s)
+                r.duration_s, r.timings = new.service_s(decode + 1), new
+        self.rebuild(now)
+
+    @property
+    def observed_timings(self) -> dict[str, float]:
+        """The timings taken from observation (empty: all as declared)."""
+        return dict(self._observed)
 
     def merge_schedule(self, slot_free_in_s: tuple[float, ...], now: float,
                        sent_at: float) -> bool:
@@ -422,8 +462,19 @@ class ReplicaTimeline:
             "queued": len(self._queue),
             "predicted_wait_s": wait,
             "predicted_ttft_s": wait + self.shape.prefill_s,
+            "timings": {"prefill_s": self.shape.prefill_s,
+                        "per_token_s": self.shape.per_token_s,
+                        "observed": sorted(self._observed)},
             "report": report,
         }
+
+
+def _with_observed(served: ReplicaShape, observed: dict[str, float]) -> ReplicaShape:
+    """``served`` with the observed timings in place of its own (itself when none)."""
+    if not observed:
+        return served
+    return replace(served, prefill_s=observed.get("prefill_s", served.prefill_s),
+                   per_token_s=observed.get("per_token_s", served.per_token_s))
 
 
 def _padded(ends: list[float], c: int) -> list[float]:
