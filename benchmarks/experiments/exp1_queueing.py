@@ -1,21 +1,23 @@
 """Experiment 1: TTFT against utilization with admission off, measured through the router,
-against the exact M/D/c prediction (and M/M/c for contrast).
+against the exact stationary M/D/c prediction (and M/M/c for contrast).
 
-One emulator replica with ``c`` slots (1 and 4) behind the router in mode ``off``; Poisson
-arrivals at ``rho * c / D`` for rho from 0.3 to 1.5; every request makes the same number of
-tokens, so the backend is exactly M/D/c and TTFT = W + prefill. Each point is R independent
-replications (own seeds, each starting empty); the first ``warmup`` seconds of arrivals are
-sent but not counted. Per replication we take p50 and p99 of TTFT; the interval is the 95%
-Student-t interval over the R replications. Two predictions sit next to each measurement:
+One emulator replica with ``c`` slots behind the router in mode ``off``; Poisson arrivals at
+``rho * c / D``; every request makes the same number of tokens, so the backend is exactly
+M/D/c and TTFT = W + prefill. Each point below capacity is one long run measured until its
+p99 TTFT is known to within +-10%, its warm-up cut off
+(:mod:`benchmarks.experiments.exp1_point`); the intervals are 95% batch-means intervals over
+the correlated sequence of TTFTs in arrival order
+(:func:`benchmarks.experiments.stationary.batch_quantile_ci`). Two predictions sit next to
+each measurement:
 
 * the stationary M/D/c percentile (``benchmarks.theory``), defined for rho < 1;
 * the exact FIFO schedule of the *same* realized send times
-  (:mod:`benchmarks.experiments.schedule`), which also holds the start-up transient and the
-  overload growth of a finite run.
+  (:mod:`benchmarks.experiments.schedule`), which also holds the overload growth of a
+  finite run.
 
-Below capacity each point also carries the range M/D/c gives the mean wait of a point of
-this shape (:func:`~benchmarks.experiments.schedule.mean_wait_band`), and every replication
-the per-request difference between the measured TTFT and the exact schedule's. With
+Below capacity each point also carries the range M/D/c gives the mean wait of a run of this
+length (:func:`~benchmarks.experiments.schedule.mean_wait_band`), and every point the
+per-request difference between the measured TTFT and the exact schedule's. With
 ``lpu-bench sweep --only 1 --check`` these claims are the check that queueing through the
 router is M/D/c (a wall-clock comparison that a busy machine can miss, so a benchmark and
 not a test).
@@ -30,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import theory
 from benchmarks.experiments import ExperimentResult, SweepConfig
+from benchmarks.experiments import exp1_point as ep
 from benchmarks.experiments.claims import (
     Claim,
     config,
@@ -44,70 +46,30 @@ from benchmarks.experiments.claims import (
     rising,
     sentences,
 )
-from benchmarks.experiments.drive import Measured, drive, plan
+from benchmarks.experiments.exp1_point import (
+    COVERAGE,
+    FULL,
+    QUICK,
+    TARGET,
+    Design,
+    measure_point,
+    point_config,
+    predictions,
+)
 from benchmarks.experiments.output import fmt_ms, md_table, plt, write_experiment
-from benchmarks.experiments.rig import Pool, serve
-from benchmarks.experiments.schedule import exact_ttft, mean_wait_band
-from benchmarks.experiments.stats import mean_ci
 
-__all__ = ["NAME", "TITLE", "claims", "run", "summarize"]
+__all__ = ["NAME", "TITLE", "claims", "run", "summarize", "write"]
 
 NAME = "exp1_queueing"
 TITLE = "1. TTFT against utilization (admission off): measured vs exact M/D/c"
-
-
-async def _replication(cfg: SweepConfig, url: str, slots: int, rho: float, rep: int,
-                       duration_s: float, warmup_s: float) -> dict[str, float]:
-    lam = rho * cfg.capacity_rps(slots)
-    rng = np.random.default_rng([cfg.seed, slots, round(rho * 1000), rep])
-    planned = plan(cfg, rng, rate=lam, duration_s=warmup_s + duration_s)
-    m = Measured.of(await drive(url, planned, cfg, seed=cfg.seed + rep))
-    keep = m.after(warmup_s)
-    done = keep & m.completed
-    ttft = m.ttft[done]
-    exact_all = exact_ttft(m, slots, cfg.service_s, cfg.prefill_s)
-    exact = exact_all[keep]
-    err = np.abs(ttft - exact_all[done])
-    return {
-        "n": float(ttft.size), "failed": float(m.failed),
-        "p50": float(np.percentile(ttft, 50)), "p99": float(np.percentile(ttft, 99)),
-        "mean": float(ttft.mean()),
-        "exact_p50": float(np.percentile(exact, 50)), "exact_p99": float(np.percentile(exact, 99)),
-        "err_p50": float(np.percentile(err, 50)), "err_p90": float(np.percentile(err, 90)),
-    }
-
-
-def _theory(cfg: SweepConfig, slots: int, rho: float) -> dict[str, float]:
-    if rho >= 0.995:
-        return {"mdc_p50": float("nan"), "mdc_p99": float("nan"), "mmc_p99": float("nan")}
-    lam, d, pre = rho * cfg.capacity_rps(slots), cfg.service_s, cfg.prefill_s
-    return {
-        "mdc_p50": theory.mdc_ttft_percentile(0.5, lam, slots, d, pre),
-        "mdc_p99": theory.mdc_ttft_percentile(0.99, lam, slots, d, pre),
-        "mmc_p99": theory.mmc_wait_percentile(0.99, lam, slots, d) + pre,
-    }
 
 
 FEW_MS = 0.010
 """What "a few ms" of router, loopback and client overhead may be, at most."""
 TAIL_FEW = 3
 """Nine requests in ten differ from the exact schedule by at most this many times FEW_MS."""
-COVERAGE = 0.99
-"""The share of simulated points' mean waits that M/D/c's range for a point holds."""
 DISTINCT = 1.5
 """M/M/c and M/D/c are told apart only where their p99 differ by at least this factor."""
-
-
-def _band(cfg: SweepConfig, slots: int, rho: float, reps: int, duration_s: float,
-          warmup_s: float) -> dict[str, list[float]]:
-    """M/D/c's range for this point's mean wait (below capacity only: above it the mean
-    grows with the run and is compared with the exact schedule instead)."""
-    if rho >= 1.0:
-        return {}
-    band = mean_wait_band(rho * cfg.capacity_rps(slots), slots, cfg.service_s,
-                          duration_s=duration_s, warmup_s=warmup_s, runs=reps, coverage=COVERAGE,
-                          rng=np.random.default_rng([cfg.seed, slots, round(rho * 1000), 99]))
-    return {"mdc_mean_wait_band": list(band)}
 
 
 def _heads(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -165,7 +127,59 @@ def claims(data: Mapping[str, Any]) -> list[Claim]:
                         + (f", against p99 {ms(floor, 0)} ms below capacity" if under else ""))
     out.append(Claim(text, all(grows), "; ".join(evidence)) if grows
                else missing(text, "point beyond rho = 1"))
-    return [*out, _per_request(points), _mean_wait(points)]
+    return [*out, _per_request(points), _mean_wait(points), *_stationary(points)]
+
+
+HEADLINE = (0.5, 0.8, 0.9)
+"""The utilizations at which the stationary claim is made (issue 15)."""
+
+
+def _headline(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points at :data:`HEADLINE` utilizations of the largest slot count, with a
+    stationary prediction and a batch-means interval."""
+    if not points:
+        return []
+    top = max(p["slots"] for p in points)
+    return [p for p in points if p["slots"] == top and p["rho"] in HEADLINE
+            and finite(p.get("mdc_p99")) and finite(est(p.get("p99")))
+            and isinstance(p.get("p99_ci"), Mapping)]
+
+
+def _half(p: Mapping[str, Any]) -> float:
+    v = p["p99_ci"].get("relative_half_width")
+    return float(v) if finite(v) else float("inf")
+
+
+def _stationary(points: list[dict[str, Any]]) -> list[Claim]:
+    """Measured p99 within TARGET of exact M/D/c at every HEADLINE rho, the intervals that
+    narrow, and batches long enough to be independent."""
+    mine = _headline(points)
+    rhos = " / ".join(f"{r:g}" for r in HEADLINE)
+    text = (f"at rho = {rhos} the measured p99 TTFT is within {TARGET:.0%} of the exact"
+            " stationary M/D/c value")
+    narrow = (f"each of those p99 intervals (95%, batch means) is within +-{TARGET:.0%} of"
+              " its estimate")
+    apart = ("the batches are long enough to be treated as independent (lag-1 correlation"
+             " of the batch estimates within 2 / sqrt(batches))")
+    if not mine:
+        what = "stationary point at those utilizations"
+        return [missing(text, what), missing(narrow, what), missing(apart, what)]
+    gaps = [est(p["p99"]) / p["mdc_p99"] - 1.0 for p in mine]
+    all_there = sorted(p["rho"] for p in mine) == sorted(HEADLINE)
+    out = [Claim(text, all_there and all(abs(g) <= TARGET for g in gaps), "; ".join(
+        f"rho = {p['rho']:g}: {ms(est(p['p99']))} ms [{ms(p['p99'][1])}, {ms(p['p99'][2])}]"
+        f" against {ms(p['mdc_p99'])} ms ({g:+.1%})" for p, g in zip(mine, gaps, strict=True))
+        + ("" if all_there else f"; {len(mine)} of {len(HEADLINE)} utilizations measured"))]
+    out.append(Claim(narrow, all_there and all(_half(p) <= TARGET for p in mine), "; ".join(
+        f"rho = {p['rho']:g}: +-{_half(p):.1%} from {int(p['p99_ci']['batches'])} batches of"
+        f" {int(p['p99_ci']['batch_size'])} after {p.get('measured_s', 0):.0f} s"
+        f" ({p.get('stopped_by', '?')})" for p in mine)))
+    lags = [(p, p["p99_ci"].get("lag1"), p["p99_ci"].get("batches")) for p in mine]
+    ok = [finite(r) and finite(k) and k >= 3 and abs(r) <= 2 / k**0.5 for _, r, k in lags]
+    out.append(Claim(apart, all(ok), "; ".join(
+        f"rho = {p['rho']:g}: {r:+.2f} over {int(k)}" if finite(r) and finite(k)
+        else f"rho = {p['rho']:g}: -" for p, r, k in lags)))
+    return out
 
 
 def _per_request(points: list[dict[str, Any]]) -> Claim:
@@ -207,42 +221,60 @@ def _s(seconds: Any) -> str:
     return f"{seconds:g} s" if finite(seconds) else "? s"
 
 
+def _setting(c: Mapping[str, Any]) -> str:
+    """The run's shape in one sentence, from its config."""
+    if not (finite(c.get("service_s")) and finite(c.get("prefill_s"))):
+        return ""
+    tokens = int(c["output_tokens"]) if finite(c.get("output_tokens")) else 0
+    parts = f"prefill {ms(c['prefill_s'], 0)} ms"
+    if tokens > 1 and finite(c.get("per_token_s")):
+        parts += f" + {tokens - 1} x {ms(c['per_token_s'], 0)} ms"
+    elif tokens == 1:
+        parts += ", one token"
+    if c.get("stationary"):
+        how = (f"one run per point below capacity, stopped once the p99's 95% batch-means"
+               f" interval was within +-{c.get('target', TARGET):.0%} (at least"
+               f" {_s(c.get('min_measured_s'))} counted, at most {_s(c.get('cap_s'))} of"
+               f" arrivals), warm-up the later of {c.get('warmup_service_times', '?')} D and"
+               f" the MSER-5 cut of the number in system; beyond capacity"
+               f" {_s(c.get('overload_s'))} from empty, the first"
+               f" {_s(c.get('overload_warmup_s'))} not counted")
+    else:
+        how = (f"one fixed run of {_s(c.get('cap_s'))} per point, the first"
+               f" {_s(c.get('overload_warmup_s'))} not counted")
+    return f"Service time D = {ms(c['service_s'], 0)} ms ({parts}), {how}."
+
+
 def summarize(data: Mapping[str, Any]) -> str:
     """Experiment 1's summary: its setting, the headline figures and :func:`claims`."""
-    c = config(data)
-    setting = ""
-    if finite(c.get("service_s")) and finite(c.get("prefill_s")):
-        parts = f"prefill {ms(c['prefill_s'], 0)} ms"
-        if finite(c.get("per_token_s")) and finite(c.get("output_tokens")):
-            parts += f" + {int(c['output_tokens']) - 1} x {ms(c['per_token_s'], 0)} ms"
-        setting = (f"Service time D = {ms(c['service_s'], 0)} ms ({parts}),"
-                   f" {c.get('replications', '?')} replication(s) of {_s(c.get('duration_s'))}"
-                   f" per point after a {_s(c.get('warmup_s'))} warm-up.")
     heads = listing("Measured vs stationary M/D/c p99 TTFT", [
         f"c = {p['slots']}, rho = {p['rho']:g}: {ms(est(p['p99']))} ms"
         f" [{ms(p['p99'][1])}, {ms(p['p99'][2])}] vs {ms(p['mdc_p99'])} ms"
         f" (M/M/c would say {ms(p['mmc_p99'])} ms)"
         for p in _heads(list(data.get("points") or []))])
-    return paragraph([setting, heads, sentences(claims(data))])
+    return paragraph([_setting(config(data)), heads, sentences(claims(data))])
 
 
 def _plot(cfg: SweepConfig, points: list[dict[str, Any]], slot_counts: tuple[int, ...]) -> Any:
-    fig, axes = plt.subplots(1, len(slot_counts), figsize=(6.2 * len(slot_counts), 4.6),
+    fig, axes = plt.subplots(1, len(slot_counts), figsize=(6.8 * len(slot_counts), 4.8),
                              squeeze=False)
     for ax, slots in zip(axes[0], slot_counts, strict=True):
         grid = np.linspace(0.05, 0.97, 70)
-        curves = [_theory(cfg, slots, float(r)) for r in grid]
-        ax.plot(grid, [c["mdc_p99"] * 1e3 for c in curves], "C0-", label="M/D/c p99 (exact)")
+        curves = [predictions(cfg, slots, float(r)) for r in grid]
+        mdc99 = np.array([c["mdc_p99"] for c in curves]) * 1e3
+        ax.plot(grid, mdc99, "C0-", label="M/D/c p99 (exact, stationary)")
+        ax.fill_between(grid, mdc99 * (1 - TARGET), mdc99 * (1 + TARGET), color="C0",
+                        alpha=0.12, label=f"M/D/c p99 +-{TARGET:.0%}")
         ax.plot(grid, [c["mdc_p50"] * 1e3 for c in curves], "C1-", label="M/D/c p50 (exact)")
         ax.plot(grid, [c["mmc_p99"] * 1e3 for c in curves], "C0:", label="M/M/c p99 (contrast)")
         mine = [p for p in points if p["slots"] == slots]
         x = np.array([p["rho"] for p in mine])
         for key, color, label in (("p99", "C0", "measured p99"), ("p50", "C1", "measured p50")):
-            est = np.array([p[key][0] for p in mine]) * 1e3
+            mid = np.array([p[key][0] for p in mine]) * 1e3
             lo = np.array([p[key][1] for p in mine]) * 1e3
             hi = np.array([p[key][2] for p in mine]) * 1e3
-            ax.errorbar(x, est, yerr=[est - lo, hi - est], fmt="o", color=color, capsize=3,
-                        label=label + " (95% CI)")
+            ax.errorbar(x, mid, yerr=[mid - lo, hi - mid], fmt="o", color=color, capsize=3,
+                        label=label + " (95% batch-means CI)")
         ax.plot(x, [p["exact_p99"] * 1e3 for p in mine], "kx", label="p99, exact schedule of"
                 " the same arrivals")
         ax.axvline(1.0, color="grey", lw=0.8)
@@ -255,56 +287,58 @@ def _plot(cfg: SweepConfig, points: list[dict[str, Any]], slot_counts: tuple[int
     return fig
 
 
-async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
-    """Sweep utilization for each slot count; write the table, plot and numbers."""
-    t0 = time.perf_counter()
-    slot_counts = (2,) if quick else (1, 4)
-    rhos = (0.6, 1.2) if quick else (0.3, 0.5, 0.7, 0.8, 0.9, 1.2, 1.5)
-    reps = 1 if quick else 3
-    duration_s, warmup_s = (1.2, 0.2) if quick else (8.0, 2.0)
-    points: list[dict[str, Any]] = []
-    for slots in slot_counts:
-        pool = Pool("main", cfg.artifact(slots), 1, {"ttft_slo_s": 10.0})
-        async with serve(cfg, [pool], {"mode": "off"}) as stack:
-            for rho in rhos:
-                runs = [await _replication(cfg, stack.url, slots, rho, r, duration_s, warmup_s)
-                        for r in range(reps)]
-                points.append({
-                    "slots": slots, "rho": rho, "rate_rps": rho * cfg.capacity_rps(slots),
-                    "replications": runs, "n": sum(r["n"] for r in runs),
-                    "failed": sum(r["failed"] for r in runs),
-                    "p50": mean_ci([r["p50"] for r in runs]).as_list(),
-                    "p99": mean_ci([r["p99"] for r in runs]).as_list(),
-                    "exact_p50": float(np.mean([r["exact_p50"] for r in runs])),
-                    "exact_p99": float(np.mean([r["exact_p99"] for r in runs])),
-                    "err_p50": max(r["err_p50"] for r in runs),
-                    "err_p90": max(r["err_p90"] for r in runs),
-                    "mean_wait": float(np.mean([r["mean"] for r in runs])) - cfg.prefill_s,
-                    **_theory(cfg, slots, rho),
-                    **_band(cfg, slots, rho, reps, duration_s, warmup_s),
-                })
-    rows = [
-        [p["slots"], f"{p['rho']:.2f}", f"{p['rate_rps']:.1f}", int(p["n"]),
-         f"{fmt_ms(p['p50'][0])} [{fmt_ms(p['p50'][1])}, {fmt_ms(p['p50'][2])}]",
-         fmt_ms(p["mdc_p50"]),
-         f"{fmt_ms(p['p99'][0])} [{fmt_ms(p['p99'][1])}, {fmt_ms(p['p99'][2])}]",
-         fmt_ms(p["exact_p99"]), fmt_ms(p["mdc_p99"]), fmt_ms(p["mmc_p99"])]
-        for p in points
-    ]
-    table = md_table(["c", "rho", "rate (req/s)", "n", "p50 measured [95% CI] (ms)",
-                      "p50 M/D/c", "p99 measured [95% CI] (ms)", "p99 exact schedule",
-                      "p99 M/D/c", "p99 M/M/c"], rows)
+def _ci(v: list[float]) -> str:
+    return f"{fmt_ms(v[0])} [{fmt_ms(v[1])}, {fmt_ms(v[2])}]"
+
+
+def _row(p: Mapping[str, Any]) -> list[object]:
+    ci = p.get("p99_ci") or {}
+    half = ci.get("relative_half_width")
+    return [p["slots"], f"{p['rho']:.2f}", f"{p['rate_rps']:.1f}", int(p["n"]),
+            f"{p['warmup_s']:.1f}" if finite(p.get("warmup_s")) else "-",
+            f"{p['measured_s']:.0f}", _ci(p["p50"]), fmt_ms(p["mdc_p50"]), _ci(p["p99"]),
+            f"+-{half:.1%}" if finite(half) else "-",
+            f"{int(ci['batches'])} x {int(ci['batch_size'])}" if ci else "-",
+            f"{ci['lag1']:+.2f}" if finite(ci.get("lag1")) else "-",
+            fmt_ms(p["exact_p99"]), fmt_ms(p["mdc_p99"]),
+            f"{p['p99_vs_mdc']:+.1%}" if finite(p.get("p99_vs_mdc")) else "-",
+            fmt_ms(p["mmc_p99"])]
+
+
+def write(cfg: SweepConfig, out_dir: Path, points: list[dict[str, Any]], design: Design,
+          elapsed_s: float) -> ExperimentResult:
+    """Experiment 1's table, plot and numbers from its measured ``points``."""
+    pcfg = point_config(cfg, design)
+    table = md_table(["c", "rho", "rate (req/s)", "n", "warm-up (s)", "counted (s)",
+                      "p50 measured [95% CI] (ms)", "p50 M/D/c", "p99 measured [95% CI] (ms)",
+                      "CI +-", "batches", "lag-1", "p99 exact schedule", "p99 M/D/c",
+                      "p99 vs M/D/c", "p99 M/M/c"], [_row(p) for p in points])
     intro = (
         "Router in admission mode `off`, one emulator replica, Poisson arrivals, fixed output"
-        " length. Intervals: 95% Student-t over independent replications of the per-run"
-        " percentile."
+        " length. Intervals: 95% batch means over the sequence of TTFTs in arrival order"
+        " (batch means of the exceedance of the estimate, mapped back through the empirical"
+        " quantile function; `benchmarks/experiments/stationary.py`). Machine load: the"
+        " measurement lock was held, other sessions' tests may have shared the cores."
     )
-    data = {"config": {"service_s": cfg.service_s, "prefill_s": cfg.prefill_s,
-                       "per_token_s": cfg.per_token_s, "output_tokens": cfg.output_tokens,
-                       "duration_s": duration_s, "warmup_s": warmup_s, "replications": reps,
-                       "isolate": cfg.isolate},
+    data = {"config": {"service_s": pcfg.service_s, "prefill_s": pcfg.prefill_s,
+                       "per_token_s": pcfg.per_token_s, "output_tokens": pcfg.output_tokens,
+                       "stationary": design.stationary, "cap_s": design.cap_s,
+                       "overload_s": design.overload_s,
+                       "overload_warmup_s": design.overload_warmup_s, "target": TARGET,
+                       "min_measured_s": ep.MIN_MEASURED_S, "segment_s": ep.SEGMENT_S,
+                       "warmup_service_times": ep.WARMUP_SERVICE_TIMES,
+                       "mean_wait_band_coverage": COVERAGE, "isolate": cfg.isolate},
             "points": points}
-    summary = summarize(data)
-    return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table, summary=summary,
-                            figure=_plot(cfg, points, slot_counts), data=data,
-                            elapsed_s=time.perf_counter() - t0)
+    return write_experiment(out_dir, NAME, TITLE, intro=intro, table_md=table,
+                            summary=summarize(data),
+                            figure=_plot(pcfg, points, design.slot_counts), data=data,
+                            elapsed_s=elapsed_s)
+
+
+async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
+    """Measure every point of the design (each on its own stack); write the files."""
+    t0 = time.perf_counter()
+    design = QUICK if quick else FULL
+    points = [await measure_point(cfg, design, slots, rho)
+              for slots in design.slot_counts for rho in design.rhos]
+    return write(cfg, out_dir, points, design, time.perf_counter() - t0)
