@@ -307,6 +307,7 @@ async def soak(*, window_s: float | None = None, start_s: float | None = None, s
             "trace": exp8.TRACE.name, "citation": exp8.CITATION,
             "trace_requests": len(trace), "trace_duration_s": trace.duration_s,
             "start_s": start_s, "window_s": length, "requests": len(planned),
+            "output_tokens": sum(p.max_tokens for p in planned),
             "unplaced_in_window": int(sum(
                 h is None for h, t in zip(homes, trace.at_s.tolist(), strict=True)
                 if start_s <= t < start_s + length)),

@@ -30,9 +30,10 @@ from benchmarks.records import ClientOutcome, RequestRecord
 
 __all__ = ["LATENESS_SERIES", "books", "claims", "lateness", "quantile"]
 
-LATENESS_SERIES = ("lpu:token_lateness_seconds", "lpu:token_delivery_lateness_seconds")
-"""The emulator's lateness histograms, preferred first: per token (when the emulator has it),
-else per write (the lateness of each write's earliest token)."""
+LATENESS_SERIES = ("lpu_emulator_token_lateness_seconds", "lpu:token_delivery_lateness_seconds")
+"""The emulator's lateness histograms, preferred first: per token (every streamed token's time
+written minus time scheduled, :mod:`lpu_emulator.lateness`), else per write (the lateness of
+each write's earliest token, in emulators without the first)."""
 
 
 def _buckets(texts: Sequence[str], name: str) -> dict[str, dict[float, float]]:

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from benchmarks.records import ClientOutcome, RequestRecord
-from benchmarks.trace_soak_figures import books, lateness, quantile
+from benchmarks.trace_soak_figures import LATENESS_SERIES, books, lateness, quantile
 
 _INF = math.inf
 
@@ -28,9 +28,10 @@ def test_quantile_reads_a_cumulative_histogram(cumulative: dict[float, float], q
     assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want)
 
 
-def _emulator_text(observations: dict[str, list[float]]) -> str:
+def _emulator_text(observations: dict[str, list[float]],
+                   name: str = "lpu:token_delivery_lateness_seconds") -> str:
     reg = CollectorRegistry()
-    h = Histogram("lpu:token_delivery_lateness_seconds", "lateness", ["model_name", "token"],
+    h = Histogram(name, "lateness", ["model_name", "token"],
                   buckets=(0.001, 0.005, 0.01, 1.0), registry=reg)
     for token, values in observations.items():
         for v in values:
@@ -92,3 +93,10 @@ def test_books_see_a_completion_the_client_did_not() -> None:
     records = [_record(0, ClientOutcome.TIMED_OUT, 200), _record(1, ClientOutcome.REJECTED, 429)]
     checks = books(_server(admitted=1, completed=1, rejected=1, received=2), records)["checks"]
     assert [k for k, ok in checks.items() if not ok] == ["completed_agrees"]
+
+
+def test_lateness_prefers_the_per_token_series() -> None:
+    per_write = _emulator_text({"later": [0.004] * 3})
+    per_token = _emulator_text({"later": [0.004] * 7}, LATENESS_SERIES[0])
+    late = lateness([per_write + per_token], 0.005)
+    assert late["series"] == LATENESS_SERIES[0] and late["all"]["count"] == 7
