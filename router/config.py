@@ -40,6 +40,7 @@ from lpu_protocol.param_policy import DEFAULT_PARAMS, ParamPolicy
 from router.admission import Priority
 from router.admission.settings import (
     DEFAULT_PRIORITY_RULES,
+    DRIFT_WINDOW,
     AdmissionMode,
     AdmissionSettings,
     MarginPolicy,
@@ -49,7 +50,6 @@ from router.admission.settings import (
 )
 from router.bucket_config import BucketConfig, OverCap, parse_bucket, parse_params
 from router.config_fields import Fields
-from router.drift import WINDOW as DRIFT_WINDOW
 from router.limits.settings import LimitsConfig, parse_limits, scale_problems
 
 log = logging.getLogger("lpu_router.config")

@@ -32,13 +32,14 @@ from enum import StrEnum
 
 from prometheus_client import Gauge
 
+from router.admission.settings import DRIFT_WINDOW
 from router.metrics import RouterMetrics
 
 __all__ = ["MIN_TOKENS", "WINDOW", "DriftEstimator", "OnEstimate", "Timing"]
 
 MIN_TOKENS = 16
 """Fewest tokens a stream must have to give a per-token sample."""
-WINDOW = 64
+WINDOW = DRIFT_WINDOW
 """Recent samples the median is taken over, per (bucket, backend, timing)."""
 
 OnEstimate = Callable[[str, str, str, float, int], None]

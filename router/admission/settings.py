@@ -14,6 +14,7 @@ from router.admission import Priority
 
 __all__ = [
     "DEFAULT_PRIORITY_RULES",
+    "DRIFT_WINDOW",
     "MARGIN_CAP_SLO_FRACTION",
     "AdmissionMode",
     "AdmissionSettings",
@@ -136,6 +137,10 @@ DEFAULT_PRIORITY_RULES: tuple[PriorityRule, ...] = (
 )
 """Interactive: full SLO, never shed on utilization. Standard: full SLO, shed a
 little above the target. Batch (sheddable): half the SLO, shed at the target."""
+
+
+DRIFT_WINDOW = 64
+"""Recent samples a replica's observed timing is the median of (:mod:`router.drift`)."""
 
 
 @dataclass(frozen=True, slots=True)
