@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,12 +128,16 @@ def _p99(xs: list[float]) -> float | None:
 
 
 def replay(config: RouterConfig, trace: Trace, *, margin: float, dispatch_s: float = 0.0,
-           return_s: float = 0.0) -> Prediction:
+           return_s: float = 0.0, dispatch_sample: Sequence[float] = (),
+           seed: int = 0) -> Prediction:
     """Play ``trace`` through ``config``'s admission; ``margin``: the token estimate's (the
     router's :data:`~lpu_protocol.tokens.ESTIMATE_UNDERCOUNT_MARGIN` without a tokenizer, 0
     with one). ``dispatch_s``: seconds from a decision until the backend has the request;
     ``return_s``: from a token leaving the backend until the router sees it (both 0: the
-    backend starts each request exactly when the timeline predicts)."""
+    backend starts each request exactly when the timeline predicts). ``dispatch_sample``:
+    measured delays (seconds); when given, each admitted request's dispatch delay is one of
+    them drawn at random (``numpy.random.default_rng(seed)``, so a replay is reproducible)
+    added to ``dispatch_s``: a delay that varies from request to request, as on a busy host."""
     clock = _Clock()
     admitter = TimelineAdmitter(config.admission, clock=clock)
     table = BucketTable(config.buckets, margin=margin)
@@ -150,7 +155,10 @@ def replay(config: RouterConfig, trace: Trace, *, margin: float, dispatch_s: flo
     worst_error = 0.0
     at, prompts, outputs = (a.tolist() for a in (trace.at_s, trace.prompt_tokens,
                                                  trace.output_tokens))
-    for t, prompt, output in zip(at, prompts, outputs, strict=True):
+    draws = (np.asarray(dispatch_sample, dtype=np.float64)[
+        np.random.default_rng(seed).integers(0, len(dispatch_sample), len(at))].tolist()
+        if len(dispatch_sample) else [0.0] * len(at))
+    for t, prompt, output, extra in zip(at, prompts, outputs, draws, strict=True):
         while events and events[0][0] <= t:
             when, kind, _, ticket = heapq.heappop(events)
             clock.t = when
@@ -176,7 +184,7 @@ def replay(config: RouterConfig, trace: Trace, *, margin: float, dispatch_s: flo
         shape = by_name[where.name].policy.replicas[0]
         service = shape.service_time(min(output, d.terms.max_tokens))
         slots = free[d.backend]
-        start = max(t + dispatch_s, slots[0])
+        start = max(t + dispatch_s + extra, slots[0])
         heapq.heapreplace(slots, start + service)
         worst_error = max(worst_error, abs(start - (t + d.predicted_wait_s)))
         ttft = start - t + shape.prefill_s + return_s

@@ -24,10 +24,20 @@ scaled shape) and divides the trace's gaps by ``load / scale``, so its wall time
 window's length times ``scale / load``. Every figure is reported in model time (the artifacts'
 own seconds), so the speeds read in the same units.
 
+The planner beside the measurement (:func:`prediction`) models the same system: during each
+timeline arm, probe requests (:func:`probes`: one output token, every :data:`PROBE_EVERY_S`
+of wall time, alternating the buckets) go through the same router and emulators beside the
+replay, and each one's TTFT at the client less its TTFT on the emulator's recorded schedule is
+one sample of the delay the router, the client and the loopback add to a request on this busy
+host (:func:`probe_delays`). The simulator draws each request's dispatch delay from those
+samples. At a time scale below 1 that wall delay grows in model time by ``1 / scale`` (the
+earlier 1x run at scale 0.25 predicted a p99 TTFT 30% short for this reason), so no speed
+runs below scale 1 (:func:`replays`).
+
 The issue's own scenario (``10x``, full run only): the trace at 10x its rate through the demo's
 layout (:data:`DEMO_LAYOUT`: short 2K / medium 8K / long 32K, one replica each, the same SLO
 rule), the setting of the issue's "Why" paragraph, with the same arms. Its window is the
-trace's busiest :data:`ISSUE_WINDOW_S` at scale 1 (:func:`replays` says why).
+trace's busiest :data:`ISSUE_WINDOW_S` at scale 2 (:func:`replays` says why).
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +54,20 @@ import aiohttp
 import numpy as np
 
 from benchmarks import plan_replay
-from benchmarks.experiments import ExperimentResult, SweepConfig, replay_figures, replay_report
+from benchmarks.experiments import (
+    ExperimentResult,
+    SweepConfig,
+    replay_figures,
+    replay_report,
+    replay_spill_bound,
+)
 from benchmarks.experiments.claims import Claim
 from benchmarks.experiments.output import write_experiment
 from benchmarks.experiments.replay_figures import Served
 from benchmarks.experiments.rig import Pool, router_config, serve
 from benchmarks.loadgen import LoadConfig, run_load
 from benchmarks.prompts import PromptFactory
-from benchmarks.records import RequestRecord
+from benchmarks.records import ClientOutcome, RequestRecord
 from benchmarks.traces import Trace, read_trace
 from benchmarks.workload import PlannedRequest
 from lpu_protocol.artifact import Artifact, builtin_artifact
@@ -60,8 +76,9 @@ from router.buckets import BucketTable
 from router.config import RouterConfig, parse_config
 from router.errors import Rejection
 
-__all__ = ["ARMS", "DEMO_LAYOUT", "LAYOUT", "NAME", "TITLE", "TRACE", "ArmRun", "Replay", "claims",
-           "overload_factor", "replay_arm", "replays", "run", "summarize"]
+__all__ = ["ARMS", "DEMO_LAYOUT", "LAYOUT", "NAME", "PROBE_EVERY_S", "TITLE", "TRACE", "ArmRun",
+           "Replay", "claims", "overload_factor", "probe_delays", "probes", "replay_arm",
+           "replays", "run", "summarize"]
 
 NAME = "exp8_trace_replay"
 TITLE = "8. Trace replay: spill to a larger shape on a real trace"
@@ -75,13 +92,21 @@ DEMO_LAYOUT: Layout = (*LAYOUT, ("long", "llama-3.1-8b-32k", 1))
 """The demo's layout (``lpu_demo.stack``), the issue's scenario."""
 ISSUE_LOAD = 10.0
 """The issue's scenario: the trace at this multiple of its rate."""
-ISSUE_WINDOW_S = 600.0
+ISSUE_WINDOW_S = 300.0
 """The issue's scenario replays the trace's busiest window of this length (trace seconds)."""
 SLO_PREFILLS = 4.0
 """Each bucket's TTFT SLO in multiples of its prefill."""
 ARMS = ("spill", "no_spill", "off")
 OVERLOAD = 2.0
+ONE_X_WINDOW_S = 90.0
+"""The 1x run replays the trace's busiest window of this length (trace seconds)."""
+OVERLOAD_WINDOW_S = 1200.0
+"""The 2x run replays a window of the hour's mean rate of this length (trace seconds)."""
 """The compressed replay offers this multiple of the layout's slots (:func:`overload_factor`)."""
+
+PROBE_EVERY_S = 0.5
+"""Wall seconds between two probe requests (:func:`probes`): 2 requests per second of one
+output token each, beside the replay's 5 to 190."""
 
 _POLL_S = 1.0
 """How often the emulators' recorded schedules are read during a run (wall seconds): they
@@ -180,26 +205,50 @@ def typical_window(trace: Trace, length_s: float) -> float:
     return float(trace.at_s[int(np.argmin(np.abs(counts - trace.rate_rps * length_s)))])
 
 
+def window(trace: Trace, homes: Sequence[str | None], start_s: float, length_s: float
+           ) -> tuple[Trace, list[str | None]]:
+    """The requests of ``[start_s, start_s + length_s)`` (trace seconds) and their homes."""
+    keep = (trace.at_s >= start_s) & (trace.at_s < start_s + length_s)
+    idx = np.flatnonzero(keep)
+    return (Trace(f"{trace.name} [{start_s:.0f}, {start_s + length_s:.0f})",
+                  trace.at_s[idx] - start_s, trace.prompt_tokens[idx], trace.output_tokens[idx]),
+            [homes[i] for i in idx.tolist()])
+
+
+def _overloaded(trace: Trace, homes: Sequence[str | None], start_s: float, length_s: float,
+                scale: float) -> Replay:
+    """The window compressed until it alone offers :data:`OVERLOAD` x the layout's slots."""
+    load = overload_factor(*window(trace, homes, start_s, length_s))
+    return Replay(f"{OVERLOAD:g}x", load, scale, start_s, length_s)
+
+
 def replays(trace: Trace, homes: Sequence[str | None], quick: bool) -> list[Replay]:
-    """The speeds run. Full: 1x on the trace's busiest 4 minutes at scale 0.25 (60 s of wall
-    time: the whole hour at 1x would take an hour, its busiest part is the hardest 1x case,
-    and a smaller scale puts the SLOs within the machine's own jitter), and 2x overload on the
-    whole hour at scale 1 (under a minute). Quick: 2x on a 3-minute window of the hour's
-    mean rate (:func:`typical_window`) at scale 4 (fewer requests per wall second for one
-    event loop).
+    """The speeds run, each window's wall time ``length_s x scale / load``. Full:
+
+    * 1x on the trace's busiest :data:`ONE_X_WINDOW_S` at scale 1: the whole hour at 1x would
+      take an hour, its busiest part is the hardest 1x case, and at scale 1 the host's delay
+      per request counts at its own size (a scale of 0.25 made it 4x larger in model time);
+    * 2x on the first :data:`OVERLOAD_WINDOW_S` of the trace at the hour's mean rate
+      (:func:`typical_window`), compressed until that window offers 2x the layout's slots, at
+      scale 4. Why not the whole hour: compressed 73x, its bursts reach ~400 requests per wall
+      second at scale 1, more than one load-generator process and the router stream on this
+      2-core host, so the client measured its own lateness (client goodput half the
+      schedule's); at scale 4 a fourth of the rate per wall second. The simulator's cases
+      (:mod:`benchmarks.experiments.replay_spill_bound`) cover the whole hour.
+
+    Quick: 2x on a 3-minute window of the hour's mean rate at scale 4 (CI).
 
     The full run adds the issue's scenario: 10x through :data:`DEMO_LAYOUT` on the trace's
-    busiest :data:`ISSUE_WINDOW_S` at scale 1 (60 s of wall time per arm). Why that window:
-    the whole hour at 10x would take 344 s per arm; at 10x the hour's mean offers about a
-    seventh of the slots the 2x overload does, so the refusals the issue describes come from
-    the trace's bursts, and the busiest 10 minutes hold the biggest (minutes 3-6). Scale 1
-    keeps every SLO at the artifacts' own value, well above the machine's jitter."""
-    over = overload_factor(trace, homes)
+    busiest :data:`ISSUE_WINDOW_S` at scale 2. Why that window: at 10x the hour's mean offers
+    about a seventh of the slots the 2x overload does, so the refusals the issue describes
+    come from the trace's bursts, and the busiest minutes hold the biggest (minutes 3-6);
+    scale 2 halves the rate per wall second of those bursts for the same reason as 2x."""
     if quick:
-        return [Replay(f"{OVERLOAD:g}x", over, 4.0, typical_window(trace, 180.0), 180.0)]
-    return [Replay("1x", 1.0, 0.25, busiest_window(trace, 240.0), 240.0),
-            Replay(f"{OVERLOAD:g}x", over, 1.0, 0.0, trace.duration_s + 1e-6),
-            Replay(f"{ISSUE_LOAD:g}x", ISSUE_LOAD, 1.0, busiest_window(trace, ISSUE_WINDOW_S),
+        return [_overloaded(trace, homes, typical_window(trace, 180.0), 180.0, 4.0)]
+    return [Replay("1x", 1.0, 1.0, busiest_window(trace, ONE_X_WINDOW_S), ONE_X_WINDOW_S),
+            _overloaded(trace, homes, typical_window(trace, OVERLOAD_WINDOW_S),
+                        OVERLOAD_WINDOW_S, 4.0),
+            Replay(f"{ISSUE_LOAD:g}x", ISSUE_LOAD, 2.0, busiest_window(trace, ISSUE_WINDOW_S),
                    ISSUE_WINDOW_S, DEMO_LAYOUT, issue=True)]
 
 
@@ -255,10 +304,44 @@ async def _polling(backends: Mapping[str, list[str]], polls: list[tuple[str, lis
         await _poll(backends, polls, session)
 
 
+def probes(trace: Trace, homes: Sequence[str | None], replay: Replay,
+           every_s: float = PROBE_EVERY_S, seed: int = 0) -> list[PlannedRequest]:
+    """Probe requests over the replay's wall time, one every ``every_s`` (wall seconds),
+    alternating the buckets that are some request's home, each with the prompt length of a
+    request of the trace at home there drawn at random (``numpy.random.default_rng(seed)``:
+    the router counts and relays prompts of the replay's sizes) and one output token."""
+    names = [b for b, _, _ in replay.layout if any(h == b for h in homes)]
+    prompts = {b: [p for p, h in zip(trace.prompt_tokens.tolist(), homes, strict=True)
+                   if h == b] for b in names}
+    rng = np.random.default_rng(seed)
+    count = int(replay.length_s / replay.compression / every_s) if names else 0
+    out = []
+    for i in range(count):
+        b = names[i % len(names)]
+        out.append(PlannedRequest(i, i * every_s, int(rng.choice(prompts[b])), 1, b))
+    return out
+
+
+def probe_delays(records: Sequence[RequestRecord], served: Mapping[str, Sequence[Served]],
+                 prefix: str, scale: float) -> list[float]:
+    """Model seconds each completed probe spent outside its emulator's schedule: its TTFT at
+    the client less its TTFT on the recorded schedule (``prefix`` + index), over the run's
+    ``scale``; probes refused or not found on a schedule give none."""
+    out = []
+    for r in records:
+        entries = served.get(f"{prefix}{r.index}")
+        if r.outcome == ClientOutcome.COMPLETED and r.ttft_s is not None and entries:
+            out.append(round((r.ttft_s - entries[0].ttft_s) / scale, 6))
+    return out
+
+
 async def replay_arm(cfg: SweepConfig, arm: str, replay: Replay,
-                     planned: list[PlannedRequest]) -> ArmRun:
+                     planned: list[PlannedRequest],
+                     probe: Sequence[PlannedRequest] = ()) -> ArmRun:
     """Run ``planned`` through router + emulators configured for ``arm``; the figures of
-    :func:`replay_figures.arm_figures` are in the result."""
+    :func:`replay_figures.arm_figures` are in the result. ``probe`` (:func:`probes`) is sent
+    beside it through the same stack; its :func:`probe_delays` are the figures'
+    ``probe_delays_s`` (empty without probes); probes are in no other figure."""
     pools = _pools(arm, replay.scale, replay.layout)
     admission = {"mode": "off"} if arm == "off" else {"mode": "timeline"}
     prefix = f"x8-{arm}-{replay.label}-"
@@ -266,10 +349,18 @@ async def replay_arm(cfg: SweepConfig, arm: str, replay: Replay,
     # Long enough for the longest generation to finish after the last arrival.
     drain = 2 * replay.scale * max(SLO_PREFILLS * a.prefill_s + a.service_time(a.max_output_tokens)
                                    for _, a, _ in artifacts(1.0, replay.layout))
+    probe_prefix = f"x8probe-{arm}-{replay.label}-"
     async with serve(cfg, pools, admission) as stack, _polling(stack.backends, polls):
         load = LoadConfig(stack.url, pools[0].artifact.model, drain_timeout_s=drain,
                           request_id_prefix=prefix)
-        result = await run_load(planned, load, PromptFactory(np.random.default_rng(cfg.seed)))
+        probing = asyncio.create_task(run_load(
+            probe, replace(load, request_id_prefix=probe_prefix),
+            PromptFactory(np.random.default_rng(cfg.seed + 1)))) if probe else None
+        try:
+            result = await run_load(planned, load,
+                                    PromptFactory(np.random.default_rng(cfg.seed)))
+        finally:
+            probed = await probing if probing is not None else None
     served = replay_figures.merge_schedules(polls)
     run = ArmRun(arm, replay, planned, result.records, served, prefix)
     run.figures = replay_figures.arm_figures(
@@ -279,6 +370,8 @@ async def replay_arm(cfg: SweepConfig, arm: str, replay: Replay,
         slots={b: a.slots * r for b, a, r in artifacts(1.0, replay.layout)})
     run.figures["ended_once_problems"] = replay_figures.ended_once_problems(
         planned, result.records, served, prefix)[:20]
+    run.figures["probe_delays_s"] = (probe_delays(probed.records, served, probe_prefix,
+                                                  replay.scale) if probed else [])
     return run
 
 
@@ -291,19 +384,24 @@ def _config(arm: str, scale: float, layout: Layout = LAYOUT) -> RouterConfig:
     return parse_config(router_config(pools, urls, admission), f"<exp8 {arm}>")
 
 
-def prediction(planned: Sequence[PlannedRequest], replay: Replay, arm: str) -> dict[str, Any]:
+def prediction(planned: Sequence[PlannedRequest], replay: Replay, arm: str,
+               delays: Sequence[float] = ()) -> dict[str, Any]:
     """The planner's figures for ``arm`` on the very arrivals of ``planned``: its simulator
     (:func:`benchmarks.plan_replay.replay`, the router's admission code on a virtual clock) on
-    the model-time trace of the run. Goodput per model-time second of the replayed window,
-    as measured."""
+    the model-time trace of the run, each request reaching its backend one of ``delays``
+    (model seconds: the arm's :func:`probe_delays`; empty: none) after its decision. Goodput
+    per model-time second of the replayed window, as measured."""
     trace = Trace(f"exp8 {replay.label}",
                   np.asarray([p.at_s / replay.scale for p in planned], dtype=np.float64),
                   np.asarray([p.prompt_tokens for p in planned], dtype=np.int64),
                   np.asarray([p.max_tokens for p in planned], dtype=np.int64))
     pred = plan_replay.replay(_config(arm, 1.0, replay.layout), trace,
-                              margin=ESTIMATE_UNDERCOUNT_MARGIN)
+                              margin=ESTIMATE_UNDERCOUNT_MARGIN, dispatch_sample=delays)
     window = replay.length_s / replay.load
-    return {"arm": arm, "goodput_rps": pred.good / window, "p99_ttft_s": pred.p99_ttft_s,
+    return {"arm": arm, "delays": len(delays),
+            "delay_p50_s": float(np.percentile(delays, 50)) if len(delays) else None,
+            "delay_p99_s": float(np.percentile(delays, 99)) if len(delays) else None,
+            "goodput_rps": pred.good / window, "p99_ttft_s": pred.p99_ttft_s,
             "refused": pred.refused, "violations": pred.violations,
             "spills": sum(b.spilled_out for b in pred.buckets),
             "buckets": {b.name: {"goodput_rps": b.good / window, "p99_ttft_s": b.p99_ttft_s,
@@ -338,13 +436,18 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
     for replay in replays(trace, homes, quick):
         own = homes if replay.layout == LAYOUT else home_buckets(trace, replay.layout)
         planned = plan_window(trace, own, replay)
-        arms = {arm: (await replay_arm(cfg, arm, replay, planned)).figures for arm in ARMS}
+        probe = probes(trace, own, replay)
+        arms = {arm: (await replay_arm(cfg, arm, replay, planned,
+                                       probe if arm != "off" else ())).figures
+                for arm in ARMS}
         reps.append({"label": replay.label, "load": replay.load, "scale": replay.scale,
                      "start_s": replay.start_s, "length_s": replay.length_s,
                      "layout": [list(x) for x in replay.layout], "issue_scenario": replay.issue,
                      "slo_s": slo_s(replay.layout), "requests": len(planned), "arms": arms,
-                     "prediction": prediction(planned, replay, "spill"),
-                     "prediction_no_spill": prediction(planned, replay, "no_spill")})
+                     "prediction": prediction(planned, replay, "spill",
+                                              arms["spill"]["probe_delays_s"]),
+                     "prediction_no_spill": prediction(planned, replay, "no_spill",
+                                                       arms["no_spill"]["probe_delays_s"])})
     unplaced = sum(h is None for h in homes)
     slos = slo_s()
     data = {"config": {"layout": [list(x) for x in LAYOUT], "slo_s": slos,
@@ -353,6 +456,9 @@ async def run(cfg: SweepConfig, out_dir: Path, quick: bool) -> ExperimentResult:
                        "trace_duration_s": trace.duration_s, "unplaced": unplaced,
                        "citation": CITATION, "isolate": cfg.isolate, "quick": quick},
             "replays": reps, "points": replay_report.points(reps)}
+    if not quick:
+        data["spill_bound"] = replay_spill_bound.spill_bound(trace, OVERLOAD,
+                                                             ESTIMATE_UNDERCOUNT_MARGIN)
     speeds = "; ".join(
         f"{r['label']}: trace seconds {r['start_s']:.0f} to {r['start_s'] + r['length_s']:.0f}"
         f" ({r['requests']} requests) at {r['load']:.1f}x the trace's rate, artifact durations"

@@ -28,8 +28,8 @@ from benchmarks.experiments.claims import (
 )
 from benchmarks.experiments.output import fmt_ms, fmt_pct, md_table, plt
 
-__all__ = ["claims", "issue_claims", "issue_scenario", "overloaded", "plot", "points",
-           "summarize", "table"]
+__all__ = ["bound_table", "claims", "issue_claims", "issue_scenario", "overloaded",
+           "planner_claims", "plot", "points", "summarize", "table"]
 
 ARMS = ("spill", "no_spill", "off")
 SPILL_GAIN = 1.2
@@ -96,7 +96,8 @@ def table(data: Mapping[str, Any]) -> str:
               f"{rep['arms'][arm]['total']['schedule_goodput_rps']:.2f}",
               ms(p.get("p99_ttft_s")), ms(rep["arms"][arm]["total"]["p99_ttft_s"]),
               p["refused"], rep["arms"][arm]["total"]["refused"], p["spills"],
-              rep["arms"][arm]["total"]["spills"]]
+              rep["arms"][arm]["total"]["spills"],
+              f"{ms(p.get('delay_p50_s'))} / {ms(p.get('delay_p99_s'))}"]
              for rep in data.get("replays") or []
              for key in ("prediction", "prediction_no_spill")
              if (p := rep.get(key)) and (arm := p.get("arm")) in rep["arms"]]
@@ -114,13 +115,17 @@ def table(data: Mapping[str, Any]) -> str:
                 + md_table(["speed", "arm", "bucket", "utilization", "predicted"], util))
     if preds:
         out += ("\nThe planner's simulator (`benchmarks.plan_replay`: the router's admission code"
-                " on a virtual clock) on the same arrivals, against the measurement:\n\n"
+                " on a virtual clock) on the same arrivals, against the measurement; each"
+                " request reaches its backend after a delay drawn from the arm's probe delays"
+                " (probe requests sent beside the replay: TTFT at the client less TTFT on the"
+                " emulator's recorded schedule):\n\n"
                 + md_table(["speed", "arm", "predicted goodput (req/s)",
                             "measured goodput (req/s)", "measured on the schedule (req/s)",
                             "predicted p99 TTFT (ms)", "measured p99 TTFT (ms)",
-                            "predicted refused", "refused", "predicted spills", "spills"],
+                            "predicted refused", "refused", "predicted spills", "spills",
+                            "probe delays p50 / p99 (ms)"],
                            preds))
-    return out
+    return out + bound_table(data)
 
 
 def claims(data: Mapping[str, Any]) -> list[Claim]:
@@ -133,7 +138,46 @@ def claims(data: Mapping[str, Any]) -> list[Claim]:
              " spilled work",
              f"the planner's predicted goodput and p99 TTFT are within"
              f" {pct(PLANNER_TOLERANCE)} of the measured replay")
-    return [*_checks(overloaded(data), texts), *issue_claims(data)]
+    return [*_checks(overloaded(data), texts), *issue_claims(data), *planner_claims(data)]
+
+
+def planner_claims(data: Mapping[str, Any]) -> list[Claim]:
+    """The planner's check (goodput and p99 TTFT within :data:`PLANNER_TOLERANCE`, both
+    arms with a prediction) on every replay :func:`claims` does not check otherwise: the 1x
+    run ([] for the quick run, whose one replay is the overload)."""
+    over, issue = overloaded(data), issue_scenario(data)
+    out: list[Claim] = []
+    for rep in data.get("replays") or []:
+        if rep is over or rep is issue:
+            continue
+        for key in ("prediction", "prediction_no_spill"):
+            pred = rep.get(key)
+            if not pred:
+                continue
+            text = (f"at {rep['label']}, the planner's predicted goodput and p99 TTFT are within"
+                    f" {pct(PLANNER_TOLERANCE)} of the measured replay (arm {pred.get('arm')})")
+            out.append(_planner_check(rep, pred, text))
+    return out
+
+
+def _planner_check(rep: Mapping[str, Any], pred: Mapping[str, Any] | None, text: str) -> Claim:
+    """``pred`` against its arm's measured goodput and p99 TTFT in ``rep``."""
+    arms = rep["arms"]
+    if not pred or pred.get("arm") not in arms:
+        return missing(text, "planner prediction")
+    m = arms[pred["arm"]]["total"]
+    eg = _ratio(pred["goodput_rps"], m["goodput_rps"]) - 1.0
+    ep = _ratio(pred.get("p99_ttft_s"), m["p99_ttft_s"]) - 1.0
+    es = _ratio(pred["goodput_rps"], m["schedule_goodput_rps"]) - 1.0
+    d50, d99 = pred.get("delay_p50_s"), pred.get("delay_p99_s")
+    return Claim(text, abs(eg) <= PLANNER_TOLERANCE and abs(ep) <= PLANNER_TOLERANCE,
+                 f"goodput {pred['goodput_rps']:.2f} predicted, {m['goodput_rps']:.2f}"
+                 f" measured ({eg:+.1%}; {m['schedule_goodput_rps']:.2f} on the recorded"
+                 f" schedules, {es:+.1%}); p99 TTFT {ms(pred.get('p99_ttft_s'))}"
+                 f" predicted, {ms(m['p99_ttft_s'])} ms measured ({ep:+.1%}), arm"
+                 f" {pred['arm']}"
+                 + (f", the simulator given {pred.get('delays')} delays measured by probes"
+                    f" (p50 {ms(d50)}, p99 {ms(d99)} ms)" if finite(d50) else ""))
 
 
 def issue_claims(data: Mapping[str, Any]) -> list[Claim]:
@@ -172,20 +216,7 @@ def _checks(rep: Mapping[str, Any] | None, texts: Sequence[str]) -> list[Claim]:
     out.append(Claim(texts[2], bool(shown) and all(x <= OWN_LOSS for x in losses.values()
                                                    if finite(x)),
                      "own-traffic goodput change with spill: " + ", ".join(shown)))
-    pred = rep.get("prediction")
-    if not pred or pred.get("arm") not in arms:
-        out.append(missing(texts[3], "planner prediction"))
-    else:
-        m = arms[pred["arm"]]["total"]
-        eg = _ratio(pred["goodput_rps"], m["goodput_rps"]) - 1.0
-        ep = _ratio(pred.get("p99_ttft_s"), m["p99_ttft_s"]) - 1.0
-        es = _ratio(pred["goodput_rps"], m["schedule_goodput_rps"]) - 1.0
-        out.append(Claim(texts[3], abs(eg) <= PLANNER_TOLERANCE and abs(ep) <= PLANNER_TOLERANCE,
-                         f"goodput {pred['goodput_rps']:.2f} predicted, {m['goodput_rps']:.2f}"
-                         f" measured ({eg:+.1%}; {m['schedule_goodput_rps']:.2f} on the recorded"
-                         f" schedules, {es:+.1%}); p99 TTFT {ms(pred.get('p99_ttft_s'))}"
-                         f" predicted, {ms(m['p99_ttft_s'])} ms measured ({ep:+.1%}), arm"
-                         f" {pred['arm']}"))
+    out.append(_planner_check(rep, rep.get("prediction"), texts[3]))
     return out
 
 
@@ -234,6 +265,75 @@ def _issue_contrast(rep: Mapping[str, Any] | None) -> str:
             f" {pct(pred.get(nxt, {}).get('utilization'))}).")
 
 
+def bound_table(data: Mapping[str, Any]) -> str:
+    """The simulator's cases of :mod:`benchmarks.experiments.replay_spill_bound` ("": the run
+    has none, as the quick one)."""
+    bound = data.get("spill_bound")
+    if not bound:
+        return ""
+    rows = [[c["label"], c["layout"], c["slo_rule"], f"{c['speedup']:.1f}",
+             ", ".join(f"{n} {v:.2f}" for n, v in c["own_load"].items()),
+             ", ".join(f"{n} {pct(v)}" for n, v in c["utilization_no_spill"].items()),
+             c["good_no_spill"], c["good_spill"], c["spills"], f"{_num(c['gain'])}",
+             pct(c["own_loss"]), c["good_limits_off_base"], c["good_limits_off"],
+             c["spills_limits_off"], f"{_num(c['gain_limits_off'])}",
+             pct(c["own_loss_limits_off"])]
+            for c in bound["cases"]]
+    return (f"\nWhere spill can gain: the planner's simulator (the router's admission code on a"
+            f" virtual clock) on the whole trace compressed to {bound['overload']:g}x overload of"
+            " each layout (offered work over all its slots); goodput in requests within their"
+            " home bucket's SLO; \"limits off\": spill with every bucket's `spill_share` and"
+            " `target_utilization` at 1, against a no-spill replay with the same targets; own"
+            " load: each bucket's own traffic's slot-seconds over its slots; own loss: the"
+            " largest share of a bucket's own goodput lost with spill:\n\n"
+            + md_table(["layout of", "buckets", "SLO", "speedup", "own load",
+                        "utilization (no spill)", "good, no spill", "good, spill", "spills",
+                        "gain", "own loss", "good, no spill (limits off)",
+                        "good, spill (limits off)", "spills (limits off)", "gain (limits off)",
+                        "own loss (limits off)"], rows))
+
+
+def _num(v: Any) -> str:
+    return f"{float(v):.3f}x" if finite(v) else "-"
+
+
+def _bound_text(data: Mapping[str, Any]) -> str:
+    """What the simulator's cases show, from their numbers ("" without them)."""
+    bound = data.get("spill_bound")
+    if not bound or not bound.get("cases"):
+        return ""
+    cs = bound["cases"]
+    best = max(cs, key=lambda c: c["gain"] if finite(c["gain"]) else 0.0)
+    best_off = max(cs, key=lambda c: c["gain_limits_off"] if finite(c["gain_limits_off"]) else 0.0)
+    reach = [c for c in cs if finite(c["gain"]) and c["gain"] >= SPILL_GAIN]
+    planner = [c for c in cs if c["label"].startswith("the planner's")]
+    parts = [f"On the simulator at {bound['overload']:g}x overload, the largest gain of spill"
+             f" over no spill among the {len(cs)} cases is {_num(best['gain'])}"
+             f" ({best['label']} layout {best['layout']}, SLO {best['slo_rule']}), and"
+             f" {_num(best_off['gain_limits_off'])} with the rule's headroom limits off"
+             f" ({best_off['label']} layout {best_off['layout']}, SLO {best_off['slo_rule']});"
+             + (f" {len(reach)} case(s) reach {SPILL_GAIN:g}x." if reach else
+                f" none reaches {SPILL_GAIN:g}x.")]
+    for c in planner:
+        if c["buckets"] == 1:
+            parts.append(f"The planner's recommendation for {c['label'].split(', ', 1)[1]}"
+                         f" is {c['layout']}: one bucket, so there is nothing to spill to.")
+    over = [(c, n, v) for c in cs if c["buckets"] > 1
+            for n, v in list(c["own_load"].items())[1:] if v > 0]
+    if over:
+        lo = min(over, key=lambda x: x[2])
+        parts.append(f"In every case with more than one bucket, each larger bucket with traffic"
+                     f" of its own is offered at least {lo[2]:.2f}x its slots by that traffic"
+                     f" alone (least: {lo[1]} of {lo[0]['label']} layout {lo[0]['layout']}),"
+                     " so it has headroom for spilled work only in the gaps between bursts.")
+    corr = bound.get("burst_correlation")
+    if finite(corr):
+        parts.append(f"The trace's arrivals at home in the 2K and the 8K bucket, counted per"
+                     f" {bound['window_s']:g} s, correlate at {corr:.2f}: its bursts load both"
+                     " shapes at once.")
+    return " ".join(parts)
+
+
 def summarize(data: Mapping[str, Any]) -> str:
     """The figures of every speed and arm, how much spill moved, then :func:`claims`."""
     parts = []
@@ -243,7 +343,7 @@ def summarize(data: Mapping[str, Any]) -> str:
                              [_arm_line(a, rep["arms"][a]) for a in ARMS if a in rep["arms"]]))
     issue = issue_scenario(data)
     return paragraph([*parts, _why_spill(overloaded(data)), _issue_contrast(issue),
-                      _why_spill(issue), sentences(claims(data))])
+                      _why_spill(issue), _bound_text(data), sentences(claims(data))])
 
 
 def plot(data: Mapping[str, Any]) -> Any:

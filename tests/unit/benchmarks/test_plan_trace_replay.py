@@ -75,6 +75,28 @@ def test_a_dispatch_delay_starts_the_backend_late_and_the_router_learns_it() -> 
     assert p.worst_start_error_s == pytest.approx(0.01)
 
 
+def test_a_sampled_dispatch_delay_of_one_value_is_that_fixed_delay() -> None:
+    """The schedule of the test above, from a sample holding only its 10 ms."""
+    cfg = _config(_bucket("s", 9100, 1024, 512, 100.0, 0.35))
+    trace = _trace([(0.0, 100, 11), (0.0, 100, 11), (0.15, 100, 11)])
+    p = replay(cfg, trace, margin=0.0, dispatch_sample=[0.01])
+    assert p.buckets[0].ttfts == pytest.approx([0.11, 0.31])
+    assert (p.admitted, p.refused) == (2, 1)
+
+
+def test_each_request_draws_its_own_delay_from_the_sample_reproducibly() -> None:
+    """Requests 1 s apart never queue, so each TTFT is the prefill plus the delay it drew:
+    every one of them a value of the sample, both values drawn, and the same draws again for
+    the same seed."""
+    cfg = _config(_bucket("s", 9100, 1024, 512, 100.0, 0.35))
+    trace = _trace([(float(i), 100, 11) for i in range(40)])
+    sample = [0.0, 0.05]
+    runs = [replay(cfg, trace, margin=0.0, dispatch_sample=sample, seed=7) for _ in range(2)]
+    delays = [round(t - 0.1, 9) for t in runs[0].buckets[0].ttfts]
+    assert set(delays) == {0.0, 0.05}
+    assert runs[0].buckets[0].ttfts == runs[1].buckets[0].ttfts
+
+
 def test_spill_to_the_larger_shape_by_hand() -> None:
     """As above, with a larger bucket (1 slot, prefill 200 ms) that spilled work may fill.
 

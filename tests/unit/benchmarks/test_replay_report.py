@@ -73,3 +73,49 @@ def test_plot_draws_each_served_buckets_utilization() -> None:
         assert heights == [37.0, 37.0, 90.0, 90.0]
     finally:
         plt.close(fig)
+
+
+def _one_x(pred_p99: float) -> dict[str, Any]:
+    rep = _replay("1x", 1.0, 10.0, False)
+    for key in ("prediction", "prediction_no_spill"):
+        rep[key] = {**rep[key], "p99_ttft_s": pred_p99, "delays": 2, "delay_p50_s": 0.01,
+                    "delay_p99_s": 0.05}
+    return rep
+
+
+@pytest.mark.parametrize(("pred_p99", "holds"), [(0.28, True), (0.26, False)],
+                         ids=["p99 within 10%", "p99 13% short"])
+def test_the_planner_is_checked_at_1x_too(pred_p99: float, holds: bool) -> None:
+    """The measured p99 TTFT is 300 ms and goodput matches: 280 ms is within 10%, 260 not."""
+    data = {"replays": [_one_x(pred_p99), *DATA["replays"]]}
+    extra = replay_report.planner_claims(data)
+    assert [c.text.split(",")[0] for c in extra] == ["at 1x"] * 2
+    assert [c.holds for c in extra] == [holds] * 2
+    assert "the simulator given 2 delays measured by probes (p50 10.0, p99 50.0 ms)" in (
+        extra[0].evidence)
+    assert replay_report.claims(data)[-2:] == extra
+
+
+def _case(label: str, buckets: int, gain: float, off: float,
+          own: dict[str, float]) -> dict[str, Any]:
+    return {"label": label, "layout": "x", "buckets": buckets, "slo_rule": "4x prefill",
+            "speedup": 70.0, "own_load": own, "utilization_no_spill": {n: 0.5 for n in own},
+            "good_no_spill": 100, "good_spill": round(100 * gain), "spills": 3, "gain": gain,
+            "own_loss": 0.0, "good_limits_off_base": 100, "good_limits_off": round(100 * off),
+            "spills_limits_off": 5, "gain_limits_off": off, "own_loss_limits_off": 0.0}
+
+
+def test_the_bound_prose_follows_its_numbers() -> None:
+    bound = {"overload": 2.0, "window_s": 30.0, "burst_correlation": 0.96, "cases": [
+        _case("the planner's, trace at 1x", 1, 1.0, 1.0, {"8k": 2.0}),
+        _case("the experiment's", 2, 1.01, 1.05, {"2k": 1.8, "8k": 2.2})]}
+    text = replay_report.summarize({"replays": DATA["replays"], "spill_bound": bound})
+    assert ("the largest gain of spill over no spill among the 2 cases is 1.010x (the"
+            " experiment's layout x, SLO 4x prefill), and 1.050x with the rule's headroom"
+            " limits off") in text
+    assert "none reaches 1.2x" in text
+    assert "The planner's recommendation for trace at 1x is x: one bucket" in text
+    assert "offered at least 2.20x its slots by that traffic alone" in text
+    assert "correlate at 0.96" in text
+    assert "| the experiment's | x | 4x prefill | 70.0 | 2k 1.80, 8k 2.20 |" in (
+        replay_report.table({"replays": [], "spill_bound": bound}))
