@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         from benchmarks.experiments import exp1_queueing
 
-        points = [json.loads(_point_file(args.cache, c, r).read_text("utf-8"))
-                  for c in FULL.slot_counts for r in FULL.rhos]
+        # The points measured so far, in the design's order (a missing one is left out
+        # and its claims say so).
+        files = [_point_file(args.cache, c, r) for c in FULL.slot_counts for r in FULL.rhos]
+        points = [json.loads(f.read_text("utf-8")) for f in files if f.is_file()]
         elapsed = sum(float(pt.get("elapsed_s") or 0.0) for pt in points)
         exp1_queueing.write(cfg, args.out, points, FULL, elapsed)
         return 0

@@ -72,12 +72,14 @@ async def run_until(url: str, cfg: SweepConfig, times: FloatArray, *, segment_s:
     stopped_by = "cap"
     sent_s = 0.0
 
-    def collect(t0_unix: float) -> bool:
-        """Move the drained segments, in order, into ``parts``; ask ``enough``."""
+    async def collect(t0_unix: float) -> bool:
+        """Move the drained segments, in order, into ``parts``; ask ``enough``. In a
+        thread: judging ~10^5 records takes tens of ms, which on the loop would delay the
+        sends of the segment in flight."""
         while pending and pending[0].done():
             result = pending.pop(0).result()
             parts.append((result.started_unix - t0_unix, Measured.of(result.records)))
-        return bool(parts) and enough(concat(parts))
+        return bool(parts) and await asyncio.to_thread(lambda: enough(concat(parts)))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         t0_unix = time.time() + _LEAD_S
@@ -96,11 +98,11 @@ async def run_until(url: str, cfg: SweepConfig, times: FloatArray, *, segment_s:
                 # has, and in any case before the next segment is due.
                 due = t0_unix + (j + 1) * segment_s - time.time() - 0.05
                 await asyncio.wait({pending[0]}, timeout=max(due, 0.0))
-            if collect(t0_unix):
+            if await collect(t0_unix):
                 stopped_by = "enough"
                 break
         if pending:
             await asyncio.wait(set(pending))
-        if collect(t0_unix):  # the segments still draining count too
+        if await collect(t0_unix):  # the segments still draining count too
             stopped_by = "enough"
     return LongRun(concat(parts), stopped_by, sent_s)
