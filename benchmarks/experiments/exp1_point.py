@@ -117,6 +117,7 @@ def _figures(m: Measured, cfg: SweepConfig, slots: int, rho: float, cut: int) ->
     ttft = m.ttft[done]
     exact_all = exact_ttft(m, slots, cfg.service_s, cfg.prefill_s)
     err = np.abs(ttft - exact_all[done])
+    lag = (m.sent - m.intended)[keep & np.isfinite(m.sent)]  # the load generator's lateness
     p99 = batch_quantile_ci(ttft, 0.99)
     warmup_s = float(m.intended[cut]) if cut < m.intended.size else math.nan
     measured_s = float(m.intended[-1] - m.intended[cut]) if cut < m.intended.size else 0.0
@@ -129,6 +130,8 @@ def _figures(m: Measured, cfg: SweepConfig, slots: int, rho: float, cut: int) ->
         "exact_p50": float(np.percentile(exact_all[done], 50)),
         "exact_p99": float(np.percentile(exact_all[done], 99)),
         "err_p50": float(np.percentile(err, 50)), "err_p90": float(np.percentile(err, 90)),
+        "send_lag_p99": float(np.percentile(lag, 99)) if lag.size else math.nan,
+        "send_lag_max": float(lag.max()) if lag.size else math.nan,
         "mean_wait": float(ttft.mean()) - cfg.prefill_s,
         **predictions(cfg, slots, rho),
     }
@@ -147,7 +150,8 @@ def _figures(m: Measured, cfg: SweepConfig, slots: int, rho: float, cut: int) ->
 
 async def measure_point(cfg: SweepConfig, design: Design, slots: int, rho: float
                         ) -> dict[str, Any]:
-    """Start a stack, measure one point and return its figures (seconds)."""
+    """Start a stack, measure one point and return its figures (seconds), and under
+    ``"_measured"`` the run's records as arrays (not JSON: the caller takes them out)."""
     pcfg = point_config(cfg, design)
     lam = rho * pcfg.capacity_rps(slots)
     rng = np.random.default_rng([cfg.seed, slots, round(rho * 1000)])
@@ -159,7 +163,7 @@ async def measure_point(cfg: SweepConfig, design: Design, slots: int, rho: float
             m = Measured.of(await drive(stack.url, plan(pcfg, rng, rate=lam, duration_s=length),
                                         pcfg, seed=cfg.seed))
             out = _figures(m, pcfg, slots, rho, _cut(m, pcfg, design.overload_warmup_s, False))
-            return out | {"stopped_by": "fixed"}
+            return out | {"stopped_by": "fixed", "_measured": m}
         floor_s = WARMUP_SERVICE_TIMES * pcfg.service_s
         times = np.array([p.at_s for p in plan(pcfg, rng, rate=lam, duration_s=design.cap_s)])
 
@@ -174,7 +178,7 @@ async def measure_point(cfg: SweepConfig, design: Design, slots: int, rho: float
                               seed=cfg.seed, max_tokens=pcfg.output_tokens)
     m = run.measured
     out = _figures(m, pcfg, slots, rho, _cut(m, pcfg, floor_s, True))
-    return out | {"stopped_by": run.stopped_by, "sent_s": run.sent_s}
+    return out | {"stopped_by": run.stopped_by, "sent_s": run.sent_s, "_measured": m}
 
 
 def _point_file(cache: Path, slots: int, rho: float) -> Path:
@@ -212,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     point = run_async(measure_point(cfg, FULL, args.slots, args.rho))
     point["elapsed_s"] = time.perf_counter() - t0
-    _point_file(args.cache, args.slots, args.rho).write_text(json.dumps(point, indent=1))
+    m: Measured = point.pop("_measured")
+    path = _point_file(args.cache, args.slots, args.rho)
+    path.write_text(json.dumps(point, indent=1))
+    np.savez_compressed(path.with_suffix(".npz"), intended=m.intended, sent=m.sent,
+                        ttft=m.ttft, completed=m.completed)
     print(json.dumps({k: v for k, v in point.items() if k != "p99_ci"}), flush=True)
     return 0
 

@@ -43,7 +43,7 @@ def _exp1_point(slots: int, rho: float, p50: float, p99: float, exact: float,
              p99 + 0.01], "exact_p99": exact, "mdc_p99": mdc, "mmc_p99": mmc,
              "err_p50": 0.002, "err_p90": 0.004,
              "p99_ci": {"relative_half_width": 0.05, "batches": 20, "batch_size": 500,
-                        "lag1": 0.05}}
+                        "lag1": 0.05}, "failed": 0, "send_lag_p99": 0.002, "send_lag_max": 0.01}
     if rho < 1:  # M/D/c's range for the mean wait exists below capacity only
         point |= {"mean_wait": p50 - 0.012, "mdc_mean_wait_band": [p50 - 0.02, p50]}
     return point
@@ -141,6 +141,9 @@ CASES: list[tuple[ModuleType, dict[str, Any], int, dict[str, Any], str]] = [
      "intervals (95%, batch means)"),
     (exp1_queueing, EXP1, 7, _set(EXP1, ("points", 4, "p99_ci", "lag1"), 0.6),
      "treated as independent"),
+    # Issue 15's first rho 0.9 run: a starved load generator, 1382 requests failed.
+    (exp1_queueing, EXP1, 8, _set(EXP1, ("points", 1, "failed"), 1382),
+     "sent on schedule"),
     (exp2_admission, EXP2, 0, _set(EXP2, ("points", 4, "goodput_rps"), 120.0),
      "goodput past capacity collapses"),
     # The loaded machine of issue 10: the timeline rule's p99 at 205.8 ms against 100 ms.
