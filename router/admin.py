@@ -18,7 +18,9 @@ the bucket's canary state; 404 ``bucket_not_found`` for a bucket without canary 
 ``POST /admin/buckets/{name}/rollout`` with the target artifact (``{"artifact": ...}`` or
 ``{"toml": ...}``) starts the bucket's rolling swap (:mod:`router.rollout`): 202 and its progress,
 which ``GET /admin/buckets`` then shows as the bucket's ``rollout``; 404 ``bucket_not_found``,
-400 ``invalid_artifact`` / ``invalid_value``, 409 ``rollout_in_progress``.
+400 ``invalid_artifact`` / ``invalid_value``, 409 ``rollout_in_progress``. With workers the
+outcome of a canary call is pod-wide and a rollout runs in the worker the call reached, every
+worker showing its progress (:mod:`router.canary_shared`).
 
 Access: open while no API key is configured at all; otherwise the admin key
 (``server.admin_api_key``) only -- 401 ``invalid_api_key`` without a valid key, 403
@@ -37,6 +39,7 @@ from lpu_protocol.openai_api import APIError
 from router.admission import Admitter
 from router.auth import Auth
 from router.canary import Canary
+from router.canary_shared import PodState
 from router.rollout import RolloutError, Rollouts
 from router.worker_id import WORKER_HEADER, WorkerId
 
@@ -48,7 +51,10 @@ class AdminBuckets:
 
     def __init__(self, *, auth: Auth, admitter: Admitter, worker: WorkerId,
                  canaries: Mapping[str, Canary] | None = None,
-                 rollouts: Rollouts | None = None) -> None:
+                 rollouts: Rollouts | None = None, pod: PodState | None = None) -> None:
+        """``pod``: with workers, the pod's shared canary and rollout state (a rollout runs in
+        one worker; the others show its progress)."""
+        self._pod = pod
         self._auth = auth
         self._admitter = admitter
         self._worker = worker
@@ -58,8 +64,11 @@ class AdminBuckets:
     async def buckets(self, request: web.Request) -> web.Response:
         self._auth.check_admin(request.headers)
         data = {**self._admitter.snapshot(), "worker": self._worker.as_json()}
+        shown = self._pod.rollouts() if self._pod is not None else {}
         if self._rollouts is not None:
-            for name, progress in self._rollouts.snapshot().items():
+            shown |= self._rollouts.snapshot()  # this worker's own: the freshest
+        if shown:
+            for name, progress in shown.items():
                 bucket = data.get("buckets", {}).get(name)
                 if isinstance(bucket, dict):
                     bucket["rollout"] = progress
@@ -106,8 +115,16 @@ class AdminBuckets:
             raise APIError(400, "The body must be a JSON object.", code="invalid_json") from None
         if not isinstance(doc, dict):
             raise APIError(400, "The body must be a JSON object.", code="invalid_json")
+        name = request.match_info["name"]
         try:
-            progress = self._rollouts.start(request.match_info["name"], doc)
+            if self._pod is not None:
+                self._pod.claim_rollout(name)  # one worker of the pod runs it
+            try:
+                progress = self._rollouts.start(name, doc)
+            except RolloutError:
+                if self._pod is not None:
+                    self._pod.release_rollout(name)
+                raise
         except RolloutError as exc:
             raise APIError(exc.status, str(exc), code=exc.code) from exc
         body = json.dumps({"bucket": request.match_info["name"], **progress.as_json(),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
@@ -47,6 +48,7 @@ from router.body_memory import BodyBudget
 from router.body_rate import LargeBodyRate
 from router.buckets import BucketTable
 from router.canary import Canary, make_canaries
+from router.canary_shared import PodState, state_file
 from router.config import RouterConfig
 from router.drift import DriftEstimator
 from router.edge import Edge
@@ -137,8 +139,12 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
         {b.name: b.backends for b in config.buckets}, timeline,
         session=lambda: upstream.session, canaries=canaries, metrics=metrics, clock=clock,
         poll_s=min(0.05, config.admission.load_poll_interval_s))
+    # With workers: a canary's rollback, clear and promotion are pod-wide, a rollout runs in
+    # one worker (router.canary_shared; the file beside the metrics' multiprocess files).
+    pod = None if metrics.multiprocess_dir is None else PodState(
+        state_file(metrics.multiprocess_dir, os.getppid()), worker, canaries, rollouts)
     admin = AdminBuckets(auth=auth, admitter=admitter, worker=worker, canaries=canaries,
-                         rollouts=rollouts)
+                         rollouts=rollouts, pod=pod)
     endpoints = Endpoints(config, pool=pool, metrics=metrics, auth=auth, drift=drift,
                           created=int(time.time()), worker=worker)
 
@@ -161,6 +167,15 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     # The worker's own saturation (busy share, lag): what the HPA scales on (docs/deploy.md).
     loop_load = LoopLoad(metrics.loop_busy_seconds, metrics.loop_lag_seconds,
                          metrics.event_loops)
+
+    async def share_pod_state(app: web.Application) -> AsyncIterator[None]:
+        task = None if pod is None else asyncio.create_task(pod.run(),
+                                                            name="lpu-router-pod-state")
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def sample_loop(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(loop_load.run(), name="lpu-router-loop-load")
@@ -202,6 +217,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
     if limits is not None:
         app.cleanup_ctx.append(limits.lifetime)
     app.cleanup_ctx.append(sample_loop)
+    app.cleanup_ctx.append(share_pod_state)
     app.on_shutdown.append(mark_not_ready)
     app.on_response_prepare.append(close_when_leaving(lifecycle))
     routes = [

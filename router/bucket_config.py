@@ -122,10 +122,12 @@ def parse_canary(f: Fields) -> CanaryConfig | None:
     rate = f.number("max_error_rate", _CANARY.max_error_rate, lo=0.0, hi=1.0)
     min_requests = f.integer("min_requests", _CANARY.min_requests, lo=1)
     q = f.number("error_quantile", _CANARY.error_quantile, lo=0.0, hi=1.0, lo_open=True)
+    slo = f.opt_number("min_slo_attainment", lo=0.0, hi=1.0)
+    drift = f.opt_number("max_timing_drift", lo=0.0)
     f.finish()
     if not version or share >= 1.0:
         return None
-    return CanaryConfig(version, share, err_ms, rate, min_requests, q)
+    return CanaryConfig(version, share, err_ms, rate, min_requests, q, slo, drift)
 
 
 def parse_bucket(f: Fields, base_dir: Path | None,

@@ -12,18 +12,33 @@ bucket and one worker process:
 * **Comparison** (:meth:`Canary.first_token`, :meth:`Canary.ended`): per role (stable, canary)
   the requests ended, failed, the TTFT prediction errors (actual minus predicted, ms) and how many
   first tokens met the bucket's TTFT SLO.
-* **Judge**: after ``min_requests`` canary first tokens, the ``error_quantile`` (p90) of the
-  canary's prediction errors above ``max_prediction_error_ms``; after ``min_requests`` ended
-  canary requests, a failed share above ``max_error_rate``. Either rolls the canary back: no
-  request goes to the canary version until :meth:`Canary.clear` (an operator's call) starts a
-  fresh comparison. :meth:`Canary.promote` makes the canary version the stable one.
+* **Observed timings** (:meth:`Canary.observed_timing`): per role, each replica's latest
+  observed prefill and per-token estimate (:mod:`router.drift`, the median of its streams) and
+  its sample count; a role's estimate is their sample-weighted mean.
+* **Judge**, each bound after ``min_requests`` canary requests (first tokens; ended requests
+  for the error rate; samples of the timing, on both roles, for the timings):
+
+  - the ``error_quantile`` (p90) of the canary's prediction errors above
+    ``max_prediction_error_ms``;
+  - its SLO attainment (share of first tokens within the TTFT SLO) below
+    ``min_slo_attainment`` (None: not judged);
+  - its failed share above ``max_error_rate``;
+  - its observed prefill or per-token time above the stable role's by more than
+    ``max_timing_drift`` (relative; None: not judged). Against the stable replicas' own
+    observation, not the declared figure: the router's and the network's share of the reading
+    is in both, so a canary that runs as the stable does never trips it.
+
+  Any one rolls the canary back: no request goes to the canary version until
+  :meth:`Canary.clear` (an operator's call) starts a fresh comparison. :meth:`Canary.promote`
+  makes the canary version the stable one.
 
 Bound, stated from the rule: with every canary error beyond the bound, the rollback comes at the
 ``min_requests``-th canary first token, so at most ``min_requests`` plus the canary requests in
 flight then (at most the canary replicas' slots plus their queues) reach the canary.
 
 Not thread-safe; one per bucket per worker: with ``server.workers`` > 1 each worker judges its
-own share of the traffic.
+own share of the traffic, and the outcome (a rollback, a clear, a promotion) is pod-wide through
+:mod:`router.canary_shared` (every worker follows within its poll, ~0.1 s).
 """
 
 from __future__ import annotations
@@ -41,7 +56,8 @@ if TYPE_CHECKING:  # bucket_config reads CanaryConfig from here
     from router.bucket_config import BucketConfig
     from router.metrics import RouterMetrics
 
-__all__ = ["Canary", "CanaryConfig", "CanaryState", "Role", "make_canaries", "quantile"]
+__all__ = ["Canary", "CanaryConfig", "CanaryState", "Role", "make_canaries", "quantile",
+           "verdict"]
 
 _KEEP = 4096
 """Prediction errors kept per role (the latest): the judge's quantile reads them."""
@@ -80,6 +96,12 @@ class CanaryConfig:
     """Canary requests (first tokens; ended, for the error rate) before judging."""
     error_quantile: float = 0.9
     """Which quantile of the prediction errors is bounded (0.9: p90)."""
+    min_slo_attainment: float | None = None
+    """Bound: the canary's share of first tokens within the bucket's TTFT SLO, at least this
+    (None: not judged)."""
+    max_timing_drift: float | None = None
+    """Bound: the canary's observed prefill and per-token times over the stable replicas',
+    minus 1, at most this (0.05: 5 % slower; None: not judged)."""
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -93,7 +115,7 @@ def quantile(values: list[float], q: float) -> float:
 
 
 class _Stats:
-    __slots__ = ("ended", "errors_ms", "failed", "first_tokens", "slo_met")
+    __slots__ = ("ended", "errors_ms", "failed", "first_tokens", "slo_met", "timings")
 
     def __init__(self) -> None:
         self.first_tokens = 0
@@ -101,6 +123,17 @@ class _Stats:
         self.ended = 0
         self.failed = 0
         self.errors_ms: deque[float] = deque(maxlen=_KEEP)
+        self.timings: dict[str, dict[str, tuple[float, int]]] = {}
+        """timing -> backend -> (its latest observed estimate, seconds; its samples)."""
+
+    def timing(self, timing: str) -> tuple[float, int] | None:
+        """The role's estimate of ``timing`` (sample-weighted mean over its replicas) and the
+        samples behind it; None before any."""
+        by_backend = self.timings.get(timing)
+        if not by_backend:
+            return None
+        n = sum(k for _, k in by_backend.values())
+        return sum(v * k for v, k in by_backend.values()) / n, n
 
     def as_json(self, q: float) -> dict[str, Any]:
         errs = list(self.errors_ms)
@@ -113,6 +146,8 @@ class _Stats:
             "slo_attainment": self.slo_met / self.first_tokens if self.first_tokens else None,
             "prediction_error_ms_quantile": None if math.isnan(p) else p,
             "prediction_error_ms_mean": sum(errs) / len(errs) if errs else None,
+            "observed_s": {t: est[0] for t in sorted(self.timings)
+                           if (est := self.timing(t)) is not None},
         }
 
 
@@ -190,21 +225,26 @@ class Canary:
         if role is Role.CANARY:
             self._judge()
 
+    def observed_timing(self, role: Role, backend: str, timing: str, estimate_s: float,
+                        samples: int) -> None:
+        """The router's estimate of ``timing`` (``prefill`` or ``per_token``) on ``backend``,
+        a replica of ``role``, from ``samples`` of its streams (:mod:`router.drift`)."""
+        self._stats[role].timings.setdefault(timing, {})[backend] = (estimate_s, samples)
+        self._judge()
+
     def _judge(self) -> None:
         c = self.config
         if c is None or self.state is not CanaryState.ACTIVE:
             return
-        s = self._stats[Role.CANARY]
-        if s.first_tokens >= c.min_requests:
-            p = quantile(list(s.errors_ms), c.error_quantile)
-            if p > c.max_prediction_error_ms:
-                self._roll_back(f"p{c.error_quantile * 100:g} prediction error {p:.3f} ms >"
-                                f" max_prediction_error_ms {c.max_prediction_error_ms:g}"
-                                f" after {s.first_tokens} canary requests")
-                return
-        if s.ended >= c.min_requests and s.failed / s.ended > c.max_error_rate:
-            self._roll_back(f"error rate {s.failed / s.ended:.4f} > max_error_rate"
-                            f" {c.max_error_rate:g} after {s.ended} canary requests")
+        why = verdict(c, self._stats[Role.CANARY], self._stats[Role.STABLE])
+        if why is not None:
+            self._roll_back(why)
+
+    def roll_back(self, reason: str) -> None:
+        """Stop an active canary for ``reason`` (another worker of the pod judged it:
+        :mod:`router.canary_shared`); a canary not active is left as it is."""
+        if self.state is CanaryState.ACTIVE:
+            self._roll_back(reason)
 
     def _roll_back(self, reason: str) -> None:
         self.reason = reason
@@ -236,11 +276,41 @@ class Canary:
                 "version": c.version, "share": c.share,
                 "max_prediction_error_ms": c.max_prediction_error_ms,
                 "max_error_rate": c.max_error_rate, "min_requests": c.min_requests,
-                "error_quantile": c.error_quantile,
+                "error_quantile": c.error_quantile, "min_slo_attainment": c.min_slo_attainment,
+                "max_timing_drift": c.max_timing_drift,
             },
             "admitted": self._n,
             "by_role": {str(r): s.as_json(q) for r, s in self._stats.items()},
         }
+
+
+def verdict(c: CanaryConfig, canary: _Stats, stable: _Stats) -> str | None:
+    """Why the canary must be rolled back under ``c``'s bounds (None: within them); see the
+    module docstring. Pure: the figures of both roles in, the first bound crossed out."""
+    n = canary.first_tokens
+    if n >= c.min_requests:
+        p = quantile(list(canary.errors_ms), c.error_quantile)
+        if p > c.max_prediction_error_ms:
+            return (f"p{c.error_quantile * 100:g} prediction error {p:.3f} ms >"
+                    f" max_prediction_error_ms {c.max_prediction_error_ms:g}"
+                    f" after {n} canary requests")
+        if c.min_slo_attainment is not None and canary.slo_met / n < c.min_slo_attainment:
+            return (f"SLO attainment {canary.slo_met / n:.4f} < min_slo_attainment"
+                    f" {c.min_slo_attainment:g} after {n} canary requests")
+    if canary.ended >= c.min_requests and canary.failed / canary.ended > c.max_error_rate:
+        return (f"error rate {canary.failed / canary.ended:.4f} > max_error_rate"
+                f" {c.max_error_rate:g} after {canary.ended} canary requests")
+    if c.max_timing_drift is not None:
+        for timing in sorted(canary.timings):
+            mine, theirs = canary.timing(timing), stable.timing(timing)
+            if mine is None or theirs is None or min(mine[1], theirs[1]) < c.min_requests:
+                continue
+            drift = mine[0] / theirs[0] - 1.0
+            if drift > c.max_timing_drift:
+                return (f"observed {timing} {mine[0] * 1e3:.3f} ms is {drift:.1%} above the"
+                        f" stable replicas' {theirs[0] * 1e3:.3f} ms > max_timing_drift"
+                        f" {c.max_timing_drift:g} ({mine[1]} canary samples)")
+    return None
 
 
 def make_canaries(buckets: Iterable[BucketConfig], metrics: RouterMetrics | None = None

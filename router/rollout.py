@@ -19,8 +19,9 @@ promoted). Any failure stops the rollout with its reason; replicas already swapp
 Progress is on ``GET /admin/buckets`` (the bucket's ``rollout``) and in
 ``lpu_router_rollout_running`` / ``lpu_router_rollout_replicas_swapped``.
 
-With ``server.workers`` > 1 the rollout runs in the worker the call reached; the others see
-the compiling replica as not ready from its ``/load`` reports.
+With ``server.workers`` > 1 the rollout runs in the worker the call reached (the others refuse a
+second one and show its progress: :mod:`router.canary_shared`); they see the compiling replica
+as not ready from its ``/load`` reports.
 """
 
 from __future__ import annotations

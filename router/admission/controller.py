@@ -431,7 +431,8 @@ class TimelineAdmitter:
         """The router's estimate of ``backend``'s ``timing`` (``prefill`` or ``per_token``:
         the median of ``samples`` of its streams, :mod:`router.drift`): beyond the drift
         tolerance from what the replica declares, its timeline schedules with it
-        (:mod:`router.admission.observed`). Unknown buckets or backends are ignored."""
+        (:mod:`router.admission.observed`); the bucket's active canary hears it under the
+        replica's role. Unknown buckets or backends are ignored."""
         b = self._buckets.get(bucket)
         rep = b.by_url.get(backend) if b is not None else None
         if rep is None:
@@ -443,6 +444,10 @@ class TimelineAdmitter:
                                               tolerance=s.drift_tolerance,
                                               min_samples=s.drift_min_samples),
                          self.clock())
+        canary = self._canaries.get(bucket)
+        if canary is not None and canary.state is CanaryState.ACTIVE:  # per version, too
+            role = Role.CANARY if _version(rep) == canary.canary_version else Role.STABLE
+            canary.observed_timing(role, backend, timing, observed, samples)
 
     def hold(self, bucket: str, url: str) -> None:
         """Admit nothing more to ``url`` of ``bucket`` until a ``/load`` report says it is
