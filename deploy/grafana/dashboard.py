@@ -101,6 +101,22 @@ _UP_DOWN = [
 ]
 
 
+_ARTIFACT = [
+    {"type": "value", "options": {"1": {"text": "serving", "color": "green", "index": 0}}},
+]
+"""The identity's info series is 1 per identity a replica reports."""
+_CANARY = [
+    {
+        "type": "value",
+        "options": {
+            "-1": {"text": "none", "color": "text", "index": 0},
+            "0": {"text": "ROLLED BACK", "color": "red", "index": 1},
+            "1": {"text": "ACTIVE", "color": "green", "index": 2},
+        },
+    }
+]
+
+
 def _rows() -> tuple[Row, ...]:
     admitted = "lpu_router_requests_admitted_total"
     rejected = "lpu_router_requests_rejected_total"
@@ -309,6 +325,68 @@ def _rows() -> tuple[Row, ...]:
                 (Target('up{job=~".*lpu-(router|emulator).*"}', "{{job}} {{instance}}"),),
                 kind="stat",
                 mappings=_UP_DOWN,
+            ),
+        )),
+        Row("Compiled artifacts", (
+            Panel(
+                "Artifact per replica",
+                "What each replica reports it serves on /load (name, version, compiler;"
+                " lpu_router_backend_artifact_info, digest in its labels): a mixed pool during"
+                " a canary or a rollout shows two versions. A replica whose reported shape does"
+                " not fit its bucket is not admitted to (LpuRouterBackendShapeMismatch; DOWN on"
+                " Backend health).",
+                "none",
+                (Target(f"max by (bucket, backend, artifact, version, compiler, digest)"
+                        f" (lpu_router_backend_artifact_info{{{_R}}})",
+                        "{{bucket}} {{backend}}: {{artifact}} {{version}} ({{compiler}})"),),
+                kind="stat",
+                mappings=_ARTIFACT,
+            ),
+            Panel(
+                "Observed over declared timings",
+                "Per replica and timing (prefill, per token): the router's observed time (the"
+                " median of its recent streams) over what the replica declares. 100 % runs as"
+                " declared; beyond the dashed drift tolerance for 10 minutes fires"
+                " LpuRouterArtifactDrift, and (after [admission] drift_min_samples) admission"
+                " schedules that replica with the observed time.",
+                "percentunit",
+                (Target(f"max by (bucket, backend, timing)"
+                        f" (lpu_router_backend_observed_seconds{{{_R}}}) / on (bucket, backend,"
+                        f" timing) max by (bucket, backend, timing)"
+                        f" (lpu_router_backend_declared_seconds{{{_R}}})",
+                        "{{bucket}} {{backend}} {{timing}}"),
+                 Target(f"1 + max(lpu_router_drift_tolerance{{{_I}}})", "drift tolerance +"),
+                 Target(f"1 - max(lpu_router_drift_tolerance{{{_I}}})", "drift tolerance -")),
+                dashed="drift tolerance.*",
+            ),
+            Panel(
+                "Canary state",
+                "Per bucket: ACTIVE while its canary share goes to the canary version, ROLLED"
+                " BACK once a bound was crossed (LpuRouterCanaryRolledBack; GET /admin/buckets"
+                " says why, POST .../canary/clear resumes it), none without a canary. The"
+                " least over router instances: one rolled back shows.",
+                "none",
+                (Target(f"min by (bucket) (lpu_router_canary_state{{{_R}}}) or 0 * max by"
+                        f" (bucket) (lpu_router_backend_shape_mismatch{{{_R}}}) - 1",
+                        "{{bucket}}"),),
+                kind="stat",
+                mappings=_CANARY,
+            ),
+            Panel(
+                "Rollout progress",
+                "Per bucket: replicas the last rolling swap brought to its target (of the"
+                " bucket's replicas, dashed) and 1 while one runs (POST"
+                " /admin/buckets/{name}/rollout; GET /admin/buckets shows its phase).",
+                "short",
+                (Target(f"max by (bucket) (lpu_router_rollout_replicas_swapped{{{_R}}}) or 0 *"
+                        f" max by (bucket) (lpu_router_backend_shape_mismatch{{{_R}}})",
+                        "{{bucket}} swapped"),
+                 Target(f"max by (bucket) (lpu_router_rollout_running{{{_R}}}) or 0 * max by"
+                        f" (bucket) (lpu_router_backend_shape_mismatch{{{_R}}})",
+                        "{{bucket}} running"),
+                 Target(f"count by (bucket) (max by (bucket, backend)"
+                        f" (lpu_router_backend_shape_mismatch{{{_R}}}))", "{{bucket}} replicas")),
+                dashed=".* replicas",
             ),
         )),
         Row("Router processes", (
