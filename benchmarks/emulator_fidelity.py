@@ -1,81 +1,104 @@
-"""``lpu-bench emulator-fidelity``: timing fidelity of the LPU emulator under hundreds of
-concurrent streams.
+"""``lpu-bench emulator-fidelity``: does the LPU emulator keep its schedule at hundreds of
+concurrent streams, seen from the emulator itself and from its clients?
 
 Run::
 
-    lpu-bench emulator-fidelity                 # defaults, < 1 minute
-    lpu-bench emulator-fidelity --streams 100 300 500 --tick-ms 0 5 10
+    lpu-bench emulator-fidelity                     # 100 / 300 / 500 / 1000 streams
+    lpu-bench emulator-fidelity --streams 500 --processes 2 --clients 2
+    lpu-bench emulator-fidelity --quick             # seconds: CI smoke test, asserts only
 
-For each (streams, tick) pair it starts ``lpu-emulator`` in a subprocess with a
-synthetic artifact of ``streams`` slots (so nothing queues: a request starts
-when it arrives) and LPU speeds (80 ms prefill, 1.786 ms per token), then keeps
-``streams`` streaming requests in flight for ``--duration`` seconds with raw
-aiohttp (closed loop: each worker sends its next request when one ends).
+For each stream count ``S`` it starts an emulator fleet (``lpu-emulator --replicas R
+--processes P``, :mod:`lpu_emulator.fleet_process`) serving a synthetic artifact with
+``ceil(S / R)`` slots per replica (nothing queues) at LPU speeds (80 ms prefill, 1.786 ms per
+token), and ``--clients`` load processes (:mod:`benchmarks.fidelity_client`) that together keep
+``S`` streaming requests of ``--max-tokens`` tokens in flight for ``--warmup`` + ``--duration``
+seconds, spread over the replicas. Over the measured window it reports:
 
-Every token's arrival is compared with its schedule as the client can derive
-it: token ``k`` of a request sent at ``t_send`` is due at
-``t_send + prefill + k * per_token`` (the request reaches the emulator a little
-after ``t_send``, so the figure includes loopback transit and the client's own
-lateness: it is what a client sees). Reported per run: lateness p50/p99/max in
-ms, the emulator's own per-write lateness (from its metrics), tokens per second,
-and the emulator's CPU seconds per token (from ``/proc/<pid>/stat`` over the
-measured window). The client shares the machine's cores with the emulator.
-Figures are printed and written as JSON (``--out``).
+* server lateness (time written minus time scheduled, every token), from the emulator's
+  ``lpu_emulator_token_lateness_seconds`` histograms summed over replicas: p50 / p99 / max as
+  bucket upper bounds, first tokens and later tokens apart;
+* client lateness (arrival minus ``t_send + prefill + k * per_token``: the server's plus
+  loopback plus the client's own loop), p50 / p99 / max;
+* tokens per second (the histograms' count), emulator CPU per token and in cores (user +
+  system of every emulator process, ``/proc``), and the clients' CPU in cores.
+
+After each run, once every client has read every stream to its end, the histograms' total
+count must equal the tokens the clients received (and their first-token count the requests):
+a run where they differ fails the benchmark (exit 1), as does any stream that failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
+import math
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 
+from benchmarks.fidelity_histogram import Buckets, parse
+from benchmarks.fidelity_report import write_markdown
 from benchmarks.machine import describe
-from benchmarks.processes import Service, cpu_seconds, start, url_in
-from benchmarks.run_command import run_async
+from benchmarks.processes import Service, cpu_seconds, start
+from lpu_emulator.fleet import default_processes
+from lpu_emulator.fleet_process import FleetProcess, running_fleet
 
-__all__ = ["HELP", "RunResult", "configure", "execute", "run_one"]
+__all__ = ["HELP", "RunResult", "Setup", "configure", "execute", "run_one"]
 
 HELP = "timing fidelity of the LPU emulator under hundreds of concurrent streams"
 PREFILL_MS = 80.0
 PER_TOKEN_MS = 1.786
-_TOKEN = b'"delta":{"content":'
+_GO_AFTER_S = 0.3
+"""Seconds from the go file to the first request: every client is ready and waiting."""
 
 
 @dataclass(frozen=True)
 class RunResult:
     streams: int
+    replicas: int
+    processes: int
+    clients: int
     tick_ms: float
     write_budget_per_s: float
     """0 = unbounded."""
     duration_s: float
-    requests: int
     tokens: int
+    """Tokens the emulator wrote in the window (its histograms' count, between the answers
+    to the two scrapes; tokens_per_s divides by the time between those answers)."""
     tokens_per_s: float
-    late_p50_ms: float
-    late_p99_ms: float
-    late_max_ms: float
-    first_token_late_p50_ms: float
-    first_token_late_p99_ms: float
-    server_first_late_mean_ms: float
-    """The emulator's own view: mean lateness of the writes carrying a first token."""
-    server_later_late_mean_ms: float
-    """Mean lateness of the earliest token of the other writes."""
-    emulator_cpu_s: float
+    server_first_p50_ms: float
+    server_first_p99_ms: float
+    server_first_max_ms: float
+    server_later_p50_ms: float
+    server_later_p99_ms: float
+    server_later_max_ms: float
+    server_all_p99_ms: float
+    """Bucket upper bounds: the quantile is at or under it (inf: above the last bucket)."""
+    client_p50_ms: float
+    client_p99_ms: float
+    client_max_ms: float
+    client_first_p99_ms: float
     emulator_cpu_us_per_token: float
-    emulator_cpu_share: float
-    """Emulator CPU seconds per wall second (1.0 = one core busy)."""
-    client_cpu_share: float
-    """The load client's CPU seconds per wall second (it shares the machine)."""
+    emulator_cpu_cores: float
+    """Emulator CPU seconds per wall second, all its processes (1.0 = one core busy)."""
+    client_cpu_cores: float
+    emulator_runqueue_wait_share: float
+    """Per serving emulator process: the share of wall time it was runnable but waiting for
+    a core (the machine's other work holding it back; 0 on an idle machine)."""
+    client_tokens_total: int
+    """Whole run, after every stream ended: tokens the clients received ..."""
+    server_tokens_total: int
+    """... and the emulator's histograms counted (must be equal)."""
+    client_requests_total: int
+    server_first_total: int
 
 
 def _artifact_toml(slots: int, max_tokens: int) -> str:
@@ -89,215 +112,235 @@ def _artifact_toml(slots: int, max_tokens: int) -> str:
     )
 
 
-class _Recorder:
-    """Per read: (arrival time, first token index, tokens in the read, send time)."""
-
-    def __init__(self) -> None:
-        self.reads: list[tuple[float, float, int, int]] = []
-        self.requests = 0
-        self.measuring = False
+def _scrape_one(url: str) -> dict[str, Buckets]:
+    with urllib.request.urlopen(url + "/metrics", timeout=60) as r:
+        return parse(r.read().decode())
 
 
-async def _one_stream(
-    session: aiohttp.ClientSession, url: str, body: bytes, rec: _Recorder
-) -> None:
-    t_send = time.monotonic()
-    async with session.post(
-        url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
-    ) as resp:
-        resp.raise_for_status()
-        k = 0
-        tail = b""
-        async for data in resp.content.iter_any():
-            now = time.monotonic()
-            buf = tail + data
-            cut = buf.rfind(b"\n\n") + 2
-            count = buf.count(_TOKEN, 0, cut)
-            tail = buf[cut:]
-            if count and rec.measuring:
-                rec.reads.append((now, t_send, k, count))
-            k += count
-    if rec.measuring:
-        rec.requests += 1
+def _scrape(urls: list[str]) -> tuple[dict[str, Buckets], float]:
+    """The histograms summed over replicas, and when the last answer came: a busy emulator
+    answers late, so the window's length is taken between answers, not between asks."""
+    total: dict[str, Buckets] = {"first": Buckets(), "later": Buckets()}
+    with ThreadPoolExecutor(len(urls)) as pool:
+        for found in pool.map(_scrape_one, urls):
+            for token, b in found.items():
+                total[token] = total.get(token, Buckets()) + b
+    return total, time.monotonic()
 
 
-async def _worker(
-    session: aiohttp.ClientSession, url: str, body: bytes, rec: _Recorder, stop: float
-) -> None:
-    while time.monotonic() < stop:
-        await _one_stream(session, url, body, rec)
+def _runqueue_wait_s(pids: list[int]) -> float:
+    """Seconds the main threads of ``pids`` spent runnable but waiting for a core
+    (``/proc/PID/schedstat``, second field, ns): how much the machine held them back."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
 
 
-_Sums = dict[str, float]
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
 
 
-async def _server_lateness(session: aiohttp.ClientSession, url: str) -> _Sums:
-    """Sum and count of the emulator's per-write lateness, by ``token`` label."""
-    async with session.get(url + "/metrics") as resp:
-        text = await resp.text()
-    out: _Sums = {}
-    for line in text.splitlines():
-        for part in ("sum", "count"):
-            if line.startswith(f"lpu:token_delivery_lateness_seconds_{part}"):
-                token = "first" if 'token="first"' in line else "later"
-                out[f"{token}_{part}"] = float(line.rsplit(" ", 1)[1])
-    return out
+def _ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3) if math.isfinite(seconds) else seconds
 
 
-def _mean_ms(before: _Sums, after: _Sums, token: str) -> float:
-    n = after.get(f"{token}_count", 0.0) - before.get(f"{token}_count", 0.0)
-    total = after.get(f"{token}_sum", 0.0) - before.get(f"{token}_sum", 0.0)
-    return round(total / n * 1e3, 3) if n else 0.0
+def _q(values: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(values, q)), 3) if len(values) else math.nan
 
 
 @dataclass(frozen=True)
-class _Window:
-    emulator_cpu_s: float
-    client_cpu_s: float
-    wall_s: float
-    late_before: _Sums
-    late_after: _Sums
+class Setup:
+    """One run: ``streams`` over ``replicas`` served by ``processes`` emulator processes and
+    driven by ``clients`` load processes; delivery settings; request length; seconds."""
+
+    streams: int
+    replicas: int
+    processes: int
+    clients: int
+    tick_ms: float
+    write_budget: float
+    max_tokens: int
+    warmup_s: float
+    duration_s: float
 
 
-def _own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
+def _start_clients(s: Setup, urls: list[str], work: Path) -> list[Service]:
+    services = []
+    for i in range(s.clients):
+        share = s.streams // s.clients + (1 if i < s.streams % s.clients else 0)
+        offset = sum(s.streams // s.clients + (1 if j < s.streams % s.clients else 0)
+                     for j in range(i))
+        services.append(start(
+            [sys.executable, "-m", "benchmarks.fidelity_client", "--urls", *urls,
+             "--offset", str(offset), "--streams", str(share),
+             "--max-tokens", str(s.max_tokens), "--prefill-ms", str(PREFILL_MS),
+             "--per-token-ms", str(PER_TOKEN_MS), "--go", str(work / "go"),
+             "--out", str(work / f"client-{i}.json")],
+            name=f"fidelity-client-{i}", ready_lines=1, timeout_s=60.0,
+            stderr=work / f"client-{i}.log"))
+    return services
 
 
-async def _drive(
-    url: str, pid: int, streams: int, max_tokens: int, warmup_s: float, duration_s: float
-) -> tuple[_Recorder, _Window]:
-    body = json.dumps({
-        "model": "bench-model", "messages": [{"role": "user", "content": "benchmark"}],
-        "max_tokens": max_tokens, "stream": True,
-    }).encode()
-    rec = _Recorder()
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start = time.monotonic()
-        stop = start + warmup_s + duration_s
-        workers = [
-            asyncio.create_task(_worker(session, url, body, rec, stop)) for _ in range(streams)
-        ]
-        await asyncio.sleep(warmup_s)
-        rec.measuring = True
-        cpu0, own0, t0 = cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
-        late0 = await _server_lateness(session, url)
-        await asyncio.sleep(duration_s)
-        rec.measuring = False
-        cpu1, own1, t1 = cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
-        late1 = await _server_lateness(session, url)
-        await asyncio.gather(*workers)
-    return rec, _Window(cpu1 - cpu0, own1 - own0, t1 - t0, late0, late1)
-
-
-def _lateness_ms(rec: _Recorder) -> tuple[np.ndarray, np.ndarray]:
-    """Lateness of every token and of every first token, in ms."""
-    if not rec.reads:
-        return np.zeros(0), np.zeros(0)
-    arr = np.array(rec.reads, dtype=float)
-    now, t_send, k0, count = arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3].astype(int)
-    # Expand each read into its tokens: token index k0 + j for j < count.
-    rows = np.repeat(np.arange(len(arr)), count)
-    offsets = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-    k = k0[rows] + offsets
-    due = t_send[rows] + (PREFILL_MS + k * PER_TOKEN_MS) / 1e3
-    late = (now[rows] - due) * 1e3
-    return late, late[k == 0]
-
-
-def _start_emulator(toml_path: Path, tick_ms: float, write_budget: float) -> tuple[Service, str]:
-    emulator = start(
-        [sys.executable, "-m", "lpu_emulator", "--artifact", str(toml_path), "--port", "0",
-         "--tick-ms", str(tick_ms), "--write-budget", str(write_budget)],
-        name="emulator", ready_lines=1)
-    return emulator, url_in(emulator.lines[0])
-
-
-def run_one(
-    streams: int, tick_ms: float, write_budget: float = 20000.0, *, max_tokens: int = 300,
-    warmup_s: float = 2.0, duration_s: float = 8.0,
-) -> RunResult:
-    """One measurement: ``streams`` concurrent streams at delivery quantum ``tick_ms``
-    and at most ``write_budget`` writes per second (0: unbounded)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        toml_path = Path(tmp) / "bench.toml"
-        toml_path.write_text(_artifact_toml(streams, max_tokens))
-        emulator, url = _start_emulator(toml_path, tick_ms, write_budget)
-        try:
-            rec, win = run_async(
-                _drive(url, emulator.pid, streams, max_tokens, warmup_s, duration_s)
-            )
-        finally:
-            emulator.stop()
-    late, first = _lateness_ms(rec)
-    tokens = len(late)
-    cpu, wall = win.emulator_cpu_s, win.wall_s
+def _measure(s: Setup, fleet: FleetProcess, work: Path) -> RunResult:
+    clients = _start_clients(s, fleet.urls, work)
+    try:
+        begin = time.monotonic() + _GO_AFTER_S
+        lo = begin + s.warmup_s
+        hi = lo + s.duration_s
+        (work / "go.tmp").write_text(f"{begin!r} {lo!r} {hi!r}")
+        (work / "go.tmp").rename(work / "go")
+        time.sleep(max(0.0, lo - time.monotonic()))
+        emu = fleet.pids()
+        cpu0, cli0, t0 = fleet.cpu_seconds(), _cpu([c.pid for c in clients]), time.monotonic()
+        wait0 = _runqueue_wait_s(emu)
+        h0, a0 = _scrape(fleet.urls)
+        time.sleep(max(0.0, hi - time.monotonic()))
+        cpu1, cli1, t1 = fleet.cpu_seconds(), _cpu([c.pid for c in clients]), time.monotonic()
+        wait1 = _runqueue_wait_s(emu)
+        h1, a1 = _scrape(fleet.urls)
+        for c in clients:
+            code = c.proc.wait(timeout=120 + s.max_tokens * PER_TOKEN_MS / 1e3)
+            if code != 0:
+                log = (work / f"{c.name.removeprefix('fidelity-')}.log").read_text()[-2000:]
+                raise RuntimeError(f"{c.name} exited with {code}:\n{log}")
+    finally:
+        for c in clients:
+            c.stop()
+    end, _ = _scrape(fleet.urls)
+    if fleet.poll() is not None:
+        raise RuntimeError(f"the emulator fleet exited with {fleet.poll()}")
+    docs = [json.loads((work / f"client-{i}.json").read_text()) for i in range(s.clients)]
+    late = np.concatenate([np.load(work / f"client-{i}.npy") for i in range(s.clients)],
+                          axis=1)
+    first, later = h1["first"] - h0["first"], h1["later"] - h0["later"]
+    both = first + later
+    wall = t1 - t0
+    tokens = int(both.count)
+    cpu = cpu1 - cpu0
+    serving = len(emu) - 1 if len(emu) > 1 else 1  # a fleet's supervisor serves nothing
+    rate = tokens / (a1 - a0)
     return RunResult(
-        streams=streams, tick_ms=tick_ms, write_budget_per_s=write_budget,
-        duration_s=round(wall, 3), requests=rec.requests,
-        tokens=tokens, tokens_per_s=round(tokens / wall, 1),
-        late_p50_ms=round(float(np.percentile(late, 50)), 3) if tokens else float("nan"),
-        late_p99_ms=round(float(np.percentile(late, 99)), 3) if tokens else float("nan"),
-        late_max_ms=round(float(late.max()), 3) if tokens else float("nan"),
-        first_token_late_p50_ms=round(float(np.percentile(first, 50)), 3) if len(first) else 0,
-        first_token_late_p99_ms=round(float(np.percentile(first, 99)), 3) if len(first) else 0,
-        server_first_late_mean_ms=_mean_ms(win.late_before, win.late_after, "first"),
-        server_later_late_mean_ms=_mean_ms(win.late_before, win.late_after, "later"),
-        emulator_cpu_s=round(cpu, 3),
-        emulator_cpu_us_per_token=round(cpu / tokens * 1e6, 2) if tokens else float("nan"),
-        emulator_cpu_share=round(cpu / wall, 3),
-        client_cpu_share=round(win.client_cpu_s / wall, 3),
+        streams=s.streams, replicas=s.replicas, processes=s.processes, clients=s.clients,
+        tick_ms=s.tick_ms, write_budget_per_s=s.write_budget, duration_s=round(wall, 3),
+        tokens=tokens, tokens_per_s=round(rate, 1),
+        server_first_p50_ms=_ms(first.quantile_bound(0.5)),
+        server_first_p99_ms=_ms(first.quantile_bound(0.99)),
+        server_first_max_ms=_ms(first.max_bound()),
+        server_later_p50_ms=_ms(later.quantile_bound(0.5)),
+        server_later_p99_ms=_ms(later.quantile_bound(0.99)),
+        server_later_max_ms=_ms(later.max_bound()),
+        server_all_p99_ms=_ms(both.quantile_bound(0.99)),
+        client_p50_ms=_q(late[0], 50), client_p99_ms=_q(late[0], 99),
+        client_max_ms=round(float(late[0].max()), 3) if late.shape[1] else math.nan,
+        client_first_p99_ms=_q(late[0][late[1] > 0], 99),
+        emulator_cpu_us_per_token=round(cpu / wall / rate * 1e6, 2) if tokens else math.nan,
+        emulator_cpu_cores=round(cpu / wall, 3),
+        client_cpu_cores=round((cli1 - cli0) / wall, 3),
+        emulator_runqueue_wait_share=round((wait1 - wait0) / wall / serving, 3),
+        client_tokens_total=sum(int(d["tokens_total"]) for d in docs),
+        server_tokens_total=int(end["first"].count + end["later"].count),
+        client_requests_total=sum(int(d["requests_total"]) for d in docs),
+        server_first_total=int(end["first"].count),
     )
 
 
-def _table(results: list[RunResult]) -> str:
-    head = (f"{'streams':>7} {'tick ms':>7} {'budget':>7} {'tok/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'max ms':>7} {'TTFT p99':>8} {'srv 1st':>8} {'srv later':>9} {'CPU us/tok':>10} "
-            f"{'emu CPU':>7} {'cli CPU':>7}")
-    rows = [head]
-    for r in results:
-        rows.append(
-            f"{r.streams:>7} {r.tick_ms:>7g} {r.write_budget_per_s:>7g} {r.tokens_per_s:>9.0f} "
-            f"{r.late_p50_ms:>7.2f} "
-            f"{r.late_p99_ms:>7.2f} {r.late_max_ms:>7.2f} {r.first_token_late_p99_ms:>8.2f} "
-            f"{r.server_first_late_mean_ms:>8.2f} {r.server_later_late_mean_ms:>9.2f} "
-            f"{r.emulator_cpu_us_per_token:>10.2f} {r.emulator_cpu_share:>7.2f} "
-            f"{r.client_cpu_share:>7.2f}"
-        )
-    return "\n".join(rows)
+def run_one(s: Setup) -> RunResult:
+    """One measurement on a fresh fleet and fresh clients."""
+    slots = math.ceil(s.streams / s.replicas)
+    with tempfile.TemporaryDirectory(prefix="lpu-fidelity-") as tmp:
+        work = Path(tmp)
+        toml = work / "bench.toml"
+        toml.write_text(_artifact_toml(slots, s.max_tokens))
+        with running_fleet(str(toml), s.replicas, s.processes,
+                           args=["--tick-ms", str(s.tick_ms), "--write-budget",
+                                 str(s.write_budget)], stderr=work / "emulator.log") as fleet:
+            return _measure(s, fleet, work)
+
+
+def _problems(r: RunResult) -> list[str]:
+    out = []
+    if r.server_tokens_total != r.client_tokens_total:
+        out.append(f"{r.streams} streams: the emulator counted {r.server_tokens_total} tokens,"
+                   f" the clients received {r.client_tokens_total}")
+    if r.server_first_total != r.client_requests_total:
+        out.append(f"{r.streams} streams: {r.server_first_total} first tokens counted for"
+                   f" {r.client_requests_total} requests")
+    if r.tokens == 0:
+        out.append(f"{r.streams} streams: no token in the measured window")
+    return out
+
+
+def _row(r: RunResult) -> str:
+    return (f"{r.streams:>7} {r.tokens_per_s:>9.0f} "
+            f"{r.server_first_p50_ms:>6g}/{r.server_first_p99_ms:<6g}/{r.server_first_max_ms:<6g} "
+            f"{r.server_later_p50_ms:>6g}/{r.server_later_p99_ms:<6g}/{r.server_later_max_ms:<6g} "
+            f"{r.client_p50_ms:>7.1f}/{r.client_p99_ms:<7.1f}/{r.client_max_ms:<7.1f} "
+            f"{r.emulator_cpu_us_per_token:>6.2f} {r.emulator_cpu_cores:>5.2f} "
+            f"{r.client_cpu_cores:>5.2f}")
+
+
+_HEAD = (f"{'streams':>7} {'tok/s':>9} {'srv first p50/p99/max':>20} "
+         f"{'srv later p50/p99/max':>20} {'client p50/p99/max ms':>23} {'us/tok':>6} "
+         f"{'emu':>5} {'cli':>5}")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--streams", type=int, nargs="+", default=[100, 300])
-    p.add_argument("--tick-ms", type=float, nargs="+", default=[5.0])
-    p.add_argument("--write-budget", type=float, nargs="+", default=[20000.0],
-                   help="emulator writes per second over all streams (0: unbounded)")
+    p.add_argument("--streams", type=int, nargs="+", default=[100, 300, 500, 1000])
+    p.add_argument("--replicas", type=int, default=None,
+                   help="emulated replicas (default: as many as --processes)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="emulator processes (default: one per core)")
+    p.add_argument("--clients", type=int, default=2, help="load generator processes")
+    p.add_argument("--tick-ms", type=float, default=5.0)
+    p.add_argument("--write-budget", type=float, default=20000.0,
+                   help="emulator writes per second per replica (0: unbounded)")
     p.add_argument("--max-tokens", type=int, default=300, help="tokens per request")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke test: 4 and 12 streams, about a second each; checks only"
+                   " that the histogram counts every token received (writes nothing)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/emulator_fidelity.json"))
 
 
 def execute(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.streams, args.max_tokens, args.warmup, args.duration = [4, 12], 40, 0.3, 1.0
+    processes = args.processes or default_processes(10**6)
+    replicas = args.replicas or processes
     results: list[RunResult] = []
+    problems: list[str] = []
+    print(_HEAD, flush=True)
     for streams in args.streams:
-        for tick in args.tick_ms:
-            for budget in args.write_budget:
-                r = run_one(streams, tick, budget, max_tokens=args.max_tokens,
-                            warmup_s=args.warmup, duration_s=args.duration)
-                print(_table([r]).splitlines()[-1] if results else _table([r]), flush=True)
-                results.append(r)
+        setup = Setup(streams, replicas, min(processes, replicas), args.clients,
+                       args.tick_ms, args.write_budget, args.max_tokens, args.warmup,
+                       args.duration)
+        try:
+            r = run_one(setup)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"{streams} streams: {exc}", file=sys.stderr)
+            return 1
+        print(_row(r), flush=True)
+        results.append(r)
+        problems += _problems(r)
+    for p in problems:
+        print(f"emulator-fidelity: {p}", file=sys.stderr)
+    if args.quick:
+        return 1 if problems else 0
     doc = {
         "command": shlex.join(["lpu-bench", *sys.argv[1:]]),
         "machine": describe(),
         "prefill_ms": PREFILL_MS,
         "per_token_ms": PER_TOKEN_MS,
+        "max_tokens": args.max_tokens,
         "results": [asdict(r) for r in results],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"written: {args.out}")
-    return 0
-
+    md = write_markdown(doc, args.out.with_suffix(".md"))
+    print(f"written: {args.out}, {md}")
+    return 1 if problems else 0

@@ -1,0 +1,130 @@
+"""The fidelity benchmark's Markdown: the table and sentences computed from its numbers.
+
+Every sentence is derived from the figures in the same document (the target check reads the
+500-stream row; the limit reads CPU per token, tokens per second and the cores), so the text
+cannot claim what the numbers do not show.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TARGET_P99_MS", "TARGET_STREAMS", "markdown", "write_markdown"]
+
+TARGET_P99_MS = 5.0
+TARGET_STREAMS = 500
+
+
+def _f(x: float, digits: int = 1) -> str:
+    if isinstance(x, float) and math.isinf(x):
+        return "> 10000"
+    if isinstance(x, float) and math.isnan(x):
+        return "n/a"
+    return f"{x:.{digits}f}" if digits else f"{x:,.0f}".replace(",", " ")
+
+
+def _offered_per_stream(doc: dict[str, Any], max_tokens: int) -> float:
+    """Tokens per second one closed-loop stream asks for at zero lateness and zero gap."""
+    service_s = (float(doc["prefill_ms"]) + (max_tokens - 1) * float(doc["per_token_ms"])) / 1e3
+    return max_tokens / service_s
+
+
+def _target(rows: list[dict[str, Any]]) -> str:
+    at = [r for r in rows if r["streams"] == TARGET_STREAMS]
+    if not at:
+        return f"No run at {TARGET_STREAMS} streams: the target was not measured."
+    r = at[0]
+    p99 = r["server_all_p99_ms"]
+    verdict = "holds" if p99 <= TARGET_P99_MS else "does not hold"
+    return (f"Target (server-side lateness p99 <= {TARGET_P99_MS:g} ms at {TARGET_STREAMS}"
+            f" streams): the emulator's per-token p99 over all tokens is at most {_f(p99, 1)}"
+            f" ms (first tokens {_f(r['server_first_p99_ms'], 1)} ms, later tokens"
+            f" {_f(r['server_later_p99_ms'], 1)} ms), so the target **{verdict}** on this"
+            f" machine.")
+
+
+def _limit(rows: list[dict[str, Any]], cores: int, per_stream: float) -> list[str]:
+    out = []
+    for r in rows:
+        emu, cli = r["emulator_cpu_cores"], r["client_cpu_cores"]
+        offered = r["streams"] * per_stream
+        share = r["tokens_per_s"] / offered
+        busy = emu + cli
+        state = "saturated" if busy >= 0.9 * cores else "not saturated"
+        out.append(
+            f"- {r['streams']} streams: {_f(r['tokens_per_s'], 0)} tokens/s"
+            f" ({share:.0%} of the {_f(offered, 0)} a zero-lateness closed loop would ask for);"
+            f" emulator {r['emulator_cpu_us_per_token']:.2f} us/token x tokens/s ="
+            f" {emu:.2f} cores, clients {cli:.2f} cores: {busy:.2f} of {cores} cores,"
+            f" {state}; each emulator process waited for a core"
+            f" {r['emulator_runqueue_wait_share']:.0%} of the time; server p99"
+            f" {_f(r['server_all_p99_ms'])} ms, client p99 {_f(r['client_p99_ms'])} ms."
+        )
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    rows: list[dict[str, Any]] = doc["results"]
+    m = doc["machine"]
+    cores = int(m["nproc"])
+    first = rows[0] if rows else {}
+    max_tokens = int(doc.get("max_tokens", 300))
+    lines = [
+        "# Emulator timing fidelity",
+        "",
+        f"Command: `{doc['command']}`, under `flock /tmp/lpu-measure.lock`.",
+        f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, {m['platform']},"
+        f" {m['date']}. {doc.get('load_note', '')}".rstrip(),
+        "",
+        f"Setup: {first.get('replicas', '?')} replicas in {first.get('processes', '?')} emulator"
+        f" processes (`lpu-emulator --processes`), {first.get('clients', '?')} client processes"
+        f" (`benchmarks/fidelity_client.py`), {max_tokens} tokens per request at"
+        f" {doc['prefill_ms']:g} ms prefill and {doc['per_token_ms']:g} ms per token, slots ="
+        f" streams (nothing queues), tick {first.get('tick_ms', '?')} ms, write budget"
+        f" {first.get('write_budget_per_s', '?')}/s per replica. Server lateness: the"
+        " emulator's `lpu_emulator_token_lateness_seconds` (every token, time written minus"
+        " time scheduled), quantiles as the upper bound of their bucket. Client lateness: each"
+        " token's arrival minus `t_send + prefill + k * per_token` (includes loopback and the"
+        " client's own loop). CPU: user + system over the window from `/proc` of every"
+        " emulator process, and of the client processes. Runqueue wait: the share of wall"
+        " time an emulator process was runnable but had no core (`/proc/PID/schedstat`): the"
+        " machine's other work (and the clients) holding the emulator back.",
+        "",
+        "| streams | tokens/s | server first p50 / p99 / max (ms) | server later p50 / p99 /"
+        " max (ms) | server all p99 (ms) | client p50 / p99 / max (ms) | client first p99 (ms)"
+        " | emulator us/token | emulator cores | client cores | emulator runqueue wait |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['streams']} | {_f(r['tokens_per_s'], 0)} | {_f(r['server_first_p50_ms'])} /"
+            f" {_f(r['server_first_p99_ms'])} / {_f(r['server_first_max_ms'])} |"
+            f" {_f(r['server_later_p50_ms'])} / {_f(r['server_later_p99_ms'])} /"
+            f" {_f(r['server_later_max_ms'])} | {_f(r['server_all_p99_ms'])} |"
+            f" {_f(r['client_p50_ms'])} / {_f(r['client_p99_ms'])} / {_f(r['client_max_ms'])} |"
+            f" {_f(r['client_first_p99_ms'])} | {r['emulator_cpu_us_per_token']:.2f} |"
+            f" {r['emulator_cpu_cores']:.2f} | {r['client_cpu_cores']:.2f} |"
+            f" {r['emulator_runqueue_wait_share']:.0%} |"
+        )
+    counted = all(r["server_tokens_total"] == r["client_tokens_total"] for r in rows)
+    lines += [
+        "",
+        "Every run: the emulator's histograms counted "
+        + ("exactly the tokens the clients received." if counted else
+           "**not** the tokens the clients received (see the JSON)."),
+        "",
+        _target(rows),
+        "",
+        "Where the limit is (cores used against the machine's):",
+        "",
+        *_limit(rows, cores, _offered_per_stream(doc, max_tokens)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_markdown(doc: dict[str, Any], path: Path) -> Path:
+    path.write_text(markdown(doc))
+    return path

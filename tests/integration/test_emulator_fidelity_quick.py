@@ -1,0 +1,21 @@
+"""The fidelity benchmark end to end, tiny: an emulator fleet of 2 processes, 2 client
+processes; the emulator's per-token histogram counts exactly the tokens the clients got."""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks.emulator_fidelity import Setup, run_one
+
+
+def test_histogram_counts_every_token_the_clients_received() -> None:
+    r = run_one(Setup(streams=6, replicas=2, processes=2, clients=2, tick_ms=5.0,
+                      write_budget=20000.0, max_tokens=20, warmup_s=0.2, duration_s=0.6))
+    assert r.client_requests_total >= 6  # every stream finished at least one request
+    assert r.client_tokens_total == 20 * r.client_requests_total
+    assert r.server_tokens_total == r.client_tokens_total
+    assert r.server_first_total == r.client_requests_total
+    assert r.tokens > 0 and r.emulator_cpu_cores > 0
+    # Quantiles of a non-empty histogram are bucket bounds, first tokens no later than max.
+    assert math.isfinite(r.server_later_p50_ms)
+    assert r.server_first_p50_ms <= r.server_first_p99_ms <= r.server_first_max_ms
