@@ -26,7 +26,7 @@ own seconds), so the speeds read in the same units.
 
 The planner beside the measurement (:func:`prediction`) models the same system: during each
 timeline arm, probe requests (:func:`probes`: one output token, every :data:`PROBE_EVERY_S`
-of wall time, alternating the buckets) go through the same router and emulators beside the
+of model time, alternating the buckets) go through the same router and emulators beside the
 replay, and each one's TTFT at the client less its TTFT on the emulator's recorded schedule is
 one sample of the delay the router, the client and the loopback add to a request on this busy
 host (:func:`probe_delays`). The simulator draws each request's dispatch delay from those
@@ -105,8 +105,10 @@ OVERLOAD_WINDOW_S = 1200.0
 """The compressed replay offers this multiple of the layout's slots (:func:`overload_factor`)."""
 
 PROBE_EVERY_S = 0.5
-"""Wall seconds between two probe requests (:func:`probes`): 2 requests per second of one
-output token each, beside the replay's 5 to 190."""
+"""Model seconds between two probe requests (:func:`probes`), alternating the buckets: each
+bucket gets one a second, holding a slot for one prefill (190 ms on 8K: 2.4% of its 8
+slots), traffic the simulator does not see. In wall seconds it would grow with the scale
+(at scale 4, 9.5% of the 8K bucket's slots)."""
 
 _POLL_S = 1.0
 """How often the emulators' recorded schedules are read during a run (wall seconds): they
@@ -306,7 +308,7 @@ async def _polling(backends: Mapping[str, list[str]], polls: list[tuple[str, lis
 
 def probes(trace: Trace, homes: Sequence[str | None], replay: Replay,
            every_s: float = PROBE_EVERY_S, seed: int = 0) -> list[PlannedRequest]:
-    """Probe requests over the replay's wall time, one every ``every_s`` (wall seconds),
+    """Probe requests over the replay's window, one every ``every_s`` (model seconds),
     alternating the buckets that are some request's home, each with the prompt length of a
     request of the trace at home there drawn at random (``numpy.random.default_rng(seed)``:
     the router counts and relays prompts of the replay's sizes) and one output token."""
@@ -314,11 +316,12 @@ def probes(trace: Trace, homes: Sequence[str | None], replay: Replay,
     prompts = {b: [p for p, h in zip(trace.prompt_tokens.tolist(), homes, strict=True)
                    if h == b] for b in names}
     rng = np.random.default_rng(seed)
-    count = int(replay.length_s / replay.compression / every_s) if names else 0
+    count = int(replay.length_s / replay.load / every_s) if names else 0
     out = []
     for i in range(count):
         b = names[i % len(names)]
-        out.append(PlannedRequest(i, i * every_s, int(rng.choice(prompts[b])), 1, b))
+        out.append(PlannedRequest(i, i * every_s * replay.scale, int(rng.choice(prompts[b])),
+                                  1, b))
     return out
 
 

@@ -38,16 +38,19 @@ def test_probe_delays(rec: RequestRecord, served: list[Served], scale: float,
     assert got == pytest.approx(want)
 
 
-def test_probes_alternate_the_home_buckets_with_their_own_prompt_lengths() -> None:
-    """A 10 s window at load 2, scale 1 is 5 s of wall time: 10 probes at 0.5 s, one token
-    each, alternating short and medium, each prompt one of its home bucket's."""
+@pytest.mark.parametrize(("scale", "gap"), [(1.0, 0.5), (4.0, 2.0)],
+                         ids=["scale 1: 0.5 s apart", "scale 4: 0.5 model s, 2 s of wall time"])
+def test_probes_alternate_the_home_buckets_with_their_own_prompt_lengths(scale: float,
+                                                                         gap: float) -> None:
+    """A 10 s window at load 2 is 5 s of model time: 10 probes 0.5 model seconds apart, one
+    token each, alternating short and medium, each prompt one of its home bucket's."""
     trace = Trace("hand", np.arange(6, dtype=np.float64), np.array([100, 3000, 200, 4000, 300,
                                                                     5000]),
                   np.full(6, 10))
     homes = ["short", "medium"] * 3
-    rep = exp8.Replay("2x", 2.0, 1.0, 0.0, 10.0)
+    rep = exp8.Replay("2x", 2.0, scale, 0.0, 10.0)
     got = exp8.probes(trace, homes, rep)
-    assert [p.at_s for p in got] == pytest.approx([0.5 * i for i in range(10)])
+    assert [p.at_s for p in got] == pytest.approx([gap * i for i in range(10)])
     assert [p.bucket for p in got] == ["short", "medium"] * 5
     assert {p.max_tokens for p in got} == {1}
     assert all(p.prompt_tokens in ((100, 200, 300) if p.bucket == "short" else
