@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks.trace_soak import QUICK_WINDOW_S, soak
 from benchmarks.trace_soak_figures import LATENESS_SERIES
+from benchmarks.trace_soak_report import markdown
 
 
 @pytest.mark.timeout(120)
@@ -36,3 +37,6 @@ async def test_quick_trace_soak_keeps_the_invariant_and_the_slo() -> None:
     assert late["series"] == LATENESS_SERIES[0], late
     assert late["by_token"]["first"]["count"] == total["completed"], late
     assert late["all"]["count"] == doc["settings"]["output_tokens"], late
+    # The report states each claim's verdict as computed.
+    text = markdown(doc)
+    assert f"{sum(verdicts.values())} of {len(verdicts)} claims held" in text
