@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -115,10 +116,22 @@ async def _serve(options: EmulatorOptions, replicas: int, host: str, port: int) 
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with start_emulators(options, replicas, host, port) as urls:
+        _quiet_gc()
         art = options.artifact
         for url in urls:
             print(f"lpu-emulator: {art.name} ({art.version}) at {url}/v1", flush=True)
         await stop.wait()
+
+
+def _quiet_gc() -> None:
+    """Fewer cyclic-GC passes on the hot path: what exists at start-up (modules, apps, the
+    vocabulary) is frozen out of every later pass, and a young-generation pass runs every
+    50 000 net allocations instead of 700. A stream allocates a few objects per write, so at
+    hundreds of streams the default thresholds run a pass every few ms (about 7% of the
+    process's CPU at 250 streams, py-spy); what cycles a request leaves are still collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -245,7 +245,9 @@ async def start_emulators(
             runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
             runners.append(runner)
             await runner.setup()
-            site = web.TCPSite(runner, host, port + i if port else 0)
+            # A backlog for hundreds of clients connecting at once (aiohttp's default, 128,
+            # overflows at 500 streams starting together and their connections get reset).
+            site = web.TCPSite(runner, host, port + i if port else 0, backlog=1024)
             await site.start()
             addr = runner.addresses[0]
             urls.append(f"http://{host}:{addr[1]}")
