@@ -261,6 +261,14 @@ def run_one(s: Setup) -> RunResult:
             return _measure(s, fleet, work)
 
 
+def _load_average() -> str:
+    """The 1-minute load average now (``/proc/loadavg``), as written there."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
 def _problems(r: RunResult) -> list[str]:
     out = []
     if r.server_tokens_total != r.client_tokens_total:
@@ -280,12 +288,12 @@ def _row(r: RunResult) -> str:
             f"{r.server_later_p50_ms:>6g}/{r.server_later_p99_ms:<6g}/{r.server_later_max_ms:<6g} "
             f"{r.client_p50_ms:>7.1f}/{r.client_p99_ms:<7.1f}/{r.client_max_ms:<7.1f} "
             f"{r.emulator_cpu_us_per_token:>6.2f} {r.emulator_cpu_cores:>5.2f} "
-            f"{r.client_cpu_cores:>5.2f}")
+            f"{r.client_cpu_cores:>5.2f} {r.emulator_runqueue_wait_share:>5.0%}")
 
 
 _HEAD = (f"{'streams':>7} {'tok/s':>9} {'srv first p50/p99/max':>20} "
          f"{'srv later p50/p99/max':>20} {'client p50/p99/max ms':>23} {'us/tok':>6} "
-         f"{'emu':>5} {'cli':>5}")
+         f"{'emu':>5} {'cli':>5} {'wait':>5}")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -314,6 +322,7 @@ def execute(args: argparse.Namespace) -> int:
     replicas = args.replicas or processes
     results: list[RunResult] = []
     problems: list[str] = []
+    load_before = _load_average()
     print(_HEAD, flush=True)
     for streams in args.streams:
         setup = Setup(streams, replicas, min(processes, replicas), args.clients,
@@ -337,6 +346,8 @@ def execute(args: argparse.Namespace) -> int:
         "prefill_ms": PREFILL_MS,
         "per_token_ms": PER_TOKEN_MS,
         "max_tokens": args.max_tokens,
+        "load_note": f"Load average (1 min) {load_before} before the runs and"
+                     f" {_load_average()} after: the machine was shared with other work.",
         "results": [asdict(r) for r in results],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

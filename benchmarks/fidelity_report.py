@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGET_P99_MS", "TARGET_STREAMS", "markdown", "write_markdown"]
+__all__ = ["TARGET_P99_MS", "TARGET_STREAMS", "markdown", "quantum_ms", "write_markdown"]
 
 TARGET_P99_MS = 5.0
 TARGET_STREAMS = 500
@@ -45,6 +45,14 @@ def _target(rows: list[dict[str, Any]]) -> str:
             f" machine.")
 
 
+def quantum_ms(r: dict[str, Any]) -> float:
+    """The delivery quantum of a replica in run ``r`` (``lpu_emulator.delivery``): a stream
+    writes at most once per quantum, so a later token may wait up to one quantum by design."""
+    per_replica = math.ceil(int(r["streams"]) / int(r["replicas"]))
+    budget = float(r["write_budget_per_s"])
+    return max(float(r["tick_ms"]), per_replica / budget * 1e3 if budget else 0.0)
+
+
 def _limit(rows: list[dict[str, Any]], cores: int, per_stream: float) -> list[str]:
     out = []
     for r in rows:
@@ -58,7 +66,8 @@ def _limit(rows: list[dict[str, Any]], cores: int, per_stream: float) -> list[st
             f" ({share:.0%} of the {_f(offered, 0)} a zero-lateness closed loop would ask for);"
             f" emulator {r['emulator_cpu_us_per_token']:.2f} us/token x tokens/s ="
             f" {emu:.2f} cores, clients {cli:.2f} cores: {busy:.2f} of {cores} cores,"
-            f" {state}; each emulator process waited for a core"
+            f" {state}; delivery quantum {quantum_ms(r):g} ms (later tokens wait up to it by"
+            f" design); each emulator process waited for a core"
             f" {r['emulator_runqueue_wait_share']:.0%} of the time; server p99"
             f" {_f(r['server_all_p99_ms'])} ms, client p99 {_f(r['client_p99_ms'])} ms."
         )
