@@ -1,6 +1,6 @@
 """``lpu-bench sweep``: run the experiments and write their index.
 
-    lpu-bench sweep                          # all eight, full length (~23 min on 2 cores)
+    lpu-bench sweep                          # all eight, full length (~45 min on 2 cores)
     lpu-bench sweep --only 1,2 --quick       # a smoke run (CI): short, in one process
     lpu-bench sweep --index-only             # rebuild the prose and README.md from the JSON
     lpu-bench sweep --only 1 --check         # the M/D/c check: exit 1 unless every claim holds
