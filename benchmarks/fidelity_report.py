@@ -106,17 +106,7 @@ def markdown(doc: dict[str, Any]) -> str:
         " | emulator us/token | emulator cores | client cores | emulator runqueue wait |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['streams']} | {_f(r['tokens_per_s'], 0)} | {_f(r['server_first_p50_ms'])} /"
-            f" {_f(r['server_first_p99_ms'])} / {_f(r['server_first_max_ms'])} |"
-            f" {_f(r['server_later_p50_ms'])} / {_f(r['server_later_p99_ms'])} /"
-            f" {_f(r['server_later_max_ms'])} | {_f(r['server_all_p99_ms'])} |"
-            f" {_f(r['client_p50_ms'])} / {_f(r['client_p99_ms'])} / {_f(r['client_max_ms'])} |"
-            f" {_f(r['client_first_p99_ms'])} | {r['emulator_cpu_us_per_token']:.2f} |"
-            f" {r['emulator_cpu_cores']:.2f} | {r['client_cpu_cores']:.2f} |"
-            f" {r['emulator_runqueue_wait_share']:.0%} |"
-        )
+    lines += [_table_row(r) for r in rows]
     counted = all(r["server_tokens_total"] == r["client_tokens_total"] for r in rows)
     lines += [
         "",
@@ -131,7 +121,42 @@ def markdown(doc: dict[str, Any]) -> str:
         *_limit(rows, cores, _offered_per_stream(doc, max_tokens)),
         "",
     ]
+    for v in doc.get("variants", []):
+        lines += _variant(v, cores, _offered_per_stream(doc, max_tokens))
     return "\n".join(lines)
+
+
+def _variant(v: dict[str, Any], cores: int, per_stream: float) -> list[str]:
+    """A run with other delivery settings (``{"command", "results"}``), measured in the same
+    session: the table, the target read off it, and its limit lines."""
+    rows: list[dict[str, Any]] = v["results"]
+    return [
+        f"## Other delivery settings: `{v['command']}`",
+        "",
+        "| streams | tokens/s | server first p50 / p99 / max (ms) | server later p50 / p99 /"
+        " max (ms) | server all p99 (ms) | client p50 / p99 / max (ms) | client first p99 (ms)"
+        " | emulator us/token | emulator cores | client cores | emulator runqueue wait |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[_table_row(r) for r in rows],
+        "",
+        _target(rows),
+        "",
+        *_limit(rows, cores, per_stream),
+        "",
+    ]
+
+
+def _table_row(r: dict[str, Any]) -> str:
+    return (
+            f"| {r['streams']} | {_f(r['tokens_per_s'], 0)} | {_f(r['server_first_p50_ms'])} /"
+            f" {_f(r['server_first_p99_ms'])} / {_f(r['server_first_max_ms'])} |"
+            f" {_f(r['server_later_p50_ms'])} / {_f(r['server_later_p99_ms'])} /"
+            f" {_f(r['server_later_max_ms'])} | {_f(r['server_all_p99_ms'])} |"
+            f" {_f(r['client_p50_ms'])} / {_f(r['client_p99_ms'])} / {_f(r['client_max_ms'])} |"
+            f" {_f(r['client_first_p99_ms'])} | {r['emulator_cpu_us_per_token']:.2f} |"
+            f" {r['emulator_cpu_cores']:.2f} | {r['client_cpu_cores']:.2f} |"
+            f" {r['emulator_runqueue_wait_share']:.0%} |"
+    )
 
 
 def write_markdown(doc: dict[str, Any], path: Path) -> Path:
