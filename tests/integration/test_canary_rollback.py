@@ -7,9 +7,10 @@ violation among admitted requests on the recorded schedules; clear resumes it, p
 The bound, stated before the run from the rule (:mod:`router.canary`): every canary request's
 TTFT is ~10% of the prefill (24 ms at time scale 3) later than predicted, beyond
 ``max_prediction_error_ms`` = 18 (the stable replicas' p90 is ~5 here, and noise on a busy machine
-only adds to both: 13 ms of room for the stable ones, the canary's never below 24), so the rollback comes at
-the ``min_requests``-th (10th) canary first token; at most ``CLIENTS`` - 1 more canary requests
-can be in flight then, so the canary emulator's schedule holds 10 to 10 + ``CLIENTS`` - 1.
+only adds to both: 13 ms of room for the stable ones, the canary's never below 24), so the
+rollback comes at the ``min_requests``-th (10th) canary first token; at most ``CLIENTS`` - 1
+more canary requests can be in flight then, so the canary emulator's schedule holds 10 to
+10 + ``CLIENTS`` - 1.
 """
 
 from __future__ import annotations
