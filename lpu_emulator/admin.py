@@ -19,7 +19,6 @@ emulator to a private address.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from typing import Any
 
@@ -28,7 +27,7 @@ from aiohttp import web
 from lpu_emulator.keys import BACKEND
 from lpu_emulator.recording import get_schedule
 from lpu_protocol.artifact import Artifact, ArtifactError, load_artifact, parse_artifact
-from lpu_protocol.openai_api import APIError
+from lpu_protocol.openai_api import APIError, json_object
 
 __all__ = ["add_routes"]
 
@@ -40,13 +39,7 @@ def _error(err: APIError) -> web.Response:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        doc = json.loads(await request.read())
-    except ValueError:
-        raise APIError(400, "The body must be a JSON object.", code="invalid_json") from None
-    if not isinstance(doc, dict):
-        raise APIError(400, "The body must be a JSON object.", code="invalid_json")
-    return doc
+    return json_object(await request.read())
 
 
 async def get_faults(request: web.Request) -> web.Response:

@@ -51,6 +51,7 @@ __all__ = [
     "context_length_error",
     "error_body",
     "forward_body",
+    "json_object",
     "model_not_found",
     "parse_request",
 ]
@@ -112,6 +113,18 @@ def error_body(
     message: str, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """An admin call's body as a JSON object; raises :class:`APIError` (400 ``invalid_json``)
+    for anything else (the router's and the emulator's admin endpoints both read one)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise APIError(400, "The body must be a JSON object.", code="invalid_json") from None
+    if not isinstance(doc, dict):
+        raise APIError(400, "The body must be a JSON object.", code="invalid_json")
+    return doc
 
 
 def _echo(value: object) -> str:

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from lpu_protocol.openai_api import APIError
+from lpu_protocol.openai_api import APIError, json_object
 from router.admission import Admitter
 from router.auth import Auth
 from router.canary import Canary
@@ -109,12 +109,7 @@ class AdminBuckets:
         if self._rollouts is None:
             raise APIError(409, "Rolling swaps need admission mode 'timeline'.",
                            code="rollout_unavailable")
-        try:
-            doc = json.loads(await request.read())
-        except ValueError:
-            raise APIError(400, "The body must be a JSON object.", code="invalid_json") from None
-        if not isinstance(doc, dict):
-            raise APIError(400, "The body must be a JSON object.", code="invalid_json")
+        doc = json_object(await request.read())
         name = request.match_info["name"]
         try:
             if self._pod is not None:
