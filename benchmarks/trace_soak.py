@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ from benchmarks.loadgen import LoadConfig, run_load
 from benchmarks.processes import Service, rss_kib, start, tree_cpu_seconds, url_in
 from benchmarks.progress import Progress
 from benchmarks.prompts import PromptFactory
+from benchmarks.schedule_polling import polling, read_schedule
 from benchmarks.soak import server_counts
 from benchmarks.trace_soak_figures import books, claims, lateness
 from benchmarks.trace_soak_report import markdown
@@ -150,39 +150,21 @@ Schedules = dict[str, dict[tuple[str, float], Mapping[str, Any]]]
 """Per emulator URL: its recorded entries by (request id, arrival), the latest read of each."""
 
 
-async def _read_schedules(session: aiohttp.ClientSession, urls: Sequence[str],
-                          into: Schedules, errors: list[str]) -> None:
-    """Merge each emulator's schedule into ``into``; a read that fails is noted in ``errors``
-    (an hour's run must not end on one failed read; a missing request shows in the books)."""
-    for url in urls:
-        try:
-            async with session.get(url + "/admin/schedule") as r:
-                r.raise_for_status()
-                entries = (await r.json())["requests"]
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
-            errors.append(f"{url}: {type(exc).__name__}: {exc}"[:200])
-            continue
-        for e in entries:
-            into.setdefault(url, {})[(str(e["request_id"]), float(e["arrival"]))] = e
-
-
-@contextlib.asynccontextmanager
-async def _polling(urls: Sequence[str], into: Schedules, errors: list[str]
-                   ) -> AsyncIterator[None]:
-    """Read the schedules every :data:`POLL_S` while the block runs, and once at its end."""
-    async with aiohttp.ClientSession() as session:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(POLL_S)
-                await _read_schedules(session, urls, into, errors)
-
-        task = asyncio.create_task(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await _read_schedules(session, urls, into, errors)
+def _reader(urls: Sequence[str], into: Schedules, errors: list[str]
+            ) -> Callable[[aiohttp.ClientSession], Awaitable[None]]:
+    """One read of every emulator's schedule, merged into ``into``; a read that fails is noted
+    in ``errors`` (an hour's run must not end on one failed read; a missing request shows in
+    the books)."""
+    async def read(session: aiohttp.ClientSession) -> None:
+        for url in urls:
+            try:
+                entries = await read_schedule(session, url)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+                errors.append(f"{url}: {type(exc).__name__}: {exc}"[:200])
+                continue
+            for e in entries:
+                into.setdefault(url, {})[(str(e["request_id"]), float(e["arrival"]))] = e
+    return read
 
 
 async def _settled(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
@@ -251,7 +233,7 @@ async def _run(planned: list[PlannedRequest], workdir: Path, seed: int, progress
         span = planned[-1].at_s if planned else 0.0
         shown = Progress(len(planned), span, plain_every_s=60.0) if progress else None
         cpu0, rss0, load0, t0 = _cpu(procs), _rss(procs), os.getloadavg(), time.time()
-        async with _polling(urls, schedules, poll_errors):
+        async with polling(_reader(urls, schedules, poll_errors), POLL_S):
             result = await run_load(planned, load, PromptFactory(np.random.default_rng(seed)),
                                     progress=shown)
         async with aiohttp.ClientSession() as session:

@@ -43,9 +43,8 @@ trace's busiest :data:`ISSUE_WINDOW_S` at scale 2 (:func:`replays` says why).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ from benchmarks.experiments.rig import Pool, router_config, serve
 from benchmarks.loadgen import LoadConfig, run_load
 from benchmarks.prompts import PromptFactory
 from benchmarks.records import ClientOutcome, RequestRecord
+from benchmarks.schedule_polling import polling, read_schedule
 from benchmarks.traces import Trace, read_trace
 from benchmarks.workload import PlannedRequest
 from lpu_protocol.artifact import Artifact, builtin_artifact
@@ -277,33 +277,14 @@ def _pools(arm: str, scale: float, layout: Layout = LAYOUT) -> list[Pool]:
     return [Pool(b, art, r, options[b]) for b, art, r in arts]
 
 
-async def _poll(backends: Mapping[str, list[str]], polls: list[tuple[str, list[Any]]],
-                session: aiohttp.ClientSession) -> None:
-    for bucket, urls in backends.items():
-        for url in urls:
-            async with session.get(url + "/admin/schedule") as r:
-                r.raise_for_status()
-                polls.append((bucket, list((await r.json())["requests"])))
-
-
-@contextlib.asynccontextmanager
-async def _polling(backends: Mapping[str, list[str]], polls: list[tuple[str, list[Any]]]
-                   ) -> AsyncIterator[None]:
-    """Read every emulator's schedule every :data:`_POLL_S` while the block runs, and once at
-    its end."""
-    async with aiohttp.ClientSession() as session:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(_POLL_S)
-                await _poll(backends, polls, session)
-
-        task = asyncio.create_task(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await _poll(backends, polls, session)
+def _reader(backends: Mapping[str, list[str]], polls: list[tuple[str, list[Any]]]
+            ) -> Callable[[aiohttp.ClientSession], Awaitable[None]]:
+    """One read of every emulator's schedule, appended to ``polls`` with its bucket."""
+    async def read(session: aiohttp.ClientSession) -> None:
+        for bucket, urls in backends.items():
+            for url in urls:
+                polls.append((bucket, await read_schedule(session, url)))
+    return read
 
 
 def probes(trace: Trace, homes: Sequence[str | None], replay: Replay,
@@ -353,7 +334,8 @@ async def replay_arm(cfg: SweepConfig, arm: str, replay: Replay,
     drain = 2 * replay.scale * max(SLO_PREFILLS * a.prefill_s + a.service_time(a.max_output_tokens)
                                    for _, a, _ in artifacts(1.0, replay.layout))
     probe_prefix = f"x8probe-{arm}-{replay.label}-"
-    async with serve(cfg, pools, admission) as stack, _polling(stack.backends, polls):
+    async with serve(cfg, pools, admission) as stack, \
+            polling(_reader(stack.backends, polls), _POLL_S):
         load = LoadConfig(stack.url, pools[0].artifact.model, drain_timeout_s=drain,
                           request_id_prefix=prefix)
         probing = asyncio.create_task(run_load(
