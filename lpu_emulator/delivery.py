@@ -1,16 +1,16 @@
 """Delivering an admitted request on its schedule: the hot path.
 
-A stream sleeps until absolute due times taken from its job (never "sleep one
-token time"), so a late wake-up never delays the tokens after it nor anyone's
-slot. At each wake-up it writes, in one write, every token due by then: the
-first token at its own due time, later ones at most once per quantum. The
-quantum is ``tick_s``, raised when many streams are active so that all streams
-together wake at most ``write_budget_per_s`` times a second:
-``quantum = max(tick_s, active_streams / write_budget_per_s)``. The CPU cost is
-one wake-up and one write (one send system call) per stream per quantum,
-whatever the token rate, and bounded in total; what grows with the load is how
-many tokens share a write, i.e. how late a non-first token may be (at most one
-quantum plus the loop's own lateness).
+A stream's first token is written by its own handler, which sleeps until the absolute due
+time taken from its job (never "sleep one token time"), so a late wake-up never delays the
+tokens after it nor anyone's slot. Its later tokens are written by the event loop's
+:class:`~lpu_emulator.ticker.Ticker`: no wake-up per stream, one synchronous
+``transport.write`` per stream write, carrying every token due by then. A stream writes at
+most once per quantum, ``quantum = max(tick_s, active_streams / write_budget_per_s)``, so all
+streams together write at most ``write_budget_per_s`` times a second (plus one first-token
+write per request), and each write is due when its last token is: a write of ``m`` tokens
+makes them late by ``(m - 1) * per_token, ..., per_token, 0`` plus the wake-up's own
+lateness. The CPU cost is one write (one send system call) per stream per quantum, whatever
+the token rate; what grows with the load is how many tokens share a write.
 
 Faults from the request's :class:`~lpu_emulator.faults.FaultPlan` are applied
 at token boundaries: a stall pauses the writer (the schedule keeps running), a
@@ -25,12 +25,14 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from lpu_emulator.backend import Admission
 from lpu_emulator.faults import FaultKind
 from lpu_emulator.frames import ResponseIdentity, StreamFrames, Timing, completion_body, usage
 from lpu_emulator.metrics import EmulatorMetrics
 from lpu_emulator.text import TokenText
+from lpu_emulator.ticker import Handback, TickedStream, Ticker, TransportSink, loop_ticker
 from lpu_protocol.openai_api import APIError
 
 __all__ = ["Delivered", "Deliverer", "sleep_until"]
@@ -91,6 +93,7 @@ class Deliverer:
         self.metrics = metrics
         self.active = 0
         """Streams between their first token and their end."""
+        self._loop_ticker: Ticker | None = None
 
     def quantum(self) -> float:
         """Seconds a stream waits at least between two writes, now."""
@@ -103,8 +106,7 @@ class Deliverer:
         """Send ``adm`` as an SSE stream; the status line goes out at admission."""
         resp = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
         await resp.prepare(request)
-        job, ids, plan, series = adm.job, adm.token_ids, adm.faults, adm.series
-        clock, token_json = self.clock, self.text.json
+        job, plan, series = adm.job, adm.faults, adm.series
         frames = StreamFrames(ident, adm.req.include_usage, adm.tool_call)
         n = job.output_tokens
         # Token positions at which something other than tokens happens.
@@ -112,40 +114,30 @@ class Deliverer:
         stall_at = plan.stall_at if plan.stall_at is not None and plan.stall_at < n else n + 1
         await adm.schedule.admitted(job)
         series.queue.observe(job.queue_s)
-        step = job.timings.per_token_s
         sent = 0
-        wake = job.token_time(0)
-        first_at = 0.0
+        first_at = last = 0.0
+        ticked: TickedStream | None = None
         self.active += 1
         try:
             while sent < min(n, break_at):
-                now = await sleep_until(wake, clock)
-                due = min(max(sent + 1, job.tokens_due(now)), break_at,
-                          stall_at if sent < stall_at else n)
-                chunk = frames.tokens(token_json, ids[sent:due])
+                stop = min(break_at, stall_at if sent < stall_at else n, n)
                 if sent == 0:
-                    chunk = frames.start() + chunk
-                if due == n:
-                    chunk += frames.finish(
-                        adm.finish_reason, usage(adm.prompt_tokens, n), _timing(adm)
-                    )
-                await resp.write(chunk)
-                written = clock()
-                if sent == 0:
-                    series.lateness_first.observe(now - job.token_time(0))
-                    series.token_first.observe_run(written - job.token_time(0), 0.0, 1)
-                    series.token_later.observe_run(written - job.token_time(1), step, due - 1)
-                    first_at = written
-                    series.ttft.observe(first_at - adm.received)
+                    sent, last, first_at = await self._first(resp, adm, frames, stop)
                 else:
-                    series.lateness_later.observe(now - job.token_time(sent))
-                    series.token_later.observe_run(written - job.token_time(sent), step,
-                                                   due - sent)
-                sent = due
+                    if ticked is None:
+                        ticked = self._ticked(request, adm, frames, sent, last)
+                    ticked.sent = sent
+                    handback = await self._ticker().run(ticked, stop)
+                    sent = ticked.sent
+                    if handback is Handback.GONE:
+                        raise ConnectionResetError("the client closed the stream")
+                    if handback is Handback.DRAIN:
+                        await request.writer.drain()
+                        continue
                 if sent == stall_at:
                     self.metrics.faults.labels(FaultKind.STALL).inc()
+                    # The schedule ran on: what fell due meanwhile goes out at once after.
                     await asyncio.sleep(plan.stall_s)
-                wake = max(job.token_time(sent), now + self.quantum())
         finally:
             self.active -= 1
             series.generation_tokens.inc(sent)
@@ -155,6 +147,49 @@ class Deliverer:
         await resp.write_eof()
         self._finished(adm, first_at)
         return resp, Delivered.COMPLETED
+
+    async def _first(
+        self, resp: web.StreamResponse, adm: Admission, frames: StreamFrames, stop: int,
+    ) -> tuple[int, float, float]:
+        """Write the first token (and every later one due by then, up to ``stop``) at its
+        own due time; return the tokens sent, the wake-up instant and the write instant."""
+        job, series = adm.job, adm.series
+        now = await sleep_until(job.token_time(0), self.clock)
+        due = min(max(1, job.tokens_due(now)), stop)
+        chunk = frames.start() + frames.tokens(self.text.json, adm.token_ids[:due])
+        if due == job.output_tokens:
+            chunk += self._finish(adm, frames)
+        await resp.write(chunk)
+        written = self.clock()
+        series.lateness_first.observe(now - job.token_time(0))
+        series.token_first.observe_run(written - job.token_time(0), 0.0, 1)
+        series.token_later.observe_run(written - job.token_time(1), job.timings.per_token_s,
+                                       due - 1)
+        series.ttft.observe(written - adm.received)
+        return due, now, written
+
+    def _ticked(self, request: web.Request, adm: Admission, frames: StreamFrames, sent: int,
+                last: float) -> TickedStream:
+        """The stream's state for the ticker, writing straight to the connection (the
+        headers are out: the first token went through aiohttp's writer)."""
+        writer = request.writer
+        transport = request.transport
+        assert isinstance(writer, StreamWriter) and transport is not None
+        return TickedStream(
+            job=adm.job, ids=adm.token_ids, frames=frames, token_json=self.text.json,
+            series=adm.series, sink=TransportSink(transport, writer.chunked),
+            finish=self._finish(adm, frames), quantum=self.quantum, sent=sent, last_write=last,
+        )
+
+    def _ticker(self) -> Ticker:
+        if self._loop_ticker is None:
+            self._loop_ticker = loop_ticker(self.clock)
+        return self._loop_ticker
+
+    @staticmethod
+    def _finish(adm: Admission, frames: StreamFrames) -> bytes:
+        n = adm.job.output_tokens
+        return frames.finish(adm.finish_reason, usage(adm.prompt_tokens, n), _timing(adm))
 
     async def _break_stream(
         self, request: web.Request, resp: web.StreamResponse, frames: StreamFrames,

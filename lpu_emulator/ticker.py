@@ -1,0 +1,247 @@
+"""One timer for every stream of an event loop: later tokens written without a wake-up per stream.
+
+A stream's first token is written by its own handler at its own due time (its lateness is
+what time-to-first-token experiments read). From then on the handler hands the stream to the
+loop's :class:`Ticker` and waits for one future: the ticker keeps every handed-over stream in
+a heap keyed by the instant of its next write, wakes on one loop timer, and at each wake-up
+writes, for every stream whose write is due, all its tokens due by then as one synchronous
+write (:class:`Sink`: ``transport.write``, no drain). It gives the stream back (resolves the
+future with a :class:`Handback`) when the stream reached the token it was asked to stop at
+(its end, a stall, a break), when the transport's write buffer is above :data:`HIGH_WATER`
+bytes (that stream then waits for drain, the others go on), or when the transport closes.
+
+When a stream writes. After a write at ``now`` that left ``sent`` tokens written, the next
+write carries tokens up to ``j``, the first token due after ``now + quantum`` (``quantum`` as
+:meth:`lpu_emulator.delivery.Deliverer.quantum`), or the last token before the stop if that is
+sooner, and is due at token ``j``'s own due time. So a stream writes at most once per quantum
+(``quantum > per_token``: the write budget holds), every write is due exactly when its last
+token is, and a write of ``m`` tokens makes them late by ``(m - 1) * step, ..., step, 0``
+(``step`` = per-token time) plus the wake-up's own lateness, rather than by up to a quantum
+for every token. The ticker wakes at most once per ``wake_s`` (:data:`WAKE_S`, the resolution
+of uvloop's timers), at the earliest due write.
+
+Time and timers are injected (``clock``, ``call_later``), so the schedule of writes is
+tested exactly on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import weakref
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Protocol
+
+from lpu_emulator.engine import Job
+from lpu_emulator.frames import StreamFrames
+from lpu_emulator.metrics import ModelSeries
+
+__all__ = [
+    "HIGH_WATER", "WAKE_S", "Handback", "Sink", "TickedStream", "Ticker", "TransportSink",
+    "loop_ticker",
+]
+
+WAKE_S = 0.001
+"""Seconds between two wake-ups of the ticker, at least."""
+
+HIGH_WATER = 64 * 1024
+"""Bytes in a transport's write buffer above which its stream waits for drain."""
+
+
+class Handback(StrEnum):
+    """Why the ticker gave a stream back to its handler."""
+
+    STOPPED = "stopped"
+    """``sent`` reached the stream's ``stop_at``."""
+    DRAIN = "drain"
+    """The write buffer is above :data:`HIGH_WATER`: await drain, then hand it over again."""
+    GONE = "gone"
+    """The transport is closing: the client went away."""
+
+
+class Sink(Protocol):
+    """Where a stream's bytes go (one HTTP response body)."""
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for sending, now, without waiting."""
+
+    def buffered(self) -> int:
+        """Bytes queued but not yet sent."""
+
+    def closing(self) -> bool:
+        """True once the connection is closing or closed."""
+
+
+class TransportSink:
+    """A response body on an asyncio transport, with HTTP/1.1 chunked framing when
+    ``chunked`` (as aiohttp frames it: ``<hex length>\\r\\n<data>\\r\\n``)."""
+
+    __slots__ = ("_chunked", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, chunked: bool) -> None:
+        self._transport = transport
+        self._chunked = chunked
+
+    def write(self, data: bytes) -> None:
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self._transport.write(data)
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def closing(self) -> bool:
+        return self._transport.is_closing()
+
+
+class TickedStream:
+    """One stream's state while the ticker writes it (the handler reads ``sent`` back).
+
+    ``stop_at``: the ticker writes tokens up to (not including) this index, then hands the
+    stream back; ``finish``: the bytes that follow the last token (``n``), sent in the same
+    write; ``last_write``: when the previous write happened (clock seconds).
+    """
+
+    __slots__ = ("finish", "frames", "ids", "job", "last_write", "next_j", "quantum",
+                 "sent", "series", "sink", "stop_at", "token_json", "waiter")
+
+    def __init__(
+        self, *, job: Job, ids: Sequence[int], frames: StreamFrames,
+        token_json: Sequence[bytes], series: ModelSeries, sink: Sink, finish: bytes,
+        quantum: Callable[[], float], sent: int, last_write: float,
+    ) -> None:
+        self.job = job
+        self.ids = ids
+        self.frames = frames
+        self.token_json = token_json
+        self.series = series
+        self.sink = sink
+        self.finish = finish
+        self.quantum = quantum
+        self.sent = sent
+        self.last_write = last_write
+        self.stop_at = job.output_tokens
+        self.next_j = sent
+        self.waiter: asyncio.Future[Handback] | None = None
+
+
+class _Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Ticker:
+    """Writes handed-over streams on their schedule from one timer (see the module text)."""
+
+    def __init__(
+        self, *, clock: Callable[[], float],
+        call_later: Callable[[float, Callable[[], None]], _Timer],
+        make_future: Callable[[], asyncio.Future[Handback]], wake_s: float = WAKE_S,
+    ) -> None:
+        self._clock = clock
+        self._call_later = call_later
+        self._make_future = make_future
+        self._wake_s = wake_s
+        self._heap: list[tuple[float, int, TickedStream]] = []
+        self._seq = itertools.count()
+        self._timer: _Timer | None = None
+        self._timer_at = 0.0
+        self._last_wake = -float("inf")
+        self._ticking = False
+        self.writes = 0
+        """Writes made so far (all streams)."""
+
+    def run(self, s: TickedStream, stop_at: int) -> asyncio.Future[Handback]:
+        """Write ``s`` from ``s.sent`` up to ``stop_at`` (``s.sent < stop_at <= n``); the
+        future says why it came back. Cancelling it takes the stream out (nothing more is
+        written)."""
+        s.stop_at = min(stop_at, s.job.output_tokens)
+        waiter = s.waiter = self._make_future()
+        self._plan(s)
+        return waiter
+
+    def _plan(self, s: TickedStream) -> None:
+        job = s.job
+        target = s.last_write + s.quantum()
+        j = max(s.sent, min(job.tokens_due(target), s.stop_at - 1))
+        s.next_j = j
+        at = job.token_time(j)
+        heapq.heappush(self._heap, (at, next(self._seq), s))
+        if not self._ticking and (self._timer is None or at < self._timer_at):
+            self._arm(max(at, self._last_wake + self._wake_s))
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._call_later(max(0.0, at - self._clock()), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self._clock()
+        self._last_wake = now
+        heap = self._heap
+        self._ticking = True
+        try:
+            self._due(now)
+        finally:
+            self._ticking = False
+        if heap:
+            self._arm(max(heap[0][0], now + self._wake_s))
+
+    def _due(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            s = heapq.heappop(heap)[2]
+            waiter = s.waiter
+            if waiter is None or waiter.done():
+                continue  # cancelled: its handler is gone
+            handback = self._write(s, now)
+            if handback is None:
+                self._plan(s)
+            else:
+                s.waiter = None
+                waiter.set_result(handback)
+
+    def _write(self, s: TickedStream, now: float) -> Handback | None:
+        """Write ``s``'s due tokens; None to keep ticking it."""
+        sink = s.sink
+        if sink.closing():
+            return Handback.GONE
+        job, sent = s.job, s.sent
+        n = job.output_tokens
+        due = min(max(sent + 1, s.next_j + 1, job.tokens_due(now)), s.stop_at)
+        chunk = s.frames.tokens(s.token_json, s.ids[sent:due])
+        if due == n:
+            chunk += s.finish
+        sink.write(chunk)
+        written = self._clock()
+        self.writes += 1
+        series = s.series
+        series.lateness_later.observe(now - job.token_time(sent))
+        series.token_later.observe_run(written - job.token_time(sent), job.timings.per_token_s,
+                                       due - sent)
+        s.sent = due
+        s.last_write = now
+        if due >= s.stop_at:
+            return Handback.STOPPED
+        if sink.buffered() > HIGH_WATER:
+            return Handback.DRAIN
+        return None
+
+
+_LOOP_TICKERS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[Callable[[], float], Ticker]] = weakref.WeakKeyDictionary()
+
+
+def loop_ticker(clock: Callable[[], float]) -> Ticker:
+    """The running loop's ticker on ``clock`` (one per loop and clock, made on first use):
+    every replica served from one process shares it."""
+    loop = asyncio.get_running_loop()
+    per_clock = _LOOP_TICKERS.setdefault(loop, {})
+    found = per_clock.get(clock)
+    if found is None:
+        found = per_clock[clock] = Ticker(clock=clock, call_later=loop.call_later,
+                                          make_future=loop.create_future)
+    return found
