@@ -11,6 +11,13 @@ segment has drained, and the run stops once it is within +-:data:`TARGET` of the
 and at least :data:`MIN_MEASURED_S` have been counted. Beyond capacity there is no
 stationary state: such a point is a fixed run from empty, its first seconds not counted.
 
+The exact FIFO schedule a point is compared with is that of its *intended* arrival times
+(the M/D/c sample path of this run's Poisson draws), so measured minus exact is everything
+the rig adds, the load generator's own send lateness included. A point below capacity
+also carries where that time goes (:mod:`benchmarks.experiments.exp1_overhead`), from the
+emulator's recorded schedule of the run's last requests and its first-token lateness
+histogram, read once the arrivals have ended.
+
 Each point starts its own stack, so a full run can take the measurement lock point by
 point: ``python3 -m benchmarks.experiments.exp1_point --rho 0.9 --cache DIR`` measures one,
 ``python3 -m benchmarks.experiments.exp1_point --write --cache DIR`` writes experiment 1's
@@ -27,17 +34,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
+import numpy.typing as npt
 
 from benchmarks import theory
 from benchmarks.experiments import SweepConfig
 from benchmarks.experiments.drive import Measured, drive, plan
-from benchmarks.experiments.long_run import run_until
+from benchmarks.experiments.exp1_overhead import decompose, first_token_lateness
+from benchmarks.experiments.long_run import LongRun, run_until
 from benchmarks.experiments.rig import Pool, serve
-from benchmarks.experiments.schedule import exact_ttft, mean_wait_band
+from benchmarks.experiments.schedule import fifo_starts, mean_wait_band
 from benchmarks.experiments.stationary import batch_quantile_ci, run_warmup_index
+from benchmarks.schedule_polling import read_schedule
 
-__all__ = ["FULL", "QUICK", "TARGET", "Design", "measure_point", "point_config", "predictions"]
+__all__ = ["FULL", "QUICK", "TARGET", "Design", "exact_intended_ttft", "measure_point",
+           "point_config", "predictions"]
 
 TARGET = 0.10
 """Stop once the p99's interval is within this share of its estimate."""
@@ -110,12 +122,20 @@ def predictions(cfg: SweepConfig, slots: int, rho: float) -> dict[str, float]:
     }
 
 
+def exact_intended_ttft(m: Measured, slots: int, service_s: float, prefill_s: float
+                        ) -> npt.NDArray[np.float64]:
+    """Each request's TTFT under the exact FIFO schedule of the run's intended arrival
+    times (not the times the load generator managed to send them: its lateness is part of
+    what the rig adds)."""
+    return np.asarray(fifo_starts(m.intended, slots, service_s) - m.intended + prefill_s)
+
+
 def _figures(m: Measured, cfg: SweepConfig, slots: int, rho: float, cut: int) -> dict[str, Any]:
     keep = np.zeros(m.intended.size, dtype=bool)
     keep[cut:] = True
     done = keep & m.completed
     ttft = m.ttft[done]
-    exact_all = exact_ttft(m, slots, cfg.service_s, cfg.prefill_s)
+    exact_all = exact_intended_ttft(m, slots, cfg.service_s, cfg.prefill_s)
     err = np.abs(ttft - exact_all[done])
     lag = (m.sent - m.intended)[keep & np.isfinite(m.sent)]  # the load generator's lateness
     p99 = batch_quantile_ci(ttft, 0.99)
@@ -175,10 +195,31 @@ async def measure_point(cfg: SweepConfig, design: Design, slots: int, rho: float
             return batch_quantile_ci(ttft, 0.99).relative_half_width <= TARGET
 
         run = await run_until(stack.url, pcfg, times, segment_s=SEGMENT_S, enough=enough,
-                              seed=cfg.seed, max_tokens=pcfg.output_tokens)
+                              seed=cfg.seed, max_tokens=pcfg.output_tokens, request_ids=True)
+        emulator = stack.backends[pool.name][0]
+        async with aiohttp.ClientSession() as session:
+            entries = await read_schedule(session, emulator)
+            async with session.get(emulator + "/metrics") as r:
+                metrics_text = await r.text()
     m = run.measured
-    out = _figures(m, pcfg, slots, rho, _cut(m, pcfg, floor_s, True))
-    return out | {"stopped_by": run.stopped_by, "sent_s": run.sent_s, "_measured": m}
+    cut = _cut(m, pcfg, floor_s, True)
+    out = _figures(m, pcfg, slots, rho, cut)
+    return out | {"stopped_by": run.stopped_by, "sent_s": run.sent_s,
+                  "rig": _rig(run, pcfg, slots, cut, entries),
+                  "emulator_first_token": first_token_lateness(metrics_text), "_measured": m}
+
+
+def _rig(run: LongRun, cfg: SweepConfig, slots: int, cut: int,
+         entries: list[Any]) -> dict[str, Any]:
+    """Where the rig's time went (:func:`~benchmarks.experiments.exp1_overhead.decompose`)
+    over the counted, completed requests still on the emulator's recorded schedule."""
+    m = run.measured
+    keep = np.zeros(m.intended.size, dtype=bool)
+    keep[cut:] = True
+    return decompose(intended=m.intended, sent=m.sent, ttft=m.ttft,
+                     exact_ttft=exact_intended_ttft(m, slots, cfg.service_s, cfg.prefill_s),
+                     request_ids=run.request_ids or [], keep=keep & m.completed,
+                     origin_mono=run.origin_mono, entries=entries)
 
 
 def _point_file(cache: Path, slots: int, rho: float) -> Path:

@@ -8,11 +8,18 @@ a segment has drained, ``enough`` is asked about everything recorded so far; onc
 yes (or the cap is reached) no further segment is started. The records come back as one
 :class:`~benchmarks.experiments.drive.Measured` on the run's own time axis (seconds from
 its start).
+
+With ``request_ids``, request ``i`` of segment ``j`` is sent with ``x-request-id: sj-i``
+(:attr:`LongRun.request_ids`, in the order of the records), and :attr:`LongRun.origin_mono`
+places the run's time axis on ``time.monotonic`` (the emulator's schedule clock, the same
+clock in every process of a Linux machine), so each request can be found on the emulator's
+recorded schedule and its times compared with the client's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +48,11 @@ class LongRun:
     """``"enough"`` (the rule was met) or ``"cap"`` (the arrivals ran out first)."""
     sent_s: float
     """Seconds of arrivals that were sent."""
+    request_ids: list[str] | None = None
+    """Each record's ``x-request-id`` (with ``request_ids=True``), in the records' order."""
+    origin_mono: float = float("nan")
+    """``time.monotonic()`` at the run's time 0: a record's time ``t`` happened at
+    ``origin_mono + t`` on that clock."""
 
 
 def concat(parts: Sequence[tuple[float, Measured]]) -> Measured:
@@ -57,9 +69,10 @@ def concat(parts: Sequence[tuple[float, Measured]]) -> Measured:
 
 async def run_until(url: str, cfg: SweepConfig, times: FloatArray, *, segment_s: float,
                     enough: Callable[[Measured], bool], seed: int,
-                    max_tokens: int | None = None) -> LongRun:
+                    max_tokens: int | None = None, request_ids: bool = False) -> LongRun:
     """Send the arrivals ``times`` (sorted seconds from the start) in segments until
-    ``enough`` holds for what has been measured or every arrival has been sent."""
+    ``enough`` holds for what has been measured or every arrival has been sent (module
+    docstring for ``request_ids``)."""
     if segment_s <= 0:
         raise ValueError(f"segment_s must be > 0, got {segment_s!r}")
     tokens = max_tokens or cfg.output_tokens
@@ -68,6 +81,7 @@ async def run_until(url: str, cfg: SweepConfig, times: FloatArray, *, segment_s:
     horizon = float(times[-1]) if times.size else 0.0
     segments = max(1, int(np.ceil(horizon / segment_s + 1e-9)))
     parts: list[tuple[float, Measured]] = []
+    ids: list[str] = []
     pending: list[asyncio.Task[RunResult]] = []
     stopped_by = "cap"
     sent_s = 0.0
@@ -79,10 +93,14 @@ async def run_until(url: str, cfg: SweepConfig, times: FloatArray, *, segment_s:
         while pending and pending[0].done():
             result = pending.pop(0).result()
             parts.append((result.started_unix - t0_unix, Measured.of(result.records)))
+            if request_ids:
+                ids.extend(f"s{len(parts) - 1}-{r.index}" for r in result.records)
         return bool(parts) and await asyncio.to_thread(lambda: enough(concat(parts)))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         t0_unix = time.time() + _LEAD_S
+        # Wall and monotonic clocks read together: the run's origin on the monotonic clock.
+        origin_mono = t0_unix - time.time() + time.monotonic()
         for j in range(segments):
             await asyncio.sleep(max(0.0, t0_unix + j * segment_s - time.time()))
             begin = time.time() - t0_unix
@@ -90,7 +108,9 @@ async def run_until(url: str, cfg: SweepConfig, times: FloatArray, *, segment_s:
             seg = times[(times >= lo) & (times < hi)]
             planned = [PlannedRequest(i, max(float(t) - begin, 0.0), cfg.prompt_tokens, tokens)
                        for i, t in enumerate(seg)]
-            pending.append(asyncio.create_task(run_load(planned, config, prompts,
+            seg_config = (dataclasses.replace(config, request_id_prefix=f"s{j}-")
+                          if request_ids else config)
+            pending.append(asyncio.create_task(run_load(planned, seg_config, prompts,
                                                         session=session)))
             sent_s = min(hi, horizon)
             if len(pending) > 1:
@@ -105,4 +125,5 @@ async def run_until(url: str, cfg: SweepConfig, times: FloatArray, *, segment_s:
             await asyncio.wait(set(pending))
         if await collect(t0_unix):  # the segments still draining count too
             stopped_by = "enough"
-    return LongRun(concat(parts), stopped_by, sent_s)
+    return LongRun(concat(parts), stopped_by, sent_s, ids if request_ids else None,
+                   origin_mono)
