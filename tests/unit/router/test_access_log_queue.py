@@ -101,13 +101,13 @@ def test_the_loop_thread_only_queues(stream: _Stream, monkeypatch: pytest.Monkey
     """JSON encoding and the write happen on the listener thread, never the caller's; an
     in-process handler still reads the line from the record."""
     encoded_on: set[int] = set()
-    encode = access_log._encode
+    line = access_log._line
 
-    def spy(fields: dict[str, Any]) -> str:
+    def spy(ex: Exchange, now: float) -> str:
         encoded_on.add(threading.get_ident())
-        return encode(fields)
+        return line(ex, now)
 
-    monkeypatch.setattr(access_log, "_encode", spy)
+    monkeypatch.setattr(access_log, "_line", spy)
     _listener_alone()
     queued: list[logging.LogRecord] = []
     logger = logging.getLogger("lpu_router.access")
