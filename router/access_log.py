@@ -13,9 +13,9 @@ lines, one per request; the JSON encoding and the write happen on the log listen
 access log); a record per turn costs that once for all the turn's lines. The line itself is made
 by :func:`_line`: the text ``json.dumps(fields, separators=(",", ":"))`` gives, without the dict
 and the encoder (78k instructions per line under callgrind, ~8 % of a proxied request's; 31k
-now). A handler that reads
-the records in-process gets the lines from ``record.getMessage()`` (split them at newlines);
-:func:`flush` logs what is pending at once (the process's exit calls it).
+now). A handler that reads the records in-process gets the lines from ``record.getMessage()``
+(split them at newlines); :func:`flush` logs what is pending at once (the process's exit calls
+it).
 """
 
 from __future__ import annotations
