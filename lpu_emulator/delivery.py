@@ -32,7 +32,14 @@ from lpu_emulator.faults import FaultKind
 from lpu_emulator.frames import ResponseIdentity, StreamFrames, Timing, completion_body, usage
 from lpu_emulator.metrics import EmulatorMetrics
 from lpu_emulator.text import TokenText
-from lpu_emulator.ticker import Handback, TickedStream, Ticker, TransportSink, loop_ticker
+from lpu_emulator.ticker import (
+    TIMER_BIAS_S,
+    Handback,
+    TickedStream,
+    Ticker,
+    TransportSink,
+    loop_ticker,
+)
 from lpu_protocol.openai_api import APIError
 
 __all__ = ["Delivered", "Deliverer", "sleep_until"]
@@ -53,12 +60,17 @@ class Delivered(StrEnum):
 
 
 async def sleep_until(t: float, clock: Callable[[], float]) -> float:
-    """Sleep until ``clock() >= t``; return the clock at wake-up."""
+    """Sleep until ``clock() >= t``; return the clock at wake-up.
+
+    Each sleep is ``TIMER_BIAS_S`` longer than the time left: uvloop rounds a delay to whole
+    milliseconds, so a bare one under 0.5 ms becomes "at once" and a wake-up often comes up to
+    ~1 ms early; re-sleeping the rest then spun the loop until the due time (the process
+    always runnable, one core's worth of waiting for a core on a shared machine)."""
     while True:
         now = clock()
         if now >= t:
             return now
-        await asyncio.sleep(t - now)
+        await asyncio.sleep(t - now + TIMER_BIAS_S)
 
 
 def _timing(adm: Admission) -> Timing:

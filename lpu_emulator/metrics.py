@@ -37,8 +37,10 @@ class ModelSeries:
     tpot: Histogram
     generation_tokens: Counter
     prompt_tokens: Counter
-    lateness_first: Histogram
-    lateness_later: Histogram
+    lateness_first: TokenLateness
+    """Per write (``lpu:token_delivery_lateness_seconds``): the write of the first token."""
+    lateness_later: TokenLateness
+    """Per write: every other write."""
     token_first: TokenLateness
     """Per token (:mod:`lpu_emulator.lateness`): each request's first token."""
     token_later: TokenLateness
@@ -65,7 +67,7 @@ class EmulatorMetrics:
     cancelled: Counter  # requests withdrawn by their client (queued or running)
     rejected: Counter  # {reason}
     faults: Counter  # {kind}
-    lateness: Histogram  # {model_name, token}: per write, lateness of its earliest token
+    lateness: TokenLatenessCollector  # {model_name, token}: per write, its earliest token
     # (token="first": the write carrying a request's first token; "later": the others)
     token_lateness: TokenLatenessCollector  # {model_name, token}: per token, every token
 
@@ -77,8 +79,8 @@ class EmulatorMetrics:
             tpot=self.tpot.labels(model),
             generation_tokens=self.generation_tokens.labels(model),
             prompt_tokens=self.prompt_tokens.labels(model),
-            lateness_first=self.lateness.labels(model, "first"),
-            lateness_later=self.lateness.labels(model, "later"),
+            lateness_first=self.lateness.series(model, "first"),
+            lateness_later=self.lateness.series(model, "later"),
             token_first=self.token_lateness.series(model, "first"),
             token_later=self.token_lateness.series(model, "later"),
         )
@@ -105,6 +107,12 @@ def make_metrics(registry: CollectorRegistry | None = None) -> EmulatorMetrics:
     b = LATENCY_BUCKETS
     token_lateness = TokenLatenessCollector()
     reg.register(token_lateness)
+    # Counted once per write by the ticker: a lock-free counter, not a prometheus Histogram.
+    write_lateness = TokenLatenessCollector(
+        LATENESS_BUCKETS, name="lpu:token_delivery_lateness_seconds",
+        documentation="Per write: how late its earliest token was against the schedule;"
+        " token=first for the write carrying the first token.")
+    reg.register(write_lateness)
     return EmulatorMetrics(
         registry=reg,
         running=Gauge("vllm:num_requests_running", "Requests holding a slot.", m, registry=reg),
@@ -158,10 +166,6 @@ def make_metrics(registry: CollectorRegistry | None = None) -> EmulatorMetrics:
             "lpu:requests_rejected", "Requests refused, by reason.", ["reason"], registry=reg
         ),
         faults=Counter("lpu:faults_injected", "Faults injected, by kind.", ["kind"], registry=reg),
-        lateness=Histogram(
-            "lpu:token_delivery_lateness_seconds", "Per write: how late its earliest token"
-            " was against the schedule; token=first for the write carrying the first token.",
-            [*m, "token"], buckets=LATENESS_BUCKETS, registry=reg,
-        ),
+        lateness=write_lateness,
         token_lateness=token_lateness,
     )

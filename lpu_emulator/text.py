@@ -9,6 +9,7 @@ every entry's text and JSON-string bytes are precomputed once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -84,11 +85,18 @@ def token_ids(key: bytes, n: int) -> list[int]:
     root = int.from_bytes(key[:8], "little")
     out: list[int] = []
     for block in range((n + _BLOCK - 1) // _BLOCK):
-        rng = np.random.default_rng([root, block])
-        words = rng.integers(0, _PUNCT_FROM, size=_BLOCK)
-        marks = rng.integers(_PUNCT_FROM, len(VOCABULARY), size=_BLOCK)
-        use_mark = rng.random(size=_BLOCK) < 0.08
-        use_mark[0] = False
-        use_mark[1:] &= ~use_mark[:-1]
-        out += np.where(use_mark, marks, words).tolist()
+        out += _block(root, block)
     return out[:n]
+
+
+@functools.lru_cache(maxsize=1024)
+def _block(root: int, block: int) -> tuple[int, ...]:
+    """One block of :func:`token_ids`; kept for repeated prompts (seeding a generator costs
+    tens of microseconds, a request's whole share of the emulator's CPU elsewhere)."""
+    rng = np.random.default_rng([root, block])
+    words = rng.integers(0, _PUNCT_FROM, size=_BLOCK)
+    marks = rng.integers(_PUNCT_FROM, len(VOCABULARY), size=_BLOCK)
+    use_mark = rng.random(size=_BLOCK) < 0.08
+    use_mark[0] = False
+    use_mark[1:] &= ~use_mark[:-1]
+    return tuple(np.where(use_mark, marks, words).tolist())

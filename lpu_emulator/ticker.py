@@ -46,6 +46,11 @@ __all__ = [
 WAKE_S = 0.001
 """Seconds between two wake-ups of the ticker, at least."""
 
+TIMER_BIAS_S = 0.0005
+"""Seconds added to every timer's delay: uvloop rounds a delay to whole milliseconds from a
+clock that lags, so a bare timer often fires up to ~1 ms early (a wasted wake-up and a second
+timer); with the bias an early wake-up is rare, and a write is late by about the bias."""
+
 HIGH_WATER = 64 * 1024
 """Bytes in a transport's write buffer above which its stream waits for drain."""
 
@@ -104,8 +109,9 @@ class TickedStream:
     write; ``last_write``: when the previous write happened (clock seconds).
     """
 
-    __slots__ = ("finish", "frames", "ids", "job", "last_write", "next_j", "quantum",
-                 "sent", "series", "sink", "stop_at", "token_json", "waiter")
+    __slots__ = ("finish", "first_due", "frames", "ids", "job", "last_write", "n", "next_j",
+                 "quantum", "sent", "series", "sink", "step", "stop_at", "token_json",
+                 "waiter")
 
     def __init__(
         self, *, job: Job, ids: Sequence[int], frames: StreamFrames,
@@ -122,8 +128,11 @@ class TickedStream:
         self.quantum = quantum
         self.sent = sent
         self.last_write = last_write
-        self.stop_at = job.output_tokens
+        self.stop_at = self.n = job.output_tokens
         self.next_j = sent
+        # Token j is due at first_due + j * step: the same float as job.token_time(j).
+        self.first_due = job.start + job.timings.prefill_s
+        self.step = job.timings.per_token_s
         self.waiter: asyncio.Future[Handback] | None = None
 
 
@@ -138,11 +147,13 @@ class Ticker:
         self, *, clock: Callable[[], float],
         call_later: Callable[[float, Callable[[], None]], _Timer],
         make_future: Callable[[], asyncio.Future[Handback]], wake_s: float = WAKE_S,
+        timer_bias_s: float = TIMER_BIAS_S,
     ) -> None:
         self._clock = clock
         self._call_later = call_later
         self._make_future = make_future
         self._wake_s = wake_s
+        self._bias_s = timer_bias_s
         self._heap: list[tuple[float, int, TickedStream]] = []
         self._seq = itertools.count()
         self._timer: _Timer | None = None
@@ -162,11 +173,12 @@ class Ticker:
         return waiter
 
     def _plan(self, s: TickedStream) -> None:
-        job = s.job
-        target = s.last_write + s.quantum()
-        j = max(s.sent, min(job.tokens_due(target), s.stop_at - 1))
+        # The first token due after last_write + quantum, as Timings.tokens_due counts.
+        target = s.last_write + s.quantum() - s.first_due
+        after = min(s.n, int(target / s.step) + 1) if target >= 0 else 0
+        j = max(s.sent, min(after, s.stop_at - 1))
         s.next_j = j
-        at = job.token_time(j)
+        at = s.first_due + j * s.step
         heapq.heappush(self._heap, (at, next(self._seq), s))
         if not self._ticking and (self._timer is None or at < self._timer_at):
             self._arm(max(at, self._last_wake + self._wake_s))
@@ -175,20 +187,23 @@ class Ticker:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        self._timer = self._call_later(max(0.0, at - self._clock()), self._tick)
+        delay = at - self._clock()
+        self._timer = self._call_later(delay + self._bias_s if delay > 0 else 0.0, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
         now = self._clock()
-        self._last_wake = now
         heap = self._heap
         self._ticking = True
         try:
-            self._due(now)
+            if heap and heap[0][0] <= now:
+                # Only a wake-up that writes counts: an early one re-arms for the due write.
+                self._last_wake = now
+                self._due(now)
         finally:
             self._ticking = False
         if heap:
-            self._arm(max(heap[0][0], now + self._wake_s))
+            self._arm(max(heap[0][0], self._last_wake + self._wake_s))
 
     def _due(self, now: float) -> None:
         heap = self._heap
@@ -209,19 +224,19 @@ class Ticker:
         sink = s.sink
         if sink.closing():
             return Handback.GONE
-        job, sent = s.job, s.sent
-        n = job.output_tokens
-        due = min(max(sent + 1, s.next_j + 1, job.tokens_due(now)), s.stop_at)
+        sent, first_due, step = s.sent, s.first_due, s.step
+        due_now = min(s.n, int((now - first_due) / step) + 1)
+        due = min(max(sent + 1, s.next_j + 1, due_now), s.stop_at)
         chunk = s.frames.tokens(s.token_json, s.ids[sent:due])
-        if due == n:
+        if due == s.n:
             chunk += s.finish
         sink.write(chunk)
         written = self._clock()
         self.writes += 1
         series = s.series
-        series.lateness_later.observe(now - job.token_time(sent))
-        series.token_later.observe_run(written - job.token_time(sent), job.timings.per_token_s,
-                                       due - sent)
+        t_sent = first_due + sent * step
+        series.lateness_later.observe(now - t_sent)
+        series.token_later.observe_run(written - t_sent, step, due - sent)
         s.sent = due
         s.last_write = now
         if due >= s.stop_at:

@@ -104,7 +104,7 @@ def stream(vl: VirtualLoop, n: int, quantum: float, start: float = 0.0,
 
 def ticker(vl: VirtualLoop, wake_s: float = 0.001) -> Ticker:
     return Ticker(clock=vl.clock, call_later=vl.call_later, make_future=vl.loop.create_future,
-                  wake_s=wake_s)
+                  wake_s=wake_s, timer_bias_s=0.0)
 
 
 @pytest.mark.parametrize(("quantum", "expected"), [
@@ -215,3 +215,14 @@ def test_a_stop_past_the_end_is_the_end(vl: VirtualLoop) -> None:
     vl.run_until(1.0)
     assert waiter.result() is Handback.STOPPED and s.sent == 4
     assert [(w[1], w[2]) for w in sink.writes] == [(1, False), (1, False), (1, True)]
+
+
+def test_timer_bias_delays_each_wake_up(vl: VirtualLoop) -> None:
+    """With a timer bias every timer fires that much after the write it is for is due."""
+    s, sink = stream(vl, 3, 0.001)
+    t = Ticker(clock=vl.clock, call_later=vl.call_later, make_future=vl.loop.create_future,
+               wake_s=0.001, timer_bias_s=0.0005)
+    vl.now = due(0, 0)
+    t.run(s, 3)
+    vl.run_until(1.0)
+    assert [w[0] for w in sink.writes] == pytest.approx([due(0, 1) + 0.0005, due(0, 2) + 0.0005])
