@@ -74,9 +74,13 @@ from lpu_protocol.load_report import LoadReport
 from router.admission import Up, always_up
 from router.admission.settings import ReplicaShape
 
-__all__ = ["ReplicaTimeline", "Reservation"]
+__all__ = ["RETIME_STEP", "ReplicaTimeline", "Reservation"]
 
 _NEG_INF = float("-inf")
+RETIME_STEP = 0.01
+"""Relative change of an observed timing below which the timeline keeps the one in use
+(:meth:`ReplicaTimeline.use_observed`): the timing in use is then at most 1 % off the latest
+estimate, well inside the drift tolerance (5 % by default) that decides whether to use one."""
 
 
 @dataclass(slots=True, eq=False)
@@ -255,8 +259,15 @@ class ReplicaTimeline:
         Unlike a report's new timings (work admitted before a swap finishes on the old
         artifact), an observation says how this replica runs *all* its work: every live
         reservation is re-timed to the new timings (its token count kept) and the timeline
-        rebuilt, so the requests already queued are predicted as they will run."""
-        if self._observed.get(timing) == value:
+        rebuilt, so the requests already queued are predicted as they will run.
+
+        A value within :data:`RETIME_STEP` of the one in use keeps the one in use: the
+        estimate is a median that moves a little at every completed stream while a drift
+        persists, and each re-timing costs O(n log c) for n live reservations (the drift
+        estimator calls this once per sample of every completed stream)."""
+        current = self._observed.get(timing)
+        if current == value or (value is not None and current is not None
+                                and abs(value - current) <= RETIME_STEP * current):
             return
         if value is None:
             del self._observed[timing]

@@ -32,7 +32,7 @@ from router.admission.settings import (
     MarginPolicy,
     ReplicaShape,
 )
-from router.admission.timeline import ReplicaTimeline
+from router.admission.timeline import RETIME_STEP, ReplicaTimeline
 from router.drift import DriftEstimator
 from router.metrics import make_metrics
 from router.outcomes import Outcome
@@ -182,3 +182,30 @@ def test_the_admitter_switches_back_when_the_estimate_returns_within_tolerance()
     assert rep.shape is rep.served
     a.observe_timing("b", "http://unknown", "per_token", 0.011, MIN_SAMPLES)  # ignored
     a.observe_timing("nope", DECLARED.url, "per_token", 0.011, MIN_SAMPLES)  # ignored
+
+
+def test_an_estimate_that_moves_within_the_step_keeps_the_timing_in_use() -> None:
+    """The drift estimator's median moves at every sample; the live reservations are re-timed
+    (and the timeline rebuilt) only once it is RETIME_STEP away from the timing in use."""
+    tl = ReplicaTimeline(DECLARED)
+    rebuilds = 0
+    rebuild = tl.rebuild
+
+    def counted(now: float) -> None:
+        nonlocal rebuilds
+        rebuilds += 1
+        rebuild(now)
+
+    tl.rebuild = counted  # type: ignore[method-assign]
+    tl.reserve(0, DECLARED.timings.service_s(TOKENS), 0.0)
+    tl.use_observed("per_token_s", 0.011, 0.0)
+    assert (tl.shape.per_token_s, rebuilds) == (0.011, 1)
+    for k in range(1, 10):  # 0.1 % steps up to 0.9 %: all within the step of 0.011
+        tl.use_observed("per_token_s", 0.011 * (1 + RETIME_STEP * k / 10), 0.0)
+    assert (tl.shape.per_token_s, rebuilds) == (0.011, 1)
+    tl.use_observed("per_token_s", 0.011 * (1 + 1.5 * RETIME_STEP), 0.0)
+    assert (tl.shape.per_token_s, rebuilds) == (0.011 * (1 + 1.5 * RETIME_STEP), 2)
+    reserved = next(tl.ends())  # the live reservation was re-timed to the new timing
+    assert reserved == pytest.approx(tl.shape.timings.service_s(TOKENS))
+    tl.use_observed("per_token_s", None, 0.0)  # back to declared: at once
+    assert (tl.shape is tl.served, rebuilds) == (True, 3)
