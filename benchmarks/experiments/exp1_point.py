@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=FULL.slot_counts[0])
     p.add_argument("--write", action="store_true", help="write the experiment's files")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--load-note", default=None,
+                   help="what else ran on the machine, for the report (with --write)")
     args = p.parse_args(argv)
     from benchmarks.run_command import run_async
 
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         files = [_point_file(args.cache, c, r) for c in FULL.slot_counts for r in FULL.rhos]
         points = [json.loads(f.read_text("utf-8")) for f in files if f.is_file()]
         elapsed = sum(float(pt.get("elapsed_s") or 0.0) for pt in points)
-        exp1_queueing.write(cfg, args.out, points, FULL, elapsed)
+        exp1_queueing.write(cfg, args.out, points, FULL, elapsed, args.load_note)
         return 0
     if args.rho is None:
         print("--rho or --write is needed", file=sys.stderr)
