@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.fidelity_histogram import Buckets, parse
+from benchmarks.fidelity_histogram import Buckets, parse, writes
 from benchmarks.fidelity_report import write_markdown
 from benchmarks.machine import describe
 from benchmarks.processes import Service, cpu_seconds, start
@@ -99,6 +99,11 @@ class RunResult:
     """... and the emulator's histograms counted (must be equal)."""
     client_requests_total: int
     server_first_total: int
+    writes_per_s: float = math.nan
+    """Stream writes per second over all replicas (``lpu:token_delivery_lateness_seconds``
+    counts one per write), between the answers to the two scrapes."""
+    emulator_cpu_us_per_write: float = math.nan
+    """Emulator CPU (all of it: requests, frames, the send system calls) per write."""
 
 
 def _artifact_toml(slots: int, max_tokens: int) -> str:
@@ -112,20 +117,24 @@ def _artifact_toml(slots: int, max_tokens: int) -> str:
     )
 
 
-def _scrape_one(url: str) -> dict[str, Buckets]:
+def _scrape_one(url: str) -> tuple[dict[str, Buckets], float]:
     with urllib.request.urlopen(url + "/metrics", timeout=60) as r:
-        return parse(r.read().decode())
+        text = r.read().decode()
+    return parse(text), writes(text)
 
 
-def _scrape(urls: list[str]) -> tuple[dict[str, Buckets], float]:
-    """The histograms summed over replicas, and when the last answer came: a busy emulator
-    answers late, so the window's length is taken between answers, not between asks."""
+def _scrape(urls: list[str]) -> tuple[dict[str, Buckets], float, float]:
+    """The histograms and the write count summed over replicas, and when the last answer
+    came: a busy emulator answers late, so the window's length is taken between answers, not
+    between asks."""
     total: dict[str, Buckets] = {"first": Buckets(), "later": Buckets()}
+    made = 0.0
     with ThreadPoolExecutor(len(urls)) as pool:
-        for found in pool.map(_scrape_one, urls):
+        for found, n in pool.map(_scrape_one, urls):
+            made += n
             for token, b in found.items():
                 total[token] = total.get(token, Buckets()) + b
-    return total, time.monotonic()
+    return total, made, time.monotonic()
 
 
 def _runqueue_wait_s(pids: list[int]) -> float:
@@ -197,11 +206,11 @@ def _measure(s: Setup, fleet: FleetProcess, work: Path) -> RunResult:
         emu = fleet.pids()
         cpu0, cli0, t0 = fleet.cpu_seconds(), _cpu([c.pid for c in clients]), time.monotonic()
         wait0 = _runqueue_wait_s(emu)
-        h0, a0 = _scrape(fleet.urls)
+        h0, w0, a0 = _scrape(fleet.urls)
         time.sleep(max(0.0, hi - time.monotonic()))
         cpu1, cli1, t1 = fleet.cpu_seconds(), _cpu([c.pid for c in clients]), time.monotonic()
         wait1 = _runqueue_wait_s(emu)
-        h1, a1 = _scrape(fleet.urls)
+        h1, w1, a1 = _scrape(fleet.urls)
         for c in clients:
             code = c.proc.wait(timeout=120 + s.max_tokens * PER_TOKEN_MS / 1e3)
             if code != 0:
@@ -210,7 +219,7 @@ def _measure(s: Setup, fleet: FleetProcess, work: Path) -> RunResult:
     finally:
         for c in clients:
             c.stop()
-    end, _ = _scrape(fleet.urls)
+    end, _, _ = _scrape(fleet.urls)
     if fleet.poll() is not None:
         raise RuntimeError(f"the emulator fleet exited with {fleet.poll()}")
     docs = [json.loads((work / f"client-{i}.json").read_text()) for i in range(s.clients)]
@@ -245,6 +254,9 @@ def _measure(s: Setup, fleet: FleetProcess, work: Path) -> RunResult:
         server_tokens_total=int(end["first"].count + end["later"].count),
         client_requests_total=sum(int(d["requests_total"]) for d in docs),
         server_first_total=int(end["first"].count),
+        writes_per_s=round((w1 - w0) / (a1 - a0), 1),
+        emulator_cpu_us_per_write=round(cpu / wall / ((w1 - w0) / (a1 - a0)) * 1e6, 2)
+        if w1 > w0 else math.nan,
     )
 
 
@@ -288,12 +300,13 @@ def _row(r: RunResult) -> str:
             f"{r.server_later_p50_ms:>6g}/{r.server_later_p99_ms:<6g}/{r.server_later_max_ms:<6g} "
             f"{r.client_p50_ms:>7.1f}/{r.client_p99_ms:<7.1f}/{r.client_max_ms:<7.1f} "
             f"{r.emulator_cpu_us_per_token:>6.2f} {r.emulator_cpu_cores:>5.2f} "
-            f"{r.client_cpu_cores:>5.2f} {r.emulator_runqueue_wait_share:>5.0%}")
+            f"{r.client_cpu_cores:>5.2f} {r.emulator_runqueue_wait_share:>5.0%} "
+            f"{r.writes_per_s:>8.0f} {r.emulator_cpu_us_per_write:>6.1f}")
 
 
 _HEAD = (f"{'streams':>7} {'tok/s':>9} {'srv first p50/p99/max':>20} "
          f"{'srv later p50/p99/max':>20} {'client p50/p99/max ms':>23} {'us/tok':>6} "
-         f"{'emu':>5} {'cli':>5} {'wait':>5}")
+         f"{'emu':>5} {'cli':>5} {'wait':>5} {'writes/s':>8} {'us/wr':>6}")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -303,8 +316,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=int, default=None,
                    help="emulator processes (default: one per core)")
     p.add_argument("--clients", type=int, default=2, help="load generator processes")
-    p.add_argument("--tick-ms", type=float, default=5.0)
-    p.add_argument("--write-budget", type=float, default=20000.0,
+    p.add_argument("--tick-ms", type=float, default=3.0)
+    p.add_argument("--write-budget", type=float, default=25000.0,
                    help="emulator writes per second per replica (0: unbounded)")
     p.add_argument("--max-tokens", type=int, default=300, help="tokens per request")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")

@@ -13,11 +13,12 @@ import math
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["Buckets", "parse"]
+__all__ = ["Buckets", "parse", "writes"]
 
 _NAME = "lpu_emulator_token_lateness_seconds"
 _LINE = re.compile(_NAME + r'_bucket\{([^}]*)\} (\S+)')
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
+_WRITES = re.compile(r'^lpu:token_delivery_lateness_seconds_count\{[^}]*\} (\S+)$', re.M)
 
 
 @dataclass
@@ -71,3 +72,9 @@ def parse(text: str) -> dict[str, Buckets]:
     for b in out.values():
         b.cumulative = dict(sorted(b.cumulative.items()))
     return out
+
+
+def writes(text: str) -> float:
+    """Stream writes the emulator made (``lpu:token_delivery_lateness_seconds`` counts one per
+    write, first and later), summed over its series."""
+    return sum(float(v) for v in _WRITES.findall(text))

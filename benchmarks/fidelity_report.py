@@ -11,7 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGET_P99_MS", "TARGET_STREAMS", "markdown", "quantum_ms", "write_markdown"]
+__all__ = [
+    "TARGET_P99_MS", "TARGET_STREAMS", "markdown", "quantum_ms", "tokens_per_write",
+    "write_markdown",
+]
 
 TARGET_P99_MS = 5.0
 TARGET_STREAMS = 500
@@ -47,13 +50,21 @@ def _target(rows: list[dict[str, Any]]) -> str:
 
 def quantum_ms(r: dict[str, Any]) -> float:
     """The delivery quantum of a replica in run ``r`` (``lpu_emulator.delivery``): a stream
-    writes at most once per quantum, so a later token may wait up to one quantum by design."""
+    writes at most once per quantum."""
     per_replica = math.ceil(int(r["streams"]) / int(r["replicas"]))
     budget = float(r["write_budget_per_s"])
     return max(float(r["tick_ms"]), per_replica / budget * 1e3 if budget else 0.0)
 
 
-def _limit(rows: list[dict[str, Any]], cores: int, per_stream: float) -> list[str]:
+def tokens_per_write(quantum: float, per_token_ms: float) -> int:
+    """Tokens a write carries by design (``lpu_emulator.ticker``): after a write at its last
+    token's due time ``t``, the next carries every token due up to the first one after
+    ``t + quantum``; the earliest of them is ``(m - 1) * per_token`` late."""
+    return math.floor(quantum / per_token_ms) + 1
+
+
+def _limit(rows: list[dict[str, Any]], cores: int, per_stream: float,
+           per_token_ms: float) -> list[str]:
     out = []
     for r in rows:
         emu, cli = r["emulator_cpu_cores"], r["client_cpu_cores"]
@@ -61,17 +72,48 @@ def _limit(rows: list[dict[str, Any]], cores: int, per_stream: float) -> list[st
         share = r["tokens_per_s"] / offered
         busy = emu + cli
         state = "saturated" if busy >= 0.9 * cores else "not saturated"
+        q = quantum_ms(r)
+        m = tokens_per_write(q, per_token_ms)
+        w = float(r.get("writes_per_s", math.nan))
         out.append(
             f"- {r['streams']} streams: {_f(r['tokens_per_s'], 0)} tokens/s"
-            f" ({share:.0%} of the {_f(offered, 0)} a zero-lateness closed loop would ask for);"
-            f" emulator {r['emulator_cpu_us_per_token']:.2f} us/token x tokens/s ="
+            f" ({share:.0%} of the {_f(offered, 0)} a zero-lateness closed loop would ask for)"
+            f" in {_f(w, 0)} writes/s ({r['tokens_per_s'] / w:.1f} tokens a write; by design"
+            f" quantum {q:g} ms, {m} tokens a write, the earliest"
+            f" {(m - 1) * per_token_ms:.1f} ms late); emulator"
+            f" {r['emulator_cpu_us_per_token']:.2f} us/token ="
+            f" {_f(float(r.get('emulator_cpu_us_per_write', math.nan)))} us/write ="
             f" {emu:.2f} cores, clients {cli:.2f} cores: {busy:.2f} of {cores} cores,"
-            f" {state}; delivery quantum {quantum_ms(r):g} ms (later tokens wait up to it by"
-            f" design); each emulator process waited for a core"
+            f" {state}; each emulator process waited for a core"
             f" {r['emulator_runqueue_wait_share']:.0%} of the time; server p99"
             f" {_f(r['server_all_p99_ms'])} ms, client p99 {_f(r['client_p99_ms'])} ms."
         )
     return out
+
+
+def _needed(rows: list[dict[str, Any]], cores: int, per_token_ms: float) -> list[str]:
+    """What the target needs at the target's stream count, in cores at this run's cost per
+    write (emulator and clients): the limit read off the same row."""
+    at = [r for r in rows if r["streams"] == TARGET_STREAMS]
+    if not at or not at[0].get("writes_per_s") or at[0]["server_all_p99_ms"] <= TARGET_P99_MS:
+        return []
+    r = at[0]
+    m = tokens_per_write(TARGET_P99_MS, per_token_ms)  # the earliest token under the target
+    need = r["tokens_per_s"] / m
+    emu_us = float(r["emulator_cpu_us_per_write"])
+    cli_us = r["client_cpu_cores"] / float(r["writes_per_s"]) * 1e6
+    emu_cores, cli_cores = need * emu_us / 1e6, need * cli_us / 1e6
+    return [
+        f"What the target needs: a later token is late by design up to the tokens before it in"
+        f" its write, so a p99 under {TARGET_P99_MS:g} ms needs writes of at most {m} tokens"
+        f" (the earliest {(m - 1) * per_token_ms:.1f} ms late) even before any wake-up"
+        f" lateness: at {_f(r['tokens_per_s'], 0)} tokens/s that is {_f(need, 0)} writes/s."
+        f" At this run's cost per write ({emu_us:.1f} us in the emulator, {cli_us:.1f} us in"
+        f" the clients) that is {emu_cores:.2f} + {cli_cores:.2f} ="
+        f" {emu_cores + cli_cores:.2f} cores of the machine's {cores}, with no idle left for"
+        f" the emulator to wake on time: the machine's cores, not the schedule, are the limit.",
+        "",
+    ]
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -116,17 +158,20 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         _target(rows),
         "",
+        *_needed(rows, cores, float(doc["per_token_ms"])),
         "Where the limit is (cores used against the machine's):",
         "",
-        *_limit(rows, cores, _offered_per_stream(doc, max_tokens)),
+        *_limit(rows, cores, _offered_per_stream(doc, max_tokens), float(doc["per_token_ms"])),
         "",
     ]
     for v in doc.get("variants", []):
-        lines += _variant(v, cores, _offered_per_stream(doc, max_tokens))
+        lines += _variant(v, cores, _offered_per_stream(doc, max_tokens),
+                          float(doc["per_token_ms"]))
     return "\n".join(lines)
 
 
-def _variant(v: dict[str, Any], cores: int, per_stream: float) -> list[str]:
+def _variant(v: dict[str, Any], cores: int, per_stream: float,
+             per_token_ms: float) -> list[str]:
     """A run with other delivery settings (``{"command", "results"}``), measured in the same
     session: the table, the target read off it, and its limit lines."""
     rows: list[dict[str, Any]] = v["results"]
@@ -141,7 +186,8 @@ def _variant(v: dict[str, Any], cores: int, per_stream: float) -> list[str]:
         "",
         _target(rows),
         "",
-        *_limit(rows, cores, per_stream),
+        *_needed(rows, cores, per_token_ms),
+        *_limit(rows, cores, per_stream, per_token_ms),
         "",
     ]
 

@@ -11,16 +11,19 @@ Every field, its unit and default:
 * ``output_length`` (default fixed): see :mod:`lpu_emulator.lengths`.
 * ``seed`` (default 0): seeds output lengths and fault draws.
 * ``faults`` (default off): see :mod:`lpu_emulator.faults`.
-* ``tick_s`` (default 0.005): the smallest delivery quantum, in seconds. A
-  stream's first token is written at its due time; after that a stream wakes at
-  most once per quantum and writes every token due by then in one write. Lower
-  is closer to one write per token (more CPU); 0 writes each token on its own
-  when the write budget allows.
-* ``write_budget_per_s`` (default 20000): the most stream writes per second over
-  all streams; the quantum grows to ``active_streams / write_budget_per_s`` when
-  that is above ``tick_s`` (300 streams: 15 ms). It bounds the emulator's CPU
-  (about 25 us per write on a 2-core machine, so ~0.5 core at the default).
-  None removes the bound.
+* ``tick_s`` (default 0.003): the smallest delivery quantum, in seconds. A
+  stream's first token is written at its due time; after that a stream writes at
+  most once per quantum, each write carrying the tokens due by the due time of its
+  last one (:mod:`lpu_emulator.ticker`). At 1.786 ms per token, 3 ms writes two
+  tokens at a time (the earlier ~1.8 ms late by design); lower is closer to one
+  write per token (more CPU); 0 writes each token on its own when the write
+  budget allows.
+* ``write_budget_per_s`` (default 25000): the most stream writes per second over
+  all streams of a replica; the quantum grows to ``active_streams /
+  write_budget_per_s`` when that is above ``tick_s`` (250 streams: 10 ms). It
+  bounds the emulator's CPU: a write costs ~15-20 us of CPU on this 2-core machine
+  (the send system call, loopback included, and the Python around it), so ~0.5
+  core at the default. None removes the bound.
 * ``tokenizer`` (default None): a Hugging Face ``tokenizer.json`` to count
   prompt tokens exactly; None uses the shared estimator.
 * ``actual_prefill_factor``, ``actual_per_token_factor`` (default 1.0): the emulator runs
@@ -57,8 +60,8 @@ class EmulatorOptions:
     output_length: OutputLength = field(default_factory=OutputLength)
     seed: int = 0
     faults: FaultSettings = field(default_factory=FaultSettings)
-    tick_s: float = 0.005
-    write_budget_per_s: float | None = 20000.0
+    tick_s: float = 0.003
+    write_budget_per_s: float | None = 25000.0
     tokenizer: str | None = None
     strict_params: bool = True
     actual_prefill_factor: float = 1.0

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from benchmarks.fidelity_histogram import Buckets, parse
-from benchmarks.fidelity_report import markdown, quantum_ms
+from benchmarks.fidelity_report import markdown, quantum_ms, tokens_per_write
 
 TEXT = """# TYPE lpu_emulator_token_lateness_seconds histogram
 lpu_emulator_token_lateness_seconds_bucket{le="0.001",model_name="m",token="later"} 90.0
@@ -67,3 +67,22 @@ def test_quantum_is_the_tick_or_the_write_budget_share() -> None:
                        "write_budget_per_s": 20000.0}) == 5.0
     assert quantum_ms({"streams": 500, "replicas": 2, "tick_ms": 5.0,
                        "write_budget_per_s": 20000.0}) == 12.5
+
+
+@pytest.mark.parametrize(("quantum", "m"), [(1.0, 1), (3.0, 2), (5.0, 3), (10.0, 6)],
+                         ids=["below-a-token", "3ms", "5ms", "10ms"])
+def test_tokens_per_write_by_design(quantum: float, m: int) -> None:
+    assert tokens_per_write(quantum, 1.786) == m
+
+
+def test_a_missed_target_states_the_writes_and_cores_it_needs() -> None:
+    row = _row(500, 40.0) | {"tokens_per_s": 240000.0, "writes_per_s": 40000.0,
+                             "emulator_cpu_us_per_write": 20.0, "client_cpu_cores": 0.4}
+    doc = {"command": "c", "prefill_ms": 80.0, "per_token_ms": 1.786, "max_tokens": 300,
+           "machine": {"nproc": 2, "cpu": "x", "python": "3.11", "platform": "linux",
+                       "date": "now"},
+           "results": [row]}
+    text = markdown(doc)
+    # 5 ms allows 3 tokens a write: 80 000 writes/s; 20 us + 10 us (0.4 cores / 40 000) each.
+    assert "at most 3 tokens" in text and "80 000 writes/s" in text
+    assert "1.60 + 0.80 = 2.40 cores of the machine's 2" in text
