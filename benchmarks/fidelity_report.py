@@ -103,15 +103,21 @@ def _needed(rows: list[dict[str, Any]], cores: int, per_token_ms: float) -> list
     emu_us = float(r["emulator_cpu_us_per_write"])
     cli_us = r["client_cpu_cores"] / float(r["writes_per_s"]) * 1e6
     emu_cores, cli_cores = need * emu_us / 1e6, need * cli_us / 1e6
+    verdict = (", with no idle left for the emulator to wake on time: the machine's cores, not"
+               " the schedule, are the limit." if emu_cores + cli_cores >= 0.9 * cores else
+               ", which fits: CPU alone does not explain the miss.")
+    per_write = r["tokens_per_s"] / float(r["writes_per_s"])
+    bound = (f"; an upper bound, as its writes carried {per_write:.1f} tokens and part of the"
+             " cost is per token or per request" if per_write > m else "")
     return [
         f"What the target needs: a later token is late by design up to the tokens before it in"
         f" its write, so a p99 under {TARGET_P99_MS:g} ms needs writes of at most {m} tokens"
         f" (the earliest {(m - 1) * per_token_ms:.1f} ms late) even before any wake-up"
         f" lateness: at {_f(r['tokens_per_s'], 0)} tokens/s that is {_f(need, 0)} writes/s."
         f" At this run's cost per write ({emu_us:.1f} us in the emulator, {cli_us:.1f} us in"
-        f" the clients) that is {emu_cores:.2f} + {cli_cores:.2f} ="
-        f" {emu_cores + cli_cores:.2f} cores of the machine's {cores}, with no idle left for"
-        f" the emulator to wake on time: the machine's cores, not the schedule, are the limit.",
+        f" the clients, everything either does divided by its writes{bound}) that is"
+        f" {emu_cores:.2f} + {cli_cores:.2f} ="
+        f" {emu_cores + cli_cores:.2f} cores of the machine's {cores}{verdict}",
         "",
     ]
 
