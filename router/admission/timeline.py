@@ -53,9 +53,13 @@ reservation starts no earlier than the earliest slot free time it was placed on
 * only the queued reservations are placed again: O(c log c + q log c) for q
   queued, instead of O(n log c).
 
-An observed start earlier than predicted (or one that ends by ``now``), or any
-operation while the timeline is not settled, takes the full rebuild, which
-checks the condition again. A property test
+An observed start (at or before ``now``) also takes the short way, earlier than predicted or
+ending by ``now``, while the replica holds no more reservations than slots, none queued and no
+floor binds: the rebuild then places every reservation on a never-used slot, at its own start,
+so only the observed one's end moves (a stream's first token on a short shape comes after its
+predicted end). Any other observed start earlier than predicted or ending by ``now``, or any
+operation while the timeline is not settled, takes the full rebuild, which checks the
+condition again. A property test
 (``tests/unit/router/admission/test_timeline_incremental.py``) checks that the two
 ways agree exactly on random operation sequences.
 """
@@ -216,8 +220,13 @@ class ReplicaTimeline:
             self.advance(now)
         pinned = start if start >= r.admitted_at else r.admitted_at
         # Later than predicted, on a slot that frees after now: see the module docstring.
-        short = (self._settled and r.started and pinned >= r.start
-                 and r.start + r.duration_s > now)
+        # Or no more reservations than slots, no binding floor, none queued: the rebuild then
+        # places each on a never-used slot (it starts at its own start), so only r's end moves.
+        floor = self._floor
+        short = self._settled and r.started and (
+            (pinned >= r.start and r.start + r.duration_s > now)
+            or (pinned <= now and not q and (floor is None or floor[-1] <= now)
+                and len(self._items) <= self.shape.slots))
         if short:
             self._drop_started(r)
         r.start = pinned

@@ -128,3 +128,17 @@ def test_a_start_observed_earlier_than_predicted_keeps_its_own_end() -> None:
         tl.advance(0.35)
         tl.observe_start(r2, 0.0, 0.35)
     assert sorted(fast._tail) == sorted(ref._tail) == [0.1, 0.5]
+
+
+def test_a_first_token_after_the_predicted_end_on_a_roomy_replica_moves_only_its_end() -> None:
+    # Four slots, two reservations: both on never-used slots. r0 [0, 0.2]'s first token at 0.35
+    # says it started at 0.25 (after its predicted end), r1's that it started at its admission.
+    fast, ref = _both(4)
+    for tl in (fast, ref):
+        r0, r1 = tl.reserve(0, 0.2, 0.0), tl.reserve(1, 0.2, 0.01)
+        tl.observe_start(r0, 0.25, 0.35)
+        tl.observe_start(r1, 0.0, 0.35)
+        assert (r0.start, r1.start) == (0.25, 0.01)
+    never = -float("inf")
+    assert sorted(fast._tail) == sorted(ref._tail) == [never, never, 0.01 + 0.2, 0.25 + 0.2]
+    assert fast.poll(0.35) == ref.poll(0.35) == (0, 2, 0.35)
