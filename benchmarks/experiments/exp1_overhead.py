@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks import fidelity_histogram
 
 __all__ = ["FIRST_TOKEN_METRIC", "PARTS", "decompose", "first_token_lateness"]
 
@@ -86,27 +87,8 @@ def first_token_lateness(metrics_text: str) -> dict[str, float]:
     """Count, mean and the smallest bucket bound holding 50% / 99% of the emulator's
     first-token lateness histogram (:data:`FIRST_TOKEN_METRIC`, label ``token="first"``,
     summed over models) in a ``/metrics`` text; ``{"count": 0}`` when it is not there."""
-    buckets: dict[float, float] = {}
-    total = count = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != FIRST_TOKEN_METRIC:
-            continue
-        for s in family.samples:
-            if s.labels.get("token") != "first":
-                continue
-            if s.name.endswith("_bucket"):
-                le = float(s.labels["le"])
-                buckets[le] = buckets.get(le, 0.0) + s.value
-            elif s.name.endswith("_sum"):
-                total += s.value
-            elif s.name.endswith("_count"):
-                count += s.value
-    if count <= 0:
+    b = fidelity_histogram.parse(metrics_text).get("first")
+    if b is None or b.count <= 0:
         return {"count": 0.0}
-    bounds = sorted(buckets)
-
-    def bound(q: float) -> float:
-        return next((b for b in bounds if buckets[b] >= q * count), math.inf)
-
-    return {"count": count, "mean": total / count, "p50_at_most": bound(0.5),
-            "p99_at_most": bound(0.99)}
+    return {"count": b.count, "mean": b.total / b.count, "p50_at_most": b.quantile_bound(0.5),
+            "p99_at_most": b.quantile_bound(0.99)}
