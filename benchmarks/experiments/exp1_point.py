@@ -27,6 +27,7 @@ files from the points in ``DIR``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -42,6 +43,7 @@ from benchmarks import theory
 from benchmarks.experiments import SweepConfig
 from benchmarks.experiments.drive import Measured, drive, plan
 from benchmarks.experiments.exp1_overhead import decompose, first_token_lateness
+from benchmarks.experiments.exp1_realtime import realtime
 from benchmarks.experiments.long_run import LongRun, run_until
 from benchmarks.experiments.rig import Pool, serve
 from benchmarks.experiments.schedule import fifo_starts, mean_wait_band
@@ -177,13 +179,15 @@ async def measure_point(cfg: SweepConfig, design: Design, slots: int, rho: float
     rng = np.random.default_rng([cfg.seed, slots, round(rho * 1000)])
     pool = Pool("main", pcfg.artifact(slots), 1, {"ttft_slo_s": 60.0})
     stationary = design.stationary and rho < 1.0
-    async with serve(pcfg, [pool], {"mode": "off"}) as stack:
+    async with serve(pcfg, [pool], {"mode": "off"}) as stack, contextlib.AsyncExitStack() as ex:
+        # Isolated (the full run): the stack and this loop ahead of other sessions' work.
+        scheduling = ex.enter_context(realtime(stack.pids)) if pcfg.isolate else "in-process"
         if not stationary:
             length = design.cap_s if rho < 1.0 else design.overload_s
             m = Measured.of(await drive(stack.url, plan(pcfg, rng, rate=lam, duration_s=length),
                                         pcfg, seed=cfg.seed))
             out = _figures(m, pcfg, slots, rho, _cut(m, pcfg, design.overload_warmup_s, False))
-            return out | {"stopped_by": "fixed", "_measured": m}
+            return out | {"stopped_by": "fixed", "scheduling": scheduling, "_measured": m}
         floor_s = WARMUP_SERVICE_TIMES * pcfg.service_s
         times = np.array([p.at_s for p in plan(pcfg, rng, rate=lam, duration_s=design.cap_s)])
 
@@ -204,7 +208,7 @@ async def measure_point(cfg: SweepConfig, design: Design, slots: int, rho: float
     m = run.measured
     cut = _cut(m, pcfg, floor_s, True)
     out = _figures(m, pcfg, slots, rho, cut)
-    return out | {"stopped_by": run.stopped_by, "sent_s": run.sent_s,
+    return out | {"stopped_by": run.stopped_by, "sent_s": run.sent_s, "scheduling": scheduling,
                   "rig": _rig(run, pcfg, slots, cut, entries),
                   "emulator_first_token": first_token_lateness(metrics_text), "_measured": m}
 

@@ -66,6 +66,8 @@ class Stack:
     """Where the load goes: the router (or the first emulator when there is no router)."""
     backends: dict[str, list[str]]
     """Emulator base URLs by pool name."""
+    pids: tuple[int, ...] = ()
+    """The processes serving it (``isolate=True``; in-process: none, it is this one)."""
 
 
 def _toml_value(v: object) -> str:
@@ -168,7 +170,8 @@ async def _isolated(cfg: SweepConfig, pools: Sequence[Pool], admission: Mapping[
                 procs.append(proc)
                 backends[p.name] = [url_in(line) for line in proc.lines]
             if admission is None:
-                yield Stack(backends[pools[0].name][0], backends)
+                yield Stack(backends[pools[0].name][0], backends,
+                            tuple(p.pid for p in procs))
                 return
             conf = work / "router.toml"
             conf.write_text(to_toml(router_config(pools, backends, admission)))
@@ -177,7 +180,7 @@ async def _isolated(cfg: SweepConfig, pools: Sequence[Pool], admission: Mapping[
             procs.append(router)
             url = url_in(router.lines[0])  # "lpu-router serving on http://127.0.0.1:PORT"
             await _ready(url)
-            yield Stack(url, backends)
+            yield Stack(url, backends, tuple(p.pid for p in procs))
         finally:
             # Synchronous (it blocks for the shut-down only): an await here could be
             # cancelled and leave a process behind.
