@@ -104,6 +104,12 @@ class RunResult:
     counts one per write), between the answers to the two scrapes."""
     emulator_cpu_us_per_write: float = math.nan
     """Emulator CPU (all of it: requests, frames, the send system calls) per write."""
+    client_nice: int = 0
+    """The clients' nice value above the benchmark's (same session: it ranks them below the
+    emulator when both want a core)."""
+    client_read_ms: float = 0.0
+    """The clients read every connection every this many ms (0: each write as it arrives);
+    their lateness includes up to this much waiting to be read, by design."""
 
 
 def _artifact_toml(slots: int, max_tokens: int) -> str:
@@ -175,6 +181,8 @@ class Setup:
     max_tokens: int
     warmup_s: float
     duration_s: float
+    client_read_ms: float = 0.0
+    client_nice: int = 0
 
 
 def _start_clients(s: Setup, urls: list[str], work: Path) -> list[Service]:
@@ -188,6 +196,7 @@ def _start_clients(s: Setup, urls: list[str], work: Path) -> list[Service]:
              "--offset", str(offset), "--streams", str(share),
              "--max-tokens", str(s.max_tokens), "--prefill-ms", str(PREFILL_MS),
              "--per-token-ms", str(PER_TOKEN_MS), "--go", str(work / "go"),
+             "--client-read-ms", str(s.client_read_ms), "--nice", str(s.client_nice),
              "--out", str(work / f"client-{i}.json")],
             name=f"fidelity-client-{i}", ready_lines=1, timeout_s=60.0,
             stderr=work / f"client-{i}.log"))
@@ -257,6 +266,7 @@ def _measure(s: Setup, fleet: FleetProcess, work: Path) -> RunResult:
         writes_per_s=round((w1 - w0) / (a1 - a0), 1),
         emulator_cpu_us_per_write=round(cpu / wall / ((w1 - w0) / (a1 - a0)) * 1e6, 2)
         if w1 > w0 else math.nan,
+        client_read_ms=s.client_read_ms, client_nice=s.client_nice,
     )
 
 
@@ -316,9 +326,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=int, default=None,
                    help="emulator processes (default: one per core)")
     p.add_argument("--clients", type=int, default=2, help="load generator processes")
-    p.add_argument("--tick-ms", type=float, default=3.0)
+    p.add_argument("--tick-ms", type=float, default=1.5)
     p.add_argument("--write-budget", type=float, default=25000.0,
                    help="emulator writes per second per replica (0: unbounded)")
+    p.add_argument("--client-read-ms", type=float, default=20.0,
+                   help="the clients read each connection every this many ms (0: every"
+                   " write as it arrives, a client wake-up per emulator write)")
+    p.add_argument("--client-nice", type=int, default=10,
+                   help="the client processes' nice value above this one (they share its"
+                   " session, so it ranks them below the emulator when both want a core)")
     p.add_argument("--max-tokens", type=int, default=300, help="tokens per request")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
@@ -326,6 +342,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="CI smoke test: 4 and 12 streams, about a second each; checks only"
                    " that the histogram counts every token received (writes nothing)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/emulator_fidelity.json"))
+    p.add_argument("--variant-of", type=Path, default=None,
+                   help="add this run to that result file's variants (other settings measured"
+                   " in the same session) and rewrite its Markdown, instead of writing --out")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -340,7 +359,7 @@ def execute(args: argparse.Namespace) -> int:
     for streams in args.streams:
         setup = Setup(streams, replicas, min(processes, replicas), args.clients,
                        args.tick_ms, args.write_budget, args.max_tokens, args.warmup,
-                       args.duration)
+                       args.duration, args.client_read_ms, args.client_nice)
         try:
             r = run_one(setup)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -363,8 +382,15 @@ def execute(args: argparse.Namespace) -> int:
                      f" {_load_average()} after: the machine was shared with other work.",
         "results": [asdict(r) for r in results],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    md = write_markdown(doc, args.out.with_suffix(".md"))
-    print(f"written: {args.out}, {md}")
+    out = args.out
+    if args.variant_of is not None:
+        out = args.variant_of
+        main = json.loads(out.read_text())
+        main.setdefault("variants", []).append(
+            {"command": doc["command"], "load_note": doc["load_note"], "results": doc["results"]})
+        doc = main
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    md = write_markdown(doc, out.with_suffix(".md"))
+    print(f"written: {out}, {md}")
     return 1 if problems else 0

@@ -79,7 +79,7 @@ def _limit(rows: list[dict[str, Any]], cores: int, per_stream: float,
             f"- {r['streams']} streams: {_f(r['tokens_per_s'], 0)} tokens/s"
             f" ({share:.0%} of the {_f(offered, 0)} a zero-lateness closed loop would ask for)"
             f" in {_f(w, 0)} writes/s ({r['tokens_per_s'] / w:.1f} tokens a write; by design"
-            f" quantum {q:g} ms, {m} tokens a write, the earliest"
+            f" quantum {q:g} ms, {m} token{'s' if m > 1 else ''} a write, the earliest"
             f" {(m - 1) * per_token_ms:.1f} ms late); emulator"
             f" {r['emulator_cpu_us_per_token']:.2f} us/token ="
             f" {_f(float(r.get('emulator_cpu_us_per_write', math.nan)))} us/write ="
@@ -102,7 +102,10 @@ def _needed(rows: list[dict[str, Any]], cores: int, per_token_ms: float) -> list
     need = r["tokens_per_s"] / m
     emu_us = float(r["emulator_cpu_us_per_write"])
     cli_us = r["client_cpu_cores"] / float(r["writes_per_s"]) * 1e6
-    emu_cores, cli_cores = need * emu_us / 1e6, need * cli_us / 1e6
+    read_ms = float(r.get("client_read_ms", 0.0))
+    # Polled clients read each stream once per interval, whatever the emulator's writes.
+    emu_cores = need * emu_us / 1e6
+    cli_cores = r["client_cpu_cores"] if read_ms > 0 else need * cli_us / 1e6
     verdict = (", with no idle left for the emulator to wake on time: the machine's cores, not"
                " the schedule, are the limit." if emu_cores + cli_cores >= 0.9 * cores else
                ", which fits: CPU alone does not explain the miss.")
@@ -114,8 +117,12 @@ def _needed(rows: list[dict[str, Any]], cores: int, per_token_ms: float) -> list
         f" its write, so a p99 under {TARGET_P99_MS:g} ms needs writes of at most {m} tokens"
         f" (the earliest {(m - 1) * per_token_ms:.1f} ms late) even before any wake-up"
         f" lateness: at {_f(r['tokens_per_s'], 0)} tokens/s that is {_f(need, 0)} writes/s."
-        f" At this run's cost per write ({emu_us:.1f} us in the emulator, {cli_us:.1f} us in"
-        f" the clients, everything either does divided by its writes{bound}) that is"
+        f" At this run's cost per write ({emu_us:.1f} us in the emulator"
+        + (f", everything it does divided by its writes{bound}; the clients, which read every"
+           f" {read_ms:g} ms whatever the writes, as measured" if read_ms > 0 else
+           f", {cli_us:.1f} us in the clients, everything either does divided by its"
+           f" writes{bound}")
+        + ") that is"
         f" {emu_cores:.2f} + {cli_cores:.2f} ="
         f" {emu_cores + cli_cores:.2f} cores of the machine's {cores}{verdict}",
         "",
@@ -144,7 +151,13 @@ def markdown(doc: dict[str, Any]) -> str:
         " emulator's `lpu_emulator_token_lateness_seconds` (every token, time written minus"
         " time scheduled), quantiles as the upper bound of their bucket. Client lateness: each"
         " token's arrival minus `t_send + prefill + k * per_token` (includes loopback and the"
-        " client's own loop). CPU: user + system over the window from `/proc` of every"
+        " client's own loop)"
+        + (f"; the clients read every connection every {first['client_read_ms']:g} ms"
+           " (`--client-read-ms`), so their lateness includes up to that much waiting to be"
+           " read, by design, and their CPU does not grow with the emulator's writes"
+           if float(first.get("client_read_ms", 0.0)) > 0 else
+           "; the clients read each write as it arrives (`--client-read-ms 0`)")
+        + ". CPU: user + system over the window from `/proc` of every"
         " emulator process, and of the client processes. Runqueue wait: the share of wall"
         " time an emulator process was runnable but had no core (`/proc/PID/schedstat`): the"
         " machine's other work (and the clients) holding the emulator back.",
@@ -181,8 +194,14 @@ def _variant(v: dict[str, Any], cores: int, per_stream: float,
     """A run with other delivery settings (``{"command", "results"}``), measured in the same
     session: the table, the target read off it, and its limit lines."""
     rows: list[dict[str, Any]] = v["results"]
+    reads = sorted({float(r.get("client_read_ms", 0.0)) for r in rows})
     return [
-        f"## Other delivery settings: `{v['command']}`",
+        f"## Other settings: `{v['command']}`",
+        "",
+        f"Tick {rows[0]['tick_ms']:g} ms, write budget {rows[0]['write_budget_per_s']:g}/s per"
+        " replica; clients read "
+        + ", ".join(f"every {x:g} ms" if x > 0 else "each write as it arrives" for x in reads)
+        + f". {v.get('load_note', '')}".rstrip(),
         "",
         "| streams | tokens/s | server first p50 / p99 / max (ms) | server later p50 / p99 /"
         " max (ms) | server all p99 (ms) | client p50 / p99 / max (ms) | client first p99 (ms)"

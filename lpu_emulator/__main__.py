@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-mean", type=float, default=128.0, help="geometric: mean (tokens)")
     p.add_argument("--seed", type=int, default=0, help="seed of output lengths and faults")
     p.add_argument("--tokenizer", default=None, help="count prompts with this tokenizer.json")
-    p.add_argument("--tick-ms", type=float, default=3.0,
+    p.add_argument("--tick-ms", type=float, default=1.5,
                    help="smallest delivery quantum: a stream writes at most once per tick (ms)")
     p.add_argument("--write-budget", type=float, default=25000.0,
                    help="most stream writes per second over all streams of a replica; the"

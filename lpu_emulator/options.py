@@ -11,13 +11,13 @@ Every field, its unit and default:
 * ``output_length`` (default fixed): see :mod:`lpu_emulator.lengths`.
 * ``seed`` (default 0): seeds output lengths and fault draws.
 * ``faults`` (default off): see :mod:`lpu_emulator.faults`.
-* ``tick_s`` (default 0.003): the smallest delivery quantum, in seconds. A
+* ``tick_s`` (default 0.0015): the smallest delivery quantum, in seconds. A
   stream's first token is written at its due time; after that a stream writes at
   most once per quantum, each write carrying the tokens due by the due time of its
-  last one (:mod:`lpu_emulator.ticker`). At 1.786 ms per token, 3 ms writes two
-  tokens at a time (the earlier ~1.8 ms late by design); lower is closer to one
-  write per token (more CPU); 0 writes each token on its own when the write
-  budget allows.
+  last one (:mod:`lpu_emulator.ticker`). Below one token time (1.786 ms at LPU
+  speed) every token is written alone at its due time while the write budget
+  allows (up to ``tick_s * write_budget_per_s`` streams a replica: 37 at the
+  defaults); 3 ms writes two tokens at a time (the earlier ~1.8 ms late by design).
 * ``write_budget_per_s`` (default 25000): the most stream writes per second over
   all streams of a replica; the quantum grows to ``active_streams /
   write_budget_per_s`` when that is above ``tick_s`` (250 streams: 10 ms). It
@@ -60,7 +60,7 @@ class EmulatorOptions:
     output_length: OutputLength = field(default_factory=OutputLength)
     seed: int = 0
     faults: FaultSettings = field(default_factory=FaultSettings)
-    tick_s: float = 0.003
+    tick_s: float = 0.0015
     write_budget_per_s: float | None = 25000.0
     tokenizer: str | None = None
     strict_params: bool = True

@@ -10,15 +10,21 @@ future with a :class:`Handback`) when the stream reached the token it was asked 
 (its end, a stall, a break), when the transport's write buffer is above :data:`HIGH_WATER`
 bytes (that stream then waits for drain, the others go on), or when the transport closes.
 
-When a stream writes. After a write at ``now`` that left ``sent`` tokens written, the next
-write carries tokens up to ``j``, the first token due after ``now + quantum`` (``quantum`` as
+When a stream writes. After a write that left ``sent`` tokens written, the next write carries
+tokens up to ``j``, the first token due after ``basis + quantum`` (``quantum`` as
 :meth:`lpu_emulator.delivery.Deliverer.quantum`), or the last token before the stop if that is
-sooner, and is due at token ``j``'s own due time. So a stream writes at most once per quantum
-(``quantum > per_token``: the write budget holds), every write is due exactly when its last
-token is, and a write of ``m`` tokens makes them late by ``(m - 1) * step, ..., step, 0``
-(``step`` = per-token time) plus the wake-up's own lateness, rather than by up to a quantum
-for every token. The ticker wakes at most once per ``wake_s`` (:data:`WAKE_S`, the resolution
-of uvloop's timers), at the earliest due write.
+sooner, and is due at token ``j``'s own due time. ``basis`` is the later of the due time of the
+last token written and ``now - slack_s`` (``now``: the write's wake-up; ``slack_s``,
+:data:`PLAN_SLACK_S`, the timers' own resolution). So a write late by no more
+than the timers' resolution does not move the plan (with ``quantum < per_token`` every token
+is written alone at its due time; with ``quantum >= per_token`` a write carries
+``floor(quantum / per_token) + 1`` tokens), while a loop late by more does not write more
+often to catch up: a stream's writes are at least ``quantum - slack_s`` apart (the write
+budget holds to within that). Every write is due exactly when its last token is, and a write
+of ``m`` tokens makes them late by ``(m - 1) * step, ..., step, 0`` (``step`` = per-token
+time) plus the wake-up's own lateness, rather than by up to a quantum for every token.
+The ticker wakes at most once per ``wake_s`` (:data:`WAKE_S`, the resolution of uvloop's
+timers), at the earliest due write.
 
 Time and timers are injected (``clock``, ``call_later``), so the schedule of writes is
 tested exactly on a virtual clock.
@@ -39,8 +45,8 @@ from lpu_emulator.frames import StreamFrames
 from lpu_emulator.metrics import ModelSeries
 
 __all__ = [
-    "HIGH_WATER", "WAKE_S", "Handback", "Sink", "TickedStream", "Ticker", "TransportSink",
-    "loop_ticker",
+    "HIGH_WATER", "PLAN_SLACK_S", "WAKE_S", "Handback", "Sink", "TickedStream", "Ticker",
+    "TransportSink", "loop_ticker",
 ]
 
 WAKE_S = 0.001
@@ -50,6 +56,10 @@ TIMER_BIAS_S = 0.0005
 """Seconds added to every timer's delay: uvloop rounds a delay to whole milliseconds from a
 clock that lags, so a bare timer often fires up to ~1 ms early (a wasted wake-up and a second
 timer); with the bias an early wake-up is rare, and a write is late by about the bias."""
+
+PLAN_SLACK_S = WAKE_S + TIMER_BIAS_S
+"""Seconds a write may be late (the ticker's wake period plus the timer bias) and still plan
+the next one from its last token's due time rather than from its wake-up."""
 
 HIGH_WATER = 64 * 1024
 """Bytes in a transport's write buffer above which its stream waits for drain."""
@@ -147,13 +157,14 @@ class Ticker:
         self, *, clock: Callable[[], float],
         call_later: Callable[[float, Callable[[], None]], _Timer],
         make_future: Callable[[], asyncio.Future[Handback]], wake_s: float = WAKE_S,
-        timer_bias_s: float = TIMER_BIAS_S,
+        timer_bias_s: float = TIMER_BIAS_S, plan_slack_s: float = PLAN_SLACK_S,
     ) -> None:
         self._clock = clock
         self._call_later = call_later
         self._make_future = make_future
         self._wake_s = wake_s
         self._bias_s = timer_bias_s
+        self._slack_s = plan_slack_s
         self._heap: list[tuple[float, int, TickedStream]] = []
         self._seq = itertools.count()
         self._timer: _Timer | None = None
@@ -173,8 +184,9 @@ class Ticker:
         return waiter
 
     def _plan(self, s: TickedStream) -> None:
-        # The first token due after last_write + quantum, as Timings.tokens_due counts.
-        target = s.last_write + s.quantum() - s.first_due
+        # The first token due after basis + quantum, as Timings.tokens_due counts.
+        basis = max(s.first_due + (s.sent - 1) * s.step, s.last_write - self._slack_s)
+        target = basis + s.quantum() - s.first_due
         after = min(s.n, int(target / s.step) + 1) if target >= 0 else 0
         j = max(s.sent, min(after, s.stop_at - 1))
         s.next_j = j

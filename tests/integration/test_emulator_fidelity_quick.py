@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from benchmarks.emulator_fidelity import Setup, run_one
 
 
-def test_histogram_counts_every_token_the_clients_received() -> None:
+@pytest.mark.parametrize("client_read_ms", [0.0, 10.0], ids=["eager", "polled-10ms"])
+def test_histogram_counts_every_token_the_clients_received(client_read_ms: float) -> None:
+    """Eager clients read each write as it comes; polled ones every 10 ms: both must read
+    every stream to its end, whole."""
     r = run_one(Setup(streams=6, replicas=2, processes=2, clients=2, tick_ms=5.0,
-                      write_budget=20000.0, max_tokens=20, warmup_s=0.2, duration_s=0.6))
+                      write_budget=20000.0, max_tokens=20, warmup_s=0.2, duration_s=0.6,
+                      client_read_ms=client_read_ms))
+    assert r.client_read_ms == client_read_ms
     assert r.client_requests_total >= 6  # every stream finished at least one request
     assert r.client_tokens_total == 20 * r.client_requests_total
     assert r.server_tokens_total == r.client_tokens_total

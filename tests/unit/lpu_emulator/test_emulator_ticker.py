@@ -226,3 +226,36 @@ def test_timer_bias_delays_each_wake_up(vl: VirtualLoop) -> None:
     t.run(s, 3)
     vl.run_until(1.0)
     assert [w[0] for w in sink.writes] == pytest.approx([due(0, 1) + 0.0005, due(0, 2) + 0.0005])
+
+
+def test_a_write_late_by_the_timer_bias_keeps_one_token_a_write(vl: VirtualLoop) -> None:
+    """Quantum 1.5 ms below the token time (1.953 ms) and every wake-up 0.5 ms late (the
+    timer bias): the plan runs from each write's last token's due time, not from its late
+    wake-up, so every token is written alone at its due time plus the bias (planning from
+    the wake-up, 0.5 + 1.5 ms passes the next token's due time and writes carry two)."""
+    s, sink = stream(vl, 8, 0.0015)
+    t = Ticker(clock=vl.clock, call_later=vl.call_later, make_future=vl.loop.create_future,
+               wake_s=0.001, timer_bias_s=0.0005)
+    vl.now = due(0, 0) + 0.0005
+    s.last_write = vl.now
+    t.run(s, 8)
+    vl.run_until(1.0)
+    assert [w[0] for w in sink.writes] == pytest.approx([due(0, j) + 0.0005 for j in range(1, 8)])
+    assert [w[1] for w in sink.writes] == [1] * 7
+    assert s.series.token_later.sum == pytest.approx(7 * 0.0005)
+
+
+def test_a_write_later_than_the_slack_plans_from_its_wake_up(vl: VirtualLoop) -> None:
+    """A stream handed over 10 ms after its first token was due (a late loop), quantum 5 ms,
+    slack 1.5 ms: the next write is planned from the wake-up minus the slack (8.5 ms after
+    token 0's due time), so it carries tokens 1 .. 7 at token 7's due time (the first due
+    after 13.5 ms), not tokens 1 .. 3 at once: a late loop does not write more often."""
+    s, sink = stream(vl, 10, 0.005)
+    t = ticker(vl)
+    vl.now = due(0, 0) + 0.010
+    s.last_write = vl.now
+    t.run(s, 10)
+    vl.run_until(1.0)
+    assert sink.writes[0] == (pytest.approx(due(0, 7)), 7, False)
+    # Then on time again: the next write from token 7's due time, tokens 8 .. 9 (the end).
+    assert sink.writes[1:] == [(pytest.approx(due(0, 9)), 2, True)]
