@@ -16,6 +16,7 @@ runs, so the only difference is the timings the replica's timeline schedules wit
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass
 
@@ -209,3 +210,15 @@ def test_an_estimate_that_moves_within_the_step_keeps_the_timing_in_use() -> Non
     assert reserved == pytest.approx(tl.shape.timings.service_s(TOKENS))
     tl.use_observed("per_token_s", None, 0.0)  # back to declared: at once
     assert (tl.shape is tl.served, rebuilds) == (True, 3)
+
+
+def test_an_observed_shape_keeps_every_other_field_of_the_declared_one() -> None:
+    """The observed shape is built field by field (router.admission.timeline._with_observed):
+    it must equal the declared shape with only the observed timings changed, and the init
+    fields must be the four it passes (a new field would be dropped there otherwise)."""
+    assert [f.name for f in dataclasses.fields(ReplicaShape) if f.init] == [
+        "url", "slots", "prefill_s", "per_token_s"]
+    tl = ReplicaTimeline(DECLARED)
+    tl.use_observed("prefill_s", DECLARED.prefill_s * 2, 0.0)
+    assert tl.shape == dataclasses.replace(DECLARED, prefill_s=DECLARED.prefill_s * 2)
+    assert tl.shape.timings.prefill_s == DECLARED.prefill_s * 2
