@@ -23,11 +23,17 @@ Invariants.
 * A cancellation frees the slot at the moment of cancellation (or removes the
   request from the queue) and re-places every queued request, so later requests
   start earlier.
+* ``_ends`` is a heap of ``(end, order, job)`` for every job that entered a slot
+  (``order``: its place in ``_running``'s insertion order); an entry whose job
+  left ``_running`` (cancelled) is skipped when it comes up. So finding the jobs
+  that ended by ``now`` costs O(log slots) per job, not a pass over the slots per
+  call, and they are retired in ``_running``'s order, as a pass would.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -97,7 +103,10 @@ class Engine:
         self.artifact = artifact
         self._free: list[float] = [_NEVER] * artifact.slots
         self._queue: deque[Job] = deque()
-        self._running: list[Job] = []
+        self._running: dict[int, Job] = {}
+        """Jobs holding a slot by id, in the order they took it."""
+        self._ends: list[tuple[float, int, Job]] = []
+        self._order = itertools.count()
         self._next_id = 0
         self._admitted: list[Job] = []
         self.busy_s = 0.0
@@ -139,8 +148,7 @@ class Engine:
         )
         self._next_id += 1
         if start <= now:
-            job.state = JobState.RUNNING
-            self._running.append(job)
+            self._run(job)
         else:
             self._queue.append(job)
         return job
@@ -156,21 +164,30 @@ class Engine:
         admitted: list[Job] = []
         while self._queue and self._queue[0].start <= now:
             job = self._queue.popleft()
-            job.state = JobState.RUNNING
-            self._running.append(job)
+            self._run(job)
             admitted.append(job)
         self._admitted += admitted
-        if self._running and min(j.end for j in self._running) <= now:
-            still: list[Job] = []
-            for job in self._running:
-                if job.end <= now:
-                    job.state = JobState.DONE
-                    self.busy_s += job.end - job.start
-                    self.completed += 1
-                else:
-                    still.append(job)
-            self._running = still
+        ends = self._ends
+        if ends and ends[0][0] <= now:
+            running = self._running
+            ended: list[tuple[int, Job]] = []
+            while ends and ends[0][0] <= now:
+                _, order, job = heapq.heappop(ends)
+                if running.get(job.id) is job:
+                    ended.append((order, job))
+            ended.sort()  # _running's order: busy_s adds up in the same order as ever
+            for _, job in ended:
+                del running[job.id]
+                job.state = JobState.DONE
+                self.busy_s += job.end - job.start
+                self.completed += 1
         return admitted
+
+    def _run(self, job: Job) -> None:
+        """``job`` takes its slot (its start and end are final)."""
+        job.state = JobState.RUNNING
+        self._running[job.id] = job
+        heapq.heappush(self._ends, (job.end, next(self._order), job))
 
     def cancel(self, job: Job, now: float) -> list[Job]:
         """Withdraw ``job`` at ``now``: leave the queue, or free the slot now.
@@ -181,7 +198,7 @@ class Engine:
         if job.state is JobState.WAITING:
             self._queue.remove(job)
         elif job.state is JobState.RUNNING and job.end > now:
-            self._running.remove(job)
+            del self._running[job.id]
             self.busy_s += now - job.start
         else:
             return self.advance(now)
@@ -193,7 +210,7 @@ class Engine:
 
     def _replace(self, now: float) -> None:
         """Recompute the slot free times and every queued start from the running jobs."""
-        free = [j.end for j in self._running]
+        free = [j.end for j in self._running.values()]
         free += [_NEVER] * (self.artifact.slots - len(free))
         heapq.heapify(free)
         for job in self._queue:
@@ -235,5 +252,7 @@ class Engine:
             slots=self.artifact.slots,
             running=len(self._running),
             waiting=len(self._queue),
-            slot_free_in_s=tuple(sorted(max(0.0, f - now) for f in self._free)),
+            # Sorted first, then made relative: the same tuple as sorting max(0, f - now)
+            # (a monotone map), with one pass fewer over the slots.
+            slot_free_in_s=tuple([f - now if f > now else 0.0 for f in sorted(self._free)]),
         )

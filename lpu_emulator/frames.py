@@ -12,9 +12,10 @@ first chunk carries the call's ``index``, ``id``, ``type`` and ``function.name``
 with empty ``arguments``, each token chunk one piece of the arguments
 (``tool_calls[{index, function: {arguments}}]``), as OpenAI streams them.
 
-Per-token cost is one bytes concatenation: each stream precomputes the bytes
-before and after the token's JSON string, and token JSON strings are
-precomputed in :class:`lpu_emulator.text.TokenText`.
+A write's tokens cost one join: each stream precomputes the bytes before and
+after the token's JSON string (and the two together, which go between two
+tokens), and token JSON strings are precomputed in
+:class:`lpu_emulator.text.TokenText`.
 
 Timing (seconds, from the exact schedule): ``queue_time`` = start - arrival,
 ``prompt_time`` = prefill, ``completion_time`` = the remaining ``n - 1`` token
@@ -132,7 +133,8 @@ class StreamFrames:
     given positions into ``tool_call.fragments`` (0, 1, ...) rather than vocabulary ids.
     """
 
-    __slots__ = ("_call", "_fragments", "_head", "_ident", "_include_usage", "_tail")
+    __slots__ = ("_between", "_call", "_fragments", "_head", "_ident", "_include_usage",
+                 "_tail")
 
     def __init__(self, ident: ResponseIdentity, include_usage: bool,
                  tool_call: ToolCall | None = None) -> None:
@@ -153,6 +155,7 @@ class StreamFrames:
         head, tail = chunk.split(_dumps(marker), 1)
         self._head = b"data: " + head
         self._tail = tail + b"\n\n"
+        self._between = self._tail + self._head
 
     def _chunk(self, payload: object, finish_reason: str | None, **extra: Any) -> bytes:
         ident = self._ident
@@ -181,10 +184,12 @@ class StreamFrames:
 
     def tokens(self, token_json: Sequence[bytes], ids: Sequence[int]) -> bytes:
         """One frame per token id, concatenated (with a tool call: per argument piece)."""
-        head, tail = self._head, self._tail
+        if not ids:
+            return b""
         if self._call is not None:
             token_json = self._fragments
-        return b"".join([head + token_json[i] + tail for i in ids])
+        # head + t0 + tail + head + t1 + tail ...: one join with tail + head between tokens.
+        return self._head + self._between.join([token_json[i] for i in ids]) + self._tail
 
     def finish(self, finish_reason: str, use: dict[str, int], t: Timing) -> bytes:
         """The last chunk (finish reason and ``x_groq``), the usage chunk if asked, [DONE]."""

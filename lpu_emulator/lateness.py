@@ -3,8 +3,10 @@
 A write that carries tokens ``k .. m - 1`` of a job, due at ``d_j = d_k + (j - k) * step``
 and written at ``t``, makes token ``j`` late by ``t - d_j``: an arithmetic sequence that falls
 by ``step`` (the per-token time) from ``t - d_k``. :meth:`TokenLateness.observe_run` counts
-the whole sequence into the histogram's buckets with a few bisections and no loop over tokens,
-so the hot path pays per write, not per token, however many tokens share a write.
+the whole sequence in one call: a bisection per token for a usual write (with the per-token
+time above a bucket's width its tokens seldom share a bucket), and for a long run over few
+buckets a search per bound, so a write of hundreds of tokens (after a stall) costs per
+bucket, not per token.
 
 Exported as ``lpu_emulator_token_lateness_seconds{model_name, token}`` (a Prometheus
 histogram; ``token="first"`` for each request's first token, ``"later"`` for every other) by
@@ -33,8 +35,13 @@ TOKEN_LATENESS_BUCKETS: tuple[float, ...] = (
 
 NAME = "lpu_emulator_token_lateness_seconds"
 
-_SHORT_RUN = 6
-"""Runs of at most this many tokens are counted token by token."""
+_SHORT_RUN = 16
+"""Runs of at most this many tokens are counted token by token, a bisection each (with the
+per-token time above a bucket's width, tokens seldom share a bucket: a search per bound
+would cost more)."""
+
+_TOKENS_PER_BOUND = 4
+"""A longer run is counted per bound when it has this many tokens per bucket it spans."""
 
 
 class TokenLateness:
@@ -54,28 +61,27 @@ class TokenLateness:
         (``step >= 0``: a write's tokens are due one per-token time apart)."""
         if n <= 0:
             return
-        bounds = self.bounds
-        late_last = late_first - (n - 1) * step
-        hi = bisect_left(bounds, late_first)
-        lo = bisect_left(bounds, late_last)
         self.count += n
         self.sum += n * late_first - step * n * (n - 1) / 2
-        if lo == hi:
-            self.counts[hi] += n
-            return
-        if n <= _SHORT_RUN:
-            # A few tokens (the usual write): one bisection each is cheaper than the search.
-            counts = self.counts
-            for j in range(n):
-                counts[bisect_left(bounds, late_first - j * step)] += 1
-            return
-        # Buckets lo .. hi - 1 end below late_first: count the tokens at or under each bound.
-        below = 0
-        for i in range(lo, hi):
-            at_or_under = n - _first_at_or_under(late_first, step, n, bounds[i])
-            self.counts[i] += at_or_under - below
-            below = at_or_under
-        self.counts[hi] += n - below
+        bounds, counts = self.bounds, self.counts
+        if n > _SHORT_RUN:
+            hi = bisect_left(bounds, late_first)
+            lo = bisect_left(bounds, late_first - (n - 1) * step)
+            if lo == hi:
+                counts[hi] += n
+                return
+            if (hi - lo) * _TOKENS_PER_BOUND <= n:
+                # Buckets lo .. hi - 1 end below late_first: count the tokens at or under
+                # each bound.
+                below = 0
+                for i in range(lo, hi):
+                    at_or_under = n - _first_at_or_under(late_first, step, n, bounds[i])
+                    counts[i] += at_or_under - below
+                    below = at_or_under
+                counts[hi] += n - below
+                return
+        for j in range(n):
+            counts[bisect_left(bounds, late_first - j * step)] += 1
 
     def observe(self, late: float) -> None:
         """Count one value (a run of one)."""

@@ -93,22 +93,22 @@ class TransportSink:
     """A response body on an asyncio transport, with HTTP/1.1 chunked framing when
     ``chunked`` (as aiohttp frames it: ``<hex length>\\r\\n<data>\\r\\n``)."""
 
-    __slots__ = ("_chunked", "_transport")
+    __slots__ = ("_chunked", "_transport", "buffered", "closing")
+
+    buffered: Callable[[], int]
+    closing: Callable[[], bool]
 
     def __init__(self, transport: asyncio.Transport, chunked: bool) -> None:
         self._transport = transport
         self._chunked = chunked
+        # The transport's own methods, not a method calling them: one call less per write.
+        self.buffered = transport.get_write_buffer_size
+        self.closing = transport.is_closing
 
     def write(self, data: bytes) -> None:
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         self._transport.write(data)
-
-    def buffered(self) -> int:
-        return self._transport.get_write_buffer_size()
-
-    def closing(self) -> bool:
-        return self._transport.is_closing()
 
 
 class TickedStream:
@@ -184,13 +184,23 @@ class Ticker:
         return waiter
 
     def _plan(self, s: TickedStream) -> None:
-        # The first token due after basis + quantum, as Timings.tokens_due counts.
-        basis = max(s.first_due + (s.sent - 1) * s.step, s.last_write - self._slack_s)
-        target = basis + s.quantum() - s.first_due
-        after = min(s.n, int(target / s.step) + 1) if target >= 0 else 0
-        j = max(s.sent, min(after, s.stop_at - 1))
+        # The first token due after basis + quantum, as Timings.tokens_due counts (min and
+        # max written out: a builtin's call is a good part of this function's cost).
+        first_due, step, sent = s.first_due, s.step, s.sent
+        basis = first_due + (sent - 1) * step
+        woke = s.last_write - self._slack_s
+        if woke > basis:
+            basis = woke
+        target = basis + s.quantum() - first_due
+        j = int(target / step) + 1 if target >= 0 else 0
+        if j > s.n:
+            j = s.n
+        if j > s.stop_at - 1:
+            j = s.stop_at - 1
+        if j < sent:
+            j = sent
         s.next_j = j
-        at = s.first_due + j * s.step
+        at = first_due + j * step
         heapq.heappush(self._heap, (at, next(self._seq), s))
         if not self._ticking and (self._timer is None or at < self._timer_at):
             self._arm(max(at, self._last_wake + self._wake_s))
@@ -237,8 +247,14 @@ class Ticker:
         if sink.closing():
             return Handback.GONE
         sent, first_due, step = s.sent, s.first_due, s.step
-        due_now = min(s.n, int((now - first_due) / step) + 1)
-        due = min(max(sent + 1, s.next_j + 1, due_now), s.stop_at)
+        # Every token due now, at least up to the planned one and one token, at most up to
+        # the stop (<= n).
+        due = int((now - first_due) / step) + 1
+        floor = s.next_j if s.next_j > sent else sent
+        if due <= floor:
+            due = floor + 1
+        if due > s.stop_at:
+            due = s.stop_at
         chunk = s.frames.tokens(s.token_json, s.ids[sent:due])
         if due == s.n:
             chunk += s.finish

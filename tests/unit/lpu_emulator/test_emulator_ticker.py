@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -259,3 +260,46 @@ def test_a_write_later_than_the_slack_plans_from_its_wake_up(vl: VirtualLoop) ->
     assert sink.writes[0] == (pytest.approx(due(0, 7)), 7, False)
     # Then on time again: the next write from token 7's due time, tokens 8 .. 9 (the end).
     assert sink.writes[1:] == [(pytest.approx(due(0, 9)), 2, True)]
+
+
+def test_histograms_count_every_token_of_every_write(vl: VirtualLoop) -> None:
+    """Thirty streams at several quanta on a loop whose timers fire late (0 .. 6 token times,
+    and once 40): each stream's per-token histogram holds, bucket for bucket, the lateness
+    of every token it wrote (write instant minus the token's due time, one by one), and the
+    per-write one the lateness of each write's first token."""
+    fired = itertools.count()
+    late_call_later = vl.call_later
+
+    def call_later(delay: float, cb: Callable[[], None]) -> _Handle:
+        k = next(fired)
+        extra = 40 * STEP if k == 25 else (k % 7) * STEP
+        return late_call_later(delay + extra, cb)
+
+    t = Ticker(clock=vl.clock, call_later=call_later, make_future=vl.loop.create_future,
+               wake_s=0.001, timer_bias_s=0.0)
+    streams = []
+    for i in range(30):
+        start = i / 256
+        s, sink = stream(vl, 120, (0.001, 0.005, 0.02)[i % 3], start=start)
+        streams.append((s, sink, start))
+    for s, _, start in sorted(streams, key=lambda x: x[2]):
+        vl.run_until(due(start, 0))
+        t.run(s, 120)
+    vl.run_until(5.0)
+    bounds = streams[0][0].series.token_later.bounds
+    for s, sink, start in streams:
+        per_token = [0] * (len(bounds) + 1)
+        per_write = [0] * (len(s.series.lateness_later.bounds) + 1)
+        total = 0.0
+        j = 1
+        for at, m, _ in sink.writes:
+            per_write[bisect_left(s.series.lateness_later.bounds, at - due(start, j))] += 1
+            for k in range(j, j + m):
+                per_token[bisect_left(bounds, at - due(start, k))] += 1
+                total += at - due(start, k)
+            j += m
+        assert j == 120
+        assert s.series.token_later.counts == per_token
+        assert s.series.token_later.sum == pytest.approx(total)
+        assert s.series.lateness_later.counts == per_write
+    assert max(m for _, sink, _ in streams for _, m, _ in sink.writes) > 16
