@@ -38,8 +38,12 @@ __all__ = ["DONE", "ResponseIdentity", "StreamFrames", "Timing", "completion_bod
 DONE = b"data: [DONE]\n\n"
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+"""``json.dumps(obj, separators=(",", ":"))`` without building an encoder per call."""
+
+
 def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _ENCODE(obj).encode()
 
 
 @dataclass(frozen=True, slots=True)

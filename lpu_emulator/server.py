@@ -23,8 +23,8 @@ Routes (one backend per app):
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -63,11 +63,18 @@ def error_response(err: APIError, headers: dict[str, str] | None = None) -> web.
     )
 
 
+def _hex_id() -> str:
+    """32 random hex digits (an id's unique part, as ``uuid4().hex`` has them): from the
+    process's generator, seeded from the OS at start and again in a forked child, where
+    ``uuid4`` read the OS's random source on every call (two per request)."""
+    return f"{random.getrandbits(128):032x}"
+
+
 async def _completions(
     request: web.Request, kind: Literal["chat", "completion"]
 ) -> web.StreamResponse:
     backend = request.app[BACKEND]
-    rid = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+    rid = request.headers.get("x-request-id") or f"req_{_hex_id()}"
     headers = {"x-request-id": rid}
     body = await request.read()
     try:
@@ -86,11 +93,11 @@ async def _completions(
     }
     ident = ResponseIdentity(
         kind=kind,
-        id=("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex,
+        id=("chatcmpl-" if kind == "chat" else "cmpl-") + _hex_id(),
         created=int(request.app[WALL_CLOCK]()),
         model=adm.model,
         system_fingerprint=backend.fingerprint,
-        groq_id=rid if rid.startswith("req_") else f"req_{uuid.uuid4().hex}",
+        groq_id=rid if rid.startswith("req_") else f"req_{_hex_id()}",
     )
     deliverer = request.app[DELIVERER]
     outcome: Delivered | None = None
