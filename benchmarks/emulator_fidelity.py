@@ -378,8 +378,9 @@ def execute(args: argparse.Namespace) -> int:
         "prefill_ms": PREFILL_MS,
         "per_token_ms": PER_TOKEN_MS,
         "max_tokens": args.max_tokens,
+        # The load average cannot tell what else ran: the report gives it, says no more.
         "load_note": f"Load average (1 min) {load_before} before the runs and"
-                     f" {_load_average()} after: the machine was shared with other work.",
+                     f" {_load_average()} after.",
         "results": [asdict(r) for r in results],
     }
     out = args.out
