@@ -6,6 +6,7 @@ Run::
     lpu-bench emulator-fidelity                     # 100 / 300 / 500 / 1000 streams
     lpu-bench emulator-fidelity --streams 500 --processes 2 --clients 2
     lpu-bench emulator-fidelity --quick             # seconds: CI smoke test, asserts only
+    lpu-bench emulator-fidelity --streams 500 --realtime   # emulator under SCHED_FIFO
 
 For each stream count ``S`` it starts an emulator fleet (``lpu-emulator --replicas R
 --processes P``, :mod:`lpu_emulator.fleet_process`) serving a synthetic artifact with
@@ -22,6 +23,12 @@ seconds, spread over the replicas. Over the measured window it reports:
 * tokens per second (the histograms' count), emulator CPU per token and in cores (user +
   system of every emulator process, ``/proc``), and the clients' CPU in cores.
 
+``--realtime`` runs the emulator processes under SCHED_FIFO
+(:func:`benchmarks.experiments.exp1_realtime.realtime`) from before the first request to the
+end of the run, the clients staying SCHED_OTHER at their nice value: a woken emulator then
+takes a core at once instead of waiting for the clients' time slices (the runqueue wait
+column). Each result records the class in force (``emulator_scheduling``).
+
 After each run, once every client has read every stream to its end, the histograms' total
 count must equal the tokens the clients received (and their first-token count the requests):
 a run where they differ fails the benchmark (exit 1), as does any stream that failed.
@@ -30,6 +37,7 @@ a run where they differ fails the benchmark (exit 1), as does any stream that fa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shlex
@@ -44,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.experiments.exp1_realtime import realtime
 from benchmarks.fidelity_histogram import Buckets, parse, writes
 from benchmarks.fidelity_report import write_markdown
 from benchmarks.machine import describe
@@ -110,6 +119,9 @@ class RunResult:
     client_read_ms: float = 0.0
     """The clients read every connection every this many ms (0: each write as it arrives);
     their lateness includes up to this much waiting to be read, by design."""
+    emulator_scheduling: str = "SCHED_OTHER"
+    """The emulator processes' scheduling class during the run (``--realtime``: ``SCHED_FIFO
+    10``, or ``SCHED_OTHER (why)`` where it could not be set)."""
 
 
 def _artifact_toml(slots: int, max_tokens: int) -> str:
@@ -183,6 +195,7 @@ class Setup:
     duration_s: float
     client_read_ms: float = 0.0
     client_nice: int = 0
+    realtime: bool = False
 
 
 def _start_clients(s: Setup, urls: list[str], work: Path) -> list[Service]:
@@ -205,6 +218,14 @@ def _start_clients(s: Setup, urls: list[str], work: Path) -> list[Service]:
 
 def _measure(s: Setup, fleet: FleetProcess, work: Path) -> RunResult:
     clients = _start_clients(s, fleet.urls, work)
+    # After the clients started: they must not inherit the class this thread takes.
+    with (realtime(fleet.pids()) if s.realtime
+          else contextlib.nullcontext("SCHED_OTHER")) as scheduling:
+        return _measure_with(s, fleet, work, clients, scheduling)
+
+
+def _measure_with(s: Setup, fleet: FleetProcess, work: Path, clients: list[Service],
+                  scheduling: str) -> RunResult:
     try:
         begin = time.monotonic() + _GO_AFTER_S
         lo = begin + s.warmup_s
@@ -267,6 +288,7 @@ def _measure(s: Setup, fleet: FleetProcess, work: Path) -> RunResult:
         emulator_cpu_us_per_write=round(cpu / wall / ((w1 - w0) / (a1 - a0)) * 1e6, 2)
         if w1 > w0 else math.nan,
         client_read_ms=s.client_read_ms, client_nice=s.client_nice,
+        emulator_scheduling=scheduling,
     )
 
 
@@ -335,6 +357,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-nice", type=int, default=10,
                    help="the client processes' nice value above this one (they share its"
                    " session, so it ranks them below the emulator when both want a core)")
+    p.add_argument("--realtime", action="store_true",
+                   help="run the emulator processes under SCHED_FIFO (needs CAP_SYS_NICE;"
+                   " without it the run says SCHED_OTHER); the clients stay SCHED_OTHER")
     p.add_argument("--max-tokens", type=int, default=300, help="tokens per request")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
@@ -359,7 +384,7 @@ def execute(args: argparse.Namespace) -> int:
     for streams in args.streams:
         setup = Setup(streams, replicas, min(processes, replicas), args.clients,
                        args.tick_ms, args.write_budget, args.max_tokens, args.warmup,
-                       args.duration, args.client_read_ms, args.client_nice)
+                       args.duration, args.client_read_ms, args.client_nice, args.realtime)
         try:
             r = run_one(setup)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:

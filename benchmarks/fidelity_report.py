@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "TARGET_P99_MS", "TARGET_STREAMS", "markdown", "quantum_ms", "tokens_per_write",
-    "write_markdown",
+    "TARGET_P99_MS", "TARGET_STREAMS", "markdown", "quantum_ms", "scheduling",
+    "tokens_per_write", "write_markdown",
 ]
 
 TARGET_P99_MS = 5.0
@@ -61,6 +61,16 @@ def tokens_per_write(quantum: float, per_token_ms: float) -> int:
     token's due time ``t``, the next carries every token due up to the first one after
     ``t + quantum``; the earliest of them is ``(m - 1) * per_token`` late."""
     return math.floor(quantum / per_token_ms) + 1
+
+
+def scheduling(rows: list[dict[str, Any]]) -> str:
+    """The emulator's scheduling class in ``rows`` as a clause (results written before
+    ``--realtime`` existed ran under SCHED_OTHER)."""
+    found = sorted({str(r.get("emulator_scheduling", "SCHED_OTHER")) for r in rows})
+    if found == ["SCHED_OTHER"]:
+        return "emulator processes SCHED_OTHER like the clients"
+    return ("emulator processes under " + " / ".join(found)
+            + " (`--realtime`), clients SCHED_OTHER")
 
 
 def _limit(rows: list[dict[str, Any]], cores: int, per_stream: float,
@@ -147,7 +157,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f" (`benchmarks/fidelity_client.py`), {max_tokens} tokens per request at"
         f" {doc['prefill_ms']:g} ms prefill and {doc['per_token_ms']:g} ms per token, slots ="
         f" streams (nothing queues), tick {first.get('tick_ms', '?')} ms, write budget"
-        f" {first.get('write_budget_per_s', '?')}/s per replica. Server lateness: the"
+        f" {first.get('write_budget_per_s', '?')}/s per replica, {scheduling(rows)}."
+        " Server lateness: the"
         " emulator's `lpu_emulator_token_lateness_seconds` (every token, time written minus"
         " time scheduled), quantiles as the upper bound of their bucket. Client lateness: each"
         " token's arrival minus `t_send + prefill + k * per_token` (includes loopback and the"
@@ -199,7 +210,7 @@ def _variant(v: dict[str, Any], cores: int, per_stream: float,
         f"## Other settings: `{v['command']}`",
         "",
         f"Tick {rows[0]['tick_ms']:g} ms, write budget {rows[0]['write_budget_per_s']:g}/s per"
-        " replica; clients read "
+        f" replica, {scheduling(rows)}; clients read "
         + ", ".join(f"every {x:g} ms" if x > 0 else "each write as it arrives" for x in reads)
         + f". {v.get('load_note', '')}".rstrip(),
         "",

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from benchmarks.fidelity_histogram import Buckets, parse
-from benchmarks.fidelity_report import markdown, quantum_ms, tokens_per_write
+from benchmarks.fidelity_report import markdown, quantum_ms, scheduling, tokens_per_write
 
 TEXT = """# TYPE lpu_emulator_token_lateness_seconds histogram
 lpu_emulator_token_lateness_seconds_bucket{le="0.001",model_name="m",token="later"} 90.0
@@ -86,3 +86,19 @@ def test_a_missed_target_states_the_writes_and_cores_it_needs() -> None:
     # 5 ms allows 3 tokens a write: 80 000 writes/s; 20 us + 10 us (0.4 cores / 40 000) each.
     assert "at most 3 tokens" in text and "80 000 writes/s" in text
     assert "1.60 + 0.80 = 2.40 cores of the machine's 2" in text
+
+
+def test_the_scheduling_class_is_stated_for_the_table_and_each_variant() -> None:
+    """Rows from before ``--realtime`` carry no class: they ran SCHED_OTHER; a variant run
+    with ``--realtime`` says the class it ran under."""
+    machine = {"nproc": 2, "cpu": "x", "python": "3.11", "platform": "linux", "date": "now"}
+    fifo = _row(500, 7.0) | {"emulator_scheduling": "SCHED_FIFO 10"}
+    doc = {"command": "c", "prefill_ms": 80.0, "per_token_ms": 1.786, "max_tokens": 300,
+           "machine": machine, "results": [_row(500, 20.0)],
+           "variants": [{"command": "c --realtime", "results": [fifo]}]}
+    main, variant = markdown(doc).split("## Other settings")
+    assert "emulator processes SCHED_OTHER like the clients" in main
+    assert ("emulator processes under SCHED_FIFO 10 (`--realtime`), clients SCHED_OTHER"
+            in variant)
+    assert scheduling([_row(500, 1.0) | {"emulator_scheduling": "SCHED_OTHER (not root)"}]) \
+        == "emulator processes under SCHED_OTHER (not root) (`--realtime`), clients SCHED_OTHER"
