@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from prometheus_client import Gauge
+from router.fast_metrics import Gauge
 
 __all__ = ["SAMPLE_EVERY_S", "GaugeSampler", "sampled_gauge_class"]
 

@@ -20,17 +20,18 @@ counts of things held now, ``livemax`` for configured limits and for the busiest
 (:mod:`router.gauge_sampler`). In a single process the modes are ignored.
 
 Counters and histograms are :mod:`router.fast_metrics`' (the library's classes, with a
-shorter update of a labelled child: the request path makes a dozen per request).
+shorter update of a labelled child: the request path makes a dozen per request); so are the
+gauges. In one process their values take no lock: every update runs on the loop's thread.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from lpu_protocol.histograms import LATENCY_BUCKETS
-from router.fast_metrics import Counter, Histogram
+from router.fast_metrics import Counter, Gauge, Histogram
 from router.gauge_sampler import GaugeSampler, sampled_gauge_class
 
 __all__ = ["LATENCY_BUCKETS", "PREDICTION_ERROR_BUCKETS", "RouterMetrics", "SupervisorMetrics",

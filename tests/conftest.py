@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,23 @@ if TYPE_CHECKING:
 
 # The support modules are imported inside the fixtures: a unit test of one package must not
 # fail to collect because another package (the router, say) is broken.
+
+
+# Every metric update of the router must run on one thread (router.fast_metrics: its values
+# take no lock); under this the values refuse an update from another thread, and
+# _metric_threads fails the test that made one. Set before any router module is imported;
+# router processes the tests start inherit it.
+os.environ["LPU_CHECK_METRIC_THREAD"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _metric_threads() -> Iterator[None]:
+    yield
+    fast_metrics = sys.modules.get("router.fast_metrics")
+    if fast_metrics is not None and fast_metrics.violations:
+        found = list(fast_metrics.violations)
+        fast_metrics.violations.clear()
+        pytest.fail(f"metric values updated off their thread: {found}")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item

@@ -9,10 +9,11 @@ import socket
 import sys
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from router.__main__ import build_parser
 from router.config import MAX_WORKERS, ConfigError, parse_config, workers_count
+from router.fast_metrics import Gauge
 from router.gauge_sampler import GaugeSampler, sampled_gauge_class
 from router.metrics import make_metrics
 from router.workers import BACKOFF_FIRST_S, BACKOFF_MAX_S, Backoff, exit_status, reserve_port
