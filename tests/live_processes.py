@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import resource
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,11 +78,12 @@ def _limit_files(soft: int, hard: int | None) -> Callable[[], None]:
 async def served_router(config: Path, *args: str, log_level: str = "INFO",
                         files: tuple[int, int | None] | None = None) -> AsyncIterator[Served]:
     """``python -m router serve config``; ``files``: its (soft, hard) ``RLIMIT_NOFILE`` at
-    exec (hard None: unchanged). Killed at the end if still running."""
+    exec (hard None: unchanged). Killed at the end if still running, with every process of its
+    session (its workers, under ``--workers``)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "router", "--log-level", log_level, "serve", str(config), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=None if files is None else _limit_files(*files))
+        preexec_fn=None if files is None else _limit_files(*files), start_new_session=True)
     assert proc.stdout is not None and proc.stderr is not None
     served = Served(proc, 0)
     stderr = proc.stderr
@@ -97,6 +100,11 @@ async def served_router(config: Path, *args: str, log_level: str = "INFO",
         yield served
     finally:
         await stop(proc, kill=True)
+        # Workers hold the supervisor's stderr: a killed supervisor's workers drain on their
+        # own (PR_SET_PDEATHSIG), and until they end the reader waits on an open pipe (a test
+        # that failed or skipped early then closed its loop with the pipe still open).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(reader, 5)
 
