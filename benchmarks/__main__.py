@@ -22,6 +22,7 @@ from benchmarks import (
 )
 from benchmarks.experiments import sweep
 from benchmarks.overhead import command as overhead
+from benchmarks.overhead import instructions
 
 __all__ = ["build_parser", "main"]
 
@@ -32,6 +33,7 @@ _COMMANDS: dict[str, ModuleType] = {
     "soak": soak,
     "hostile-prompts": hostile_prompts,
     "overhead": overhead,
+    "instructions": instructions,
     "emulator-fidelity": emulator_fidelity,
     "decision-cost": admission_decision,
     "scale-out": scale_out,
