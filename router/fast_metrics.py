@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import threading
 from bisect import bisect_left
+from typing import Any
 
 import prometheus_client
 from prometheus_client import values
@@ -111,13 +112,19 @@ def _loop_value_class() -> type[LoopValue] | None:
 _VALUE = _loop_value_class()
 
 
-class Counter(prometheus_client.Counter):
-    """``prometheus_client.Counter``; see the module docstring."""
+class _OneValue:
+    """For a metric whose child holds one ``_value`` (a counter, a gauge): :data:`_VALUE`'s."""
+
+    _value: Any
 
     def _metric_init(self) -> None:
-        super()._metric_init()
+        super()._metric_init()  # type: ignore[misc]
         if _VALUE is not None:
             self._value = _VALUE()
+
+
+class Counter(_OneValue, prometheus_client.Counter):
+    """``prometheus_client.Counter``; see the module docstring."""
 
     def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
         if self._labelvalues and exemplar is None and amount >= 0:
@@ -145,11 +152,6 @@ class Histogram(prometheus_client.Histogram):
             super().observe(amount, exemplar)
 
 
-class Gauge(prometheus_client.Gauge):
+class Gauge(_OneValue, prometheus_client.Gauge):
     """``prometheus_client.Gauge`` whose children's values are :class:`LoopValue` in one
     process (see the module docstring); its methods are the library's."""
-
-    def _metric_init(self) -> None:
-        super()._metric_init()
-        if _VALUE is not None:
-            self._value = _VALUE()
