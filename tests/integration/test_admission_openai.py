@@ -1,6 +1,7 @@
 """The official ``openai`` client against a full bucket: a refusal it understands and obeys.
 
-One slot, a long request holding it (300 tokens, 307 ms), a 120 ms TTFT SLO: a short request
+One slot, a long request holding it (1000 tokens, 932 ms: far longer than the client takes to
+send its request on a busy machine), a 120 ms TTFT SLO: a short request
 sent meanwhile would wait too long and is refused at once with ``Retry-After`` and
 ``retry-after-ms``. Without retries the client raises ``RateLimitError`` carrying both; with
 retries it waits what the router said and then succeeds, because the slot is free by then.
@@ -20,7 +21,7 @@ from router.admission.controller import TimelineAdmitter
 from router.app import ADMITTER
 
 SLO = 0.12
-LONG = 300
+LONG = 1000
 MSG = [{"role": "user", "content": "Hello there."}]
 
 
@@ -61,7 +62,7 @@ async def test_rate_limit_error_carries_retry_after_and_the_client_honours_it() 
         retry_ms = int(err.response.headers["retry-after-ms"])
         assert int(err.response.headers["retry-after"]) == max(1, -(-retry_ms // 1000))
         # The wait until the slot's holder has run long enough that a new request fits
-        # (about 0.2 s here), not a guess.
+        # (about 0.8 s here), not a guess.
         assert 0.1 < retry_ms / 1e3 <= service_s(LONG)
         await holder
 
