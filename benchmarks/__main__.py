@@ -21,8 +21,8 @@ from benchmarks import (
     trace_soak,
 )
 from benchmarks.experiments import sweep
+from benchmarks.overhead import client_cost, instructions
 from benchmarks.overhead import command as overhead
-from benchmarks.overhead import instructions
 
 __all__ = ["build_parser", "main"]
 
@@ -34,6 +34,7 @@ _COMMANDS: dict[str, ModuleType] = {
     "hostile-prompts": hostile_prompts,
     "overhead": overhead,
     "instructions": instructions,
+    "client-cost": client_cost,
     "emulator-fidelity": emulator_fidelity,
     "decision-cost": admission_decision,
     "scale-out": scale_out,

@@ -155,6 +155,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                          cookie_jar=aiohttp.DummyCookieJar()) as session:
             upstream.session = session
+            upstream.start()
             probes = asyncio.create_task(poller.run(session), name="lpu-router-health")
             yield
             if rollouts is not None:
@@ -162,6 +163,7 @@ def build_app(config: RouterConfig, *, clock: Callable[[], float] = time.monoton
             probes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probes
+            upstream.stop()
             upstream.session = None
 
     # The worker's own saturation (busy share, lag): what the HPA scales on (docs/deploy.md).

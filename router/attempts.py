@@ -41,7 +41,6 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from lpu_protocol.headers import (
@@ -55,6 +54,7 @@ from router.access_log import Exchange
 from router.admission import AdmissionRequest, Admitted, Admitter, Refused
 from router.admission.settings import AdmissionSettings
 from router.admission_headers import admitted_headers, ratelimit_headers, refusal_headers
+from router.backend_http import Response
 from router.bucket_config import BucketConfig
 from router.buckets import Placement
 from router.drift import DriftEstimator
@@ -296,7 +296,7 @@ class AttemptLoop:
             self._clamped(bucket, "degraded").inc()
 
     async def _relay(self, request: web.Request, ex: Exchange, placement: Placement,
-                     decision: Admitted, upstream: aiohttp.ClientResponse) -> RelayResult:
+                     decision: Admitted, upstream: Response) -> RelayResult:
         """Relay the backend's answer with the router's own headers."""
         terms = decision.terms
         bucket = decision.bucket or placement.bucket.name

@@ -47,6 +47,7 @@ from aiohttp import web
 
 from lpu_protocol.headers import X_LPU_PREDICTED_TTFT_MS, X_LPU_REJECT_REASON, X_LPU_SCHEDULE
 from lpu_protocol.openai_api import APIError
+from router.backend_http import ConnectError
 from router.outcomes import RejectReason
 
 __all__ = [
@@ -156,7 +157,7 @@ def map_client_error(exc: BaseException, *, got_headers: bool) -> UpstreamFailur
     if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError):
         return UpstreamFailure("read_timeout", 504, "The backend stopped sending in time.",
                                retryable=False)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectError):
         return UpstreamFailure("connect", 503, "The backend refused the connection.",
                                retryable=True)
     if isinstance(exc, aiohttp.ClientError | ConnectionError):

@@ -18,9 +18,10 @@ other statuses (the backend's own 400s) are relayed as they are.
   ``data: {"error": ...}`` event and ``data: [DONE]`` and a clean end of the chunked body.
 
 The usage the backend puts in its last event (or non-streaming body) is read for metrics: only
-the last ``"usage"`` object is decoded, not the whole body. Each request has
-``ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)``: no total, since a long
-generation is not a stuck one. Upstream requests ask for ``Accept-Encoding: identity``: the
+the last ``"usage"`` object is decoded, not the whole body. Requests go through
+:class:`router.backend_http.BackendClient` (keep-alive connections, llhttp), with a connect
+timeout (``connect_s``) and a read timeout (``read_s`` without a byte) and no total, since a
+long generation is not a stuck one. Upstream requests ask for ``Accept-Encoding: identity``: the
 router reads the usage in the body and relays it to a client that asked for no encoding.
 """
 
@@ -28,17 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import LooseHeaders
 from multidict import CIMultiDict
-from yarl import URL
 
 from lpu_protocol.headers import X_LPU_DEADLINE_MS, X_LPU_SCHEDULE
+from router.backend_http import BackendClient, Response
 from router.config import TimeoutConfig
 from router.errors import Draining, UpstreamFailure, map_client_error, map_upstream_status
 from router.outcomes import Outcome
@@ -84,7 +84,7 @@ def upstream_headers(incoming: Mapping[str, str], request_id: str,
     return out
 
 
-def schedule_of(upstream: aiohttp.ClientResponse) -> str | None:
+def schedule_of(upstream: Response) -> str | None:
     """The backend's ``x-lpu-schedule`` header on an answer whose status line came (None:
     it sends none); the caller merges it (:meth:`router.admission.Ticket.schedule`)."""
     return upstream.headers.get(X_LPU_SCHEDULE)
@@ -114,18 +114,29 @@ class Upstream:
     """Sends requests to backends over one shared session."""
 
     def __init__(self, timeouts: TimeoutConfig) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
-        )
+        self._timeouts = timeouts
         self.session: aiohttp.ClientSession | None = None
+        """aiohttp's session, for what is not a completion (probes, polls, rollouts)."""
+        self.client: BackendClient | None = None
+        """The completions' client (:mod:`router.backend_http`); made by :meth:`start`."""
         # Responses being relayed, so the drain deadline can end them; :meth:`close` drops each.
-        self._open: set[aiohttp.ClientResponse] = set()
+        self._open: set[Response] = set()
         # Tasks waiting in open() (for a status line, or an error body), and those of them the
         # drain deadline cancelled: their cancel is the deadline's, not the client's.
         self._opening: set[asyncio.Task[Any]] = set()
         self._ended: set[asyncio.Task[Any]] = set()
-        # Parsed once per backend URL and path (a closed set from the config), not per request.
-        self._urls: dict[str, URL] = {}
+
+    def start(self) -> None:
+        """Make the completions' client (in the running loop)."""
+        t = self._timeouts
+        self.client = BackendClient(connect_s=t.connect_s, read_s=t.read_s,
+                                    keepalive_s=t.keepalive_s)
+
+    def stop(self) -> None:
+        """Close the completions' idle connections."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
     def abort_all(self) -> int:
         """The drain deadline: end every upstream request still running; return how many.
@@ -145,18 +156,14 @@ class Upstream:
             ended += 1
         return ended
 
-    async def open(self, url: str, body: bytes, headers: LooseHeaders
-                   ) -> aiohttp.ClientResponse:
+    async def open(self, url: str, body: bytes, headers: Iterable[tuple[str, str]]
+                   ) -> Response:
         """POST ``body`` to ``url``; return the response once its status line came."""
-        assert self.session is not None, "the app's cleanup_ctx opens the session"
-        target = self._urls.get(url)
-        if target is None:
-            target = self._urls[url] = URL(url)
         task = asyncio.current_task()
         assert task is not None
         self._opening.add(task)
         try:
-            resp = await self._post(target, body, headers)
+            resp = await self._post(url, body, headers)
         except asyncio.CancelledError:
             # The drain deadline's cancel (and no other pending): the request ends as drained.
             if task in self._ended and task.uncancel() == 0:
@@ -168,18 +175,17 @@ class Upstream:
         self._open.add(resp)
         return resp
 
-    def close(self, resp: aiohttp.ClientResponse) -> None:
+    def close(self, resp: Response) -> None:
         """The relay of ``resp`` ended: drop its connection if content is left unread (the
         client left or the stream broke: the backend sees the cancel at once)."""
         self._open.discard(resp)
         resp.close()
 
-    async def _post(self, target: URL, body: bytes, headers: LooseHeaders
-                    ) -> aiohttp.ClientResponse:
-        assert self.session is not None, "the app's cleanup_ctx opens the session"
+    async def _post(self, url: str, body: bytes, headers: Iterable[tuple[str, str]]
+                    ) -> Response:
+        assert self.client is not None, "the app's cleanup_ctx starts the client"
         try:
-            resp = await self.session.post(target, data=body, headers=headers,
-                                           timeout=self._timeout)
+            resp = await self.client.post(url, body, headers)
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise map_client_error(exc, got_headers=False) from exc
         if resp.status >= 400:
@@ -248,7 +254,7 @@ def _sse_error(failure: UpstreamFailure) -> bytes:
     return b"data: " + err.to_json() + b"\n\ndata: [DONE]\n\n"
 
 
-async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
+async def relay(request: web.Request, upstream: Response,
                 headers: Mapping[str, str], on_first_byte: Callable[[], None]) -> RelayResult:
     """Relay ``upstream`` to the client; ``headers`` are the router's own response headers.
 
@@ -288,7 +294,7 @@ def _copy_headers(upstream: Mapping[str, str], out: CIMultiDict[str]) -> None:
             out.add(k, v)
 
 
-async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse,
+async def _relay_events(request: web.Request, upstream: Response,
                         headers: Mapping[str, str], on_first_byte: Callable[[], None]
                         ) -> RelayResult:
     """The streaming half of :func:`relay`: whole SSE events, as they come."""
