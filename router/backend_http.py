@@ -91,6 +91,7 @@ class Body:
     def set_exception(self, exc: BaseException) -> None:
         """The next read (and every one after) raises ``exc``."""
         self._exc = exc
+        self._wake()
 
     def _wake(self) -> None:
         w = self._waiter
@@ -117,7 +118,8 @@ class Body:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
         self._size = 0
-        self._conn.resume()
+        if not self._eof:  # once ended, the connection may be serving another answer
+            self._conn.resume()
         return data
 
     async def readany(self) -> bytes:
@@ -403,11 +405,12 @@ class BackendClient:
                 if self._tls is None:
                     self._tls = ssl.create_default_context()
                 tls = self._tls
-            key = (u.scheme, u.host, u.port)
+            raw = u.raw_host or u.host  # IDNA (punycode), as DNS and the Host header want it
+            key = (u.scheme, raw, u.port)
             pool = self._pools.get(key)
             if pool is None:
-                pool = self._pools[key] = _Pool(self, u.host, u.port, tls)
-            host = f"[{u.host}]" if ":" in u.host else u.host
+                pool = self._pools[key] = _Pool(self, raw, u.port, tls)
+            host = f"[{raw}]" if ":" in raw else raw
             if not u.is_default_port():
                 host = f"{host}:{u.port}"
             target = self._targets[url] = _Target(
