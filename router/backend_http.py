@@ -140,7 +140,7 @@ class Body:
 class Response:
     """A backend's answer whose status line and headers came."""
 
-    __slots__ = ("_conn", "content", "headers", "status")
+    __slots__ = ("_body", "_conn", "content", "headers", "status")
 
     def __init__(self, status: int, headers: CIMultiDictProxy[str], content: Body,
                  conn: _Connection) -> None:
@@ -148,6 +148,7 @@ class Response:
         self.headers = headers
         self.content = content
         self._conn: _Connection | None = conn
+        self._body: bytes | None = None
 
     @property
     def closed(self) -> bool:
@@ -155,7 +156,11 @@ class Response:
         return self._conn is None or self.content.is_eof()
 
     async def read(self) -> bytes:
-        return await self.content.read()
+        """The whole body, once it ended; the same bytes however often it is called (an
+        error answer is read to classify it, then relayed)."""
+        if self._body is None:
+            self._body = await self.content.read()
+        return self._body
 
     def release(self) -> None:
         """Done with the answer: as :meth:`close` (a connection whose answer ended is already

@@ -216,6 +216,22 @@ async def test_content_length_body(backend: StartBackend, client: BackendClient)
         resp.close()
 
 
+async def test_read_gives_the_same_body_every_time(backend: StartBackend,
+                                                   client: BackendClient) -> None:
+    """An error answer is read to classify it, then relayed: the second read is the body."""
+    b = await backend()
+    task = asyncio.create_task(client.post(b.url, b"{}", []))
+    peer = await b.accept(1)
+    await peer.request()
+    peer.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 7\r\n\r\n{\"e\":1}")
+    resp = await within(task)
+    try:
+        assert await within(resp.read()) == b'{"e":1}'
+        assert await within(resp.read()) == b'{"e":1}'
+    finally:
+        resp.close()
+
+
 async def test_chunked_body_split_across_writes(backend: StartBackend,
                                                 client: BackendClient) -> None:
     b = await backend()
