@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections import deque
 from collections.abc import Iterable
 from typing import cast
 
@@ -337,7 +338,7 @@ class _Pool:
         self.loop = client.loop
         self._client = client
         self.host, self.port, self.tls = host, port, tls
-        self._idle: list[_Connection] = []
+        self._idle: deque[_Connection] = deque()
         self._sweep: asyncio.TimerHandle | None = None
 
     def take(self) -> _Connection | None:
@@ -364,7 +365,7 @@ class _Pool:
         self._sweep = None
         limit = self.loop.time() - self._client.keepalive_s
         while self._idle and self._idle[0].idle_since <= limit:
-            self._idle.pop(0).drop()
+            self._idle.popleft().drop()
         if self._idle:
             self._sweep = self.loop.call_at(self._idle[0].idle_since + self._client.keepalive_s,
                                             self._close_idle)
