@@ -192,7 +192,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._read_s = 0.0
+        self._read_s = pool.read_s
 
     # asyncio.Protocol
 
@@ -275,12 +275,11 @@ class _Connection(asyncio.Protocol):
 
     # used by Body, Response and the pool
 
-    def send(self, head: bytes, body: bytes, read_s: float) -> asyncio.Future[Response]:
+    def send(self, head: bytes, body: bytes) -> asyncio.Future[Response]:
         assert self.transport is not None and self._head is None
         self._head = fut = self.loop.create_future()
-        self._read_s = read_s
         self._last_read = now = self.loop.time()
-        self._timer = self.loop.call_at(now + read_s, self._check_read)
+        self._timer = self.loop.call_at(now + self._read_s, self._check_read)
         self.transport.write(head + body)
         return fut
 
@@ -337,6 +336,7 @@ class _Pool:
                  tls: ssl.SSLContext | None) -> None:
         self.loop = client.loop
         self._client = client
+        self.read_s = client.read_s
         self.host, self.port, self.tls = host, port, tls
         self._idle: deque[_Connection] = deque()
         self._sweep: asyncio.TimerHandle | None = None
@@ -433,7 +433,7 @@ class BackendClient:
         conn = target.pool.take()
         if conn is None:
             conn = await self._connect(target.pool)
-        waiting = conn.send(head, body, self.read_s)
+        waiting = conn.send(head, body)
         try:
             return await waiting
         except asyncio.CancelledError:

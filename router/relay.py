@@ -111,7 +111,7 @@ class RelayResult:
 
 
 class Upstream:
-    """Sends requests to backends over one shared session."""
+    """Sends completions to backends over one :class:`~router.backend_http.BackendClient`."""
 
     def __init__(self, timeouts: TimeoutConfig) -> None:
         self._timeouts = timeouts

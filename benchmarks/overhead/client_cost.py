@@ -32,7 +32,7 @@ import uvloop
 from benchmarks.machine import describe
 from benchmarks.overhead.command import PROMPTS, body
 from benchmarks.overhead.proxies import start_upstream
-from router.backend_http import BackendClient
+from router.backend_http import BackendClient, Response
 
 __all__ = ["HELP", "configure", "execute", "run"]
 
@@ -45,40 +45,31 @@ _HEADERS = [("x-request-id", "client-cost"), ("Content-Type", "application/json"
 Send = Callable[[], Awaitable[int]]
 
 
-async def _aiohttp_sender(session: aiohttp.ClientSession, url: str, data: bytes, stream: bool
-                          ) -> Send:
+async def _consume(resp: aiohttp.ClientResponse | Response, stream: bool, name: str) -> int:
+    """Read ``resp`` as the router does (a stream by ``readany``, an answer whole); its size."""
+    n = 0
+    if stream:
+        while chunk := await resp.content.readany():
+            n += len(chunk)
+    else:
+        n = len(await resp.read())
+    resp.close()
+    if resp.status != 200:
+        raise RuntimeError(f"{name}: status {resp.status}")
+    return n
+
+
+def _senders(session: aiohttp.ClientSession, client: BackendClient, url: str, data: bytes,
+             stream: bool) -> dict[str, Send]:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=60.0)
 
-    async def send() -> int:
+    async def by_aiohttp() -> int:
         resp = await session.post(url, data=data, headers=_HEADERS, timeout=timeout)
-        n = 0
-        if stream:
-            while chunk := await resp.content.readany():
-                n += len(chunk)
-        else:
-            n = len(await resp.read())
-        resp.release()
-        if resp.status != 200:
-            raise RuntimeError(f"aiohttp: status {resp.status}")
-        return n
-    return send
+        return await _consume(resp, stream, "aiohttp")
 
-
-async def _backend_http_sender(client: BackendClient, url: str, data: bytes, stream: bool
-                               ) -> Send:
-    async def send() -> int:
-        resp = await client.post(url, data, _HEADERS)
-        n = 0
-        if stream:
-            while chunk := await resp.content.readany():
-                n += len(chunk)
-        else:
-            n = len(await resp.read())
-        resp.close()
-        if resp.status != 200:
-            raise RuntimeError(f"backend_http: status {resp.status}")
-        return n
-    return send
+    async def by_backend_http() -> int:
+        return await _consume(await client.post(url, data, _HEADERS), stream, "backend_http")
+    return {"aiohttp": by_aiohttp, "backend_http": by_backend_http}
 
 
 async def _cpu_per_request(send: Send, n: int) -> tuple[float, set[int]]:
@@ -106,9 +97,7 @@ async def run(upstream: str, requests: int, rounds: int) -> list[dict[str, objec
             for stream in (False, True):
                 for prompt, text in PROMPTS.items():
                     data = body(stream, text)
-                    senders = {"aiohttp": await _aiohttp_sender(session, url, data, stream),
-                               "backend_http": await _backend_http_sender(client, url, data,
-                                                                          stream)}
+                    senders = _senders(session, client, url, data, stream)
                     for send in senders.values():  # connections, caches
                         await _cpu_per_request(send, max(IN_FLIGHT, requests // 10))
                     for r in range(rounds):

@@ -171,14 +171,21 @@ def _answer(body: bytes = b"ok", *, status: str = "200 OK", extra: bytes = b"") 
             + b"\r\n" + body)
 
 
-async def _get(client: BackendClient, backend: Backend, answer: bytes,
-               n: int) -> tuple[Peer, bytes]:
-    """Post, have the ``n``-th connection answer ``answer``; return it and the body read."""
+async def _answered(client: BackendClient, backend: Backend, answer: bytes,
+                    n: int = 1) -> tuple[Peer, Response]:
+    """Post, have the ``n``-th connection answer ``answer``; return it and the response,
+    whose status line came (the caller closes it)."""
     task = asyncio.create_task(client.post(backend.url, b"{}", []))
     peer = await backend.accept(n)
     await peer.request()
     peer.send(answer)
-    resp = await within(task)
+    return peer, await within(task)
+
+
+async def _get(client: BackendClient, backend: Backend, answer: bytes,
+               n: int) -> tuple[Peer, bytes]:
+    """Post, have the ``n``-th connection answer ``answer``; return it and the body read."""
+    peer, resp = await _answered(client, backend, answer, n)
     try:
         return peer, await within(resp.read())
     finally:
@@ -199,11 +206,8 @@ async def _read_exactly(resp: Response, n: int) -> bytes:
 
 async def test_content_length_body(backend: StartBackend, client: BackendClient) -> None:
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(b"HTTP/1.1 201 Created\r\nContent-Length: 11\r\nX-Kind: a\r\nX-Kind: b\r\n\r\nhello")
-    resp = await within(task)
+    peer, resp = await _answered(client, b, b"HTTP/1.1 201 Created\r\nContent-Length: 11\r\n"
+                                            b"X-Kind: a\r\nX-Kind: b\r\n\r\nhello")
     try:
         assert resp.status == 201
         assert resp.headers.getall("x-kind") == ["a", "b"]
@@ -220,11 +224,8 @@ async def test_read_gives_the_same_body_every_time(backend: StartBackend,
                                                    client: BackendClient) -> None:
     """An error answer is read to classify it, then relayed: the second read is the body."""
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 7\r\n\r\n{\"e\":1}")
-    resp = await within(task)
+    _, resp = await _answered(client, b,
+                              b'HTTP/1.1 400 Bad Request\r\nContent-Length: 7\r\n\r\n{"e":1}')
     try:
         assert await within(resp.read()) == b'{"e":1}'
         assert await within(resp.read()) == b'{"e":1}'
@@ -261,11 +262,7 @@ async def test_chunked_body_split_across_writes(backend: StartBackend,
 async def test_body_without_length_ends_at_close(backend: StartBackend, client: BackendClient,
                                                  head: bytes) -> None:
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(head + b"abc")
-    resp = await within(task)
+    peer, resp = await _answered(client, b, head + b"abc")
     try:
         assert await _read_exactly(resp, 3) == b"abc"
         peer.send(b"def")
@@ -282,11 +279,7 @@ async def test_body_without_length_ends_at_close(backend: StartBackend, client: 
 
 async def test_204_has_no_body(backend: StartBackend, client: BackendClient) -> None:
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(b"HTTP/1.1 204 No Content\r\n\r\n")
-    resp = await within(task)
+    peer, resp = await _answered(client, b, b"HTTP/1.1 204 No Content\r\n\r\n")
     try:
         assert resp.status == 204
         assert resp.content.is_eof()
@@ -305,11 +298,7 @@ async def test_204_has_no_body(backend: StartBackend, client: BackendClient) -> 
 async def test_truncated_body_raises(backend: StartBackend, client: BackendClient,
                                      answer: bytes) -> None:
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(answer)
-    resp = await within(task)
+    peer, resp = await _answered(client, b, answer)
     try:
         peer.close()
         with pytest.raises(aiohttp.ServerDisconnectedError) as raised:
@@ -325,11 +314,7 @@ async def test_truncated_body_raises(backend: StartBackend, client: BackendClien
 async def test_truncated_body_read_piecewise_never_ends_cleanly(
         backend: StartBackend, client: BackendClient) -> None:
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
-    resp = await within(task)
+    peer, resp = await _answered(client, b, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
     try:
         assert await _read_exactly(resp, 4) == b"half"
         peer.close()
@@ -630,11 +615,7 @@ async def test_cancel_waiting_for_status_line_drops_connection(
 async def test_response_close_before_end_drops_connection(backend: StartBackend,
                                                           client: BackendClient) -> None:
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
-    resp = await within(task)
+    peer, resp = await _answered(client, b, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
     assert await _read_exactly(resp, 4) == b"part"
     resp.close()
     assert resp.closed
@@ -646,11 +627,7 @@ async def test_response_close_before_end_drops_connection(backend: StartBackend,
 async def test_response_close_after_end_keeps_connection(backend: StartBackend,
                                                          client: BackendClient) -> None:
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(_answer(b"whole"))
-    resp = await within(task)
+    peer, resp = await _answered(client, b, _answer(b"whole"))
     assert await within(resp.read()) == b"whole"
     resp.close()
     resp.release()  # twice is harmless
@@ -707,11 +684,7 @@ async def test_backpressure_pauses_the_backend(backend: StartBackend) -> None:
 
 async def test_body_eof_and_read_nowait(backend: StartBackend, client: BackendClient) -> None:
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
-    resp = await within(task)
+    peer, resp = await _answered(client, b, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
     body = resp.content
     try:
         assert await _read_exactly(resp, 3) == b"abc"
@@ -740,11 +713,7 @@ async def test_body_eof_and_read_nowait(backend: StartBackend, client: BackendCl
 
 async def test_body_set_exception(backend: StartBackend, client: BackendClient) -> None:
     b = await backend()
-    task = asyncio.create_task(client.post(b.url, b"{}", []))
-    peer = await b.accept(1)
-    await peer.request()
-    peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
-    resp = await within(task)
+    peer, resp = await _answered(client, b, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
     body = resp.content
     try:
         assert await _read_exactly(resp, 3) == b"abc"
