@@ -13,6 +13,7 @@ from types import ModuleType
 from benchmarks import (
     admission_decision,
     emulator_fidelity,
+    fidelity_floor,
     hostile_prompts,
     planner,
     run_command,
@@ -36,6 +37,7 @@ _COMMANDS: dict[str, ModuleType] = {
     "instructions": instructions,
     "client-cost": client_cost,
     "emulator-fidelity": emulator_fidelity,
+    "fidelity-floor": fidelity_floor,
     "decision-cost": admission_decision,
     "scale-out": scale_out,
     "trace-soak": trace_soak,

@@ -55,7 +55,7 @@ import numpy as np
 from benchmarks.experiments.exp1_realtime import realtime
 from benchmarks.fidelity_histogram import Buckets, parse, writes
 from benchmarks.fidelity_report import write_markdown
-from benchmarks.machine import describe
+from benchmarks.machine import describe, load_average
 from benchmarks.processes import Service, cpu_seconds, start
 from lpu_emulator.fleet import default_processes
 from lpu_emulator.fleet_process import FleetProcess, running_fleet
@@ -305,14 +305,6 @@ def run_one(s: Setup) -> RunResult:
             return _measure(s, fleet, work)
 
 
-def _load_average() -> str:
-    """The 1-minute load average now (``/proc/loadavg``), as written there."""
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except (OSError, IndexError):
-        return "unknown"
-
-
 def _problems(r: RunResult) -> list[str]:
     out = []
     if r.server_tokens_total != r.client_tokens_total:
@@ -379,7 +371,7 @@ def execute(args: argparse.Namespace) -> int:
     replicas = args.replicas or processes
     results: list[RunResult] = []
     problems: list[str] = []
-    load_before = _load_average()
+    load_before = load_average()
     print(_HEAD, flush=True)
     for streams in args.streams:
         setup = Setup(streams, replicas, min(processes, replicas), args.clients,
@@ -405,7 +397,7 @@ def execute(args: argparse.Namespace) -> int:
         "max_tokens": args.max_tokens,
         # The load average cannot tell what else ran: the report gives it, says no more.
         "load_note": f"Load average (1 min) {load_before} before the runs and"
-                     f" {_load_average()} after.",
+                     f" {load_average()} after.",
         "results": [asdict(r) for r in results],
     }
     out = args.out

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe"]
+__all__ = ["describe", "load_average"]
 
 
 def _cpu_model() -> str:
@@ -26,3 +26,8 @@ def describe() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
             "platform": platform.platform(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def load_average() -> str:
+    """The 1-minute load average now, as ``/proc/loadavg`` gives it."""
+    return f"{os.getloadavg()[0]:.2f}"
